@@ -1,0 +1,7 @@
+"""Tool contract, registry and built-in tools."""
+
+from mash_core.tools.ask_user import AskUserTool
+from mash_core.tools.base import FunctionTool, Tool, ToolRegistry, ToolResult
+from mash_core.tools.bash import BashTool
+
+__all__ = ["Tool", "ToolResult", "ToolRegistry", "FunctionTool", "BashTool", "AskUserTool"]

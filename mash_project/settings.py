@@ -1,0 +1,211 @@
+"""Mash settings: read from the environment only (django-environ), safe local defaults.
+
+With nothing set: SQLite under MASH_DATA_DIR, the django-q2 ORM broker and the
+in-memory channel layer. `DATABASE_URL` (or `MASH_DATABASE_URL`) switches to
+PostgreSQL; `MASH_REDIS_URL` switches the queue broker and the channel layer to Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+DATA_DIR = Path(env.str("MASH_DATA_DIR", default=str(Path.cwd() / ".mash"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+# The qcluster parent forks its workers: sharing a connection pool across forks stalls
+# them (see ecosystem notes), so the worker role runs without the pool.
+IS_WORKER = env.str("MASH_PROCESS_ROLE", default="") == "worker" or "qcluster" in sys.argv
+
+
+def _secret_key() -> str:
+    given = env.str("MASH_SECRET_KEY", default="") or env.str("SECRET_KEY", default="")
+    if given:
+        return given
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        # Created exclusively so two processes starting together cannot write two keys.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("MASH_DEBUG", default=env.bool("DEBUG", default=False))
+ALLOWED_HOSTS = env.list("MASH_ALLOWED_HOSTS", default=["*"])
+CSRF_TRUSTED_ORIGINS = env.list("MASH_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "django_q",
+    "mash_runtime",
+    "mash_api",
+    "mash_telemetry",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mash_project.urls"
+ASGI_APPLICATION = "mash_project.asgi.application"
+WSGI_APPLICATION = "mash_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# -- database -----------------------------------------------------------------------
+
+_db_url = env.str("DATABASE_URL", default="") or env.str("MASH_DATABASE_URL", default="")
+if _db_url:
+    DATABASES = {"default": env.db_url_config(_db_url)}
+else:
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / "mash.sqlite3")}
+    }
+
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while a worker writes; IMMEDIATE takes the write
+    # lock up front so two processes wait on the busy timeout instead of failing with
+    # "database is locked" halfway through a transaction.
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.int("MASH_SQLITE_TIMEOUT", default=30),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    _db["TEST"] = {"NAME": env.str("MASH_TEST_SQLITE_NAME", default=str(DATA_DIR / "test_mash.sqlite3"))}
+elif _db["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.postgresql_psycopg2"):
+    _db["ENGINE"] = "django.db.backends.postgresql"
+    if IS_WORKER or not env.bool("MASH_DB_POOL", default=True):
+        _db["CONN_MAX_AGE"] = env.int("MASH_WORKER_CONN_MAX_AGE", default=60)
+        _db["CONN_HEALTH_CHECKS"] = True
+    else:
+        # Under ASGI every request runs in a fresh thread: the pool, not CONN_MAX_AGE, reuses connections.
+        _db["CONN_MAX_AGE"] = 0
+        _db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("MASH_DB_POOL_MIN", default=2),
+            "max_size": env.int("MASH_DB_POOL_MAX", default=20),
+            "timeout": env.float("MASH_DB_POOL_TIMEOUT", default=10.0),
+        }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# -- queue, channels ------------------------------------------------------------------
+
+REDIS_URL = env.str("MASH_REDIS_URL", default="")
+WORKERS = env.int("MASH_WORKERS", default=2)
+# A django-q task runs one request until it finishes or parks; leases, not the broker's
+# retry, recover crashed requests, so the broker retry only needs to exceed the timeout.
+TASK_TIMEOUT = env.int("MASH_TASK_TIMEOUT", default=3600)
+
+Q_CLUSTER = {
+    "name": "mash",
+    "workers": WORKERS,
+    "recycle": 500,
+    "timeout": TASK_TIMEOUT,
+    "retry": TASK_TIMEOUT + 120,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Queue",
+    "poll": env.float("MASH_QUEUE_POLL", default=0.05),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    Q_CLUSTER["orm"] = "default"
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# -- mash -----------------------------------------------------------------------------
+
+MASH_HOST_APP = env.str("MASH_HOST_APP", default="pilot.spec:build_host")
+MASH_API_KEY = env.str("MASH_API_KEY", default="")
+# Seconds a worker's claim on a request lasts without renewal before another may take over.
+MASH_LEASE_SECONDS = env.int("MASH_LEASE_SECONDS", default=30)
+
+# -- the rest ---------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("MASH_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+LOGIN_URL = "/admin/login/"
+
+LOG_LEVEL = env.str("MASH_LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "mash": {"level": LOG_LEVEL},
+        "mash_runtime": {"level": LOG_LEVEL},
+        "mash_api": {"level": LOG_LEVEL},
+        # django-q2 logs under a hyphenated name; without this its messages vanish.
+        "django-q": {"level": env.str("MASH_QUEUE_LOG_LEVEL", default="WARNING")},
+    },
+}

@@ -1,0 +1,406 @@
+"""The durable request engine: one django-q2 task runs one request until it ends or parks.
+
+`run_request_task` (the task) claims the request with a lease, rebuilds the agent,
+and runs `mash_core`'s loop with `DurableHooks`: every LLM and tool step is stored
+as a `StepCheckpoint` before the next starts and replayed on any re-run; every event
+carries a dedupe key so a replay adds no frame. Approvals, AskUser and subagent calls
+park the request (`Park`) and free the worker; an answer or a finished child enqueues
+the request again, and the re-run replays up to where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from mash_core.agent import Agent, AgentHooks, AgentResult, AgentRun, StepFn
+from mash_core.llm.base import LLMError
+from mash_core.messages import ToolCallBlock
+from mash_core.structured import StructuredOutputError
+from mash_core.tools.base import ToolResult
+from mash_runtime.events import append_event, base_payload
+from mash_runtime.host import HostedAgent, get_host
+from mash_runtime.memory import load_history, save_turn
+from mash_runtime.models import Interaction, Request, Session, StepCheckpoint
+from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
+from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
+from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_block
+
+logger = logging.getLogger("mash_runtime.engine")
+
+HEARTBEAT_SECONDS = 0.5
+db = sync_to_async  # thread-sensitive: every ORM call of a run shares one thread and connection
+
+
+class Park(Exception):
+    """Stop this run without an outcome; the request continues when `reason` is resolved."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason  # "input" | "subagent"
+
+
+def new_lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def lease_seconds() -> int:
+    return int(getattr(settings, "MASH_LEASE_SECONDS", 30))
+
+
+# -- the task ------------------------------------------------------------------------------
+
+
+def run_request_task(request_id: str) -> str:
+    """django-q2 entry point (sync, as the worker calls it)."""
+    close_old_connections()
+    try:
+        return asyncio.run(run_request(request_id))
+    finally:
+        close_old_connections()
+
+
+async def run_request(request_id: str) -> str:
+    owner = new_lease_owner()
+    try:
+        claimed = await db(claim_request)(request_id, owner)
+        if isinstance(claimed, str):
+            return claimed
+        return await RequestRunner(claimed, owner).run()
+    finally:
+        await db(close_old_connections)()
+
+
+def _blocking_earlier_requests():
+    return Request.objects.filter(session_id=OuterRef("session_id"), session_seq__lt=OuterRef("session_seq")).exclude(
+        status__in=Request.TERMINAL
+    )
+
+
+def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request | str:
+    """Take the lease with one conditional UPDATE, or say why not.
+
+    The UPDATE only matches a request that is not finished, whose lease is free or
+    expired, and that has no unfinished earlier request in its session: that last
+    condition is what runs a session's requests one at a time, in order.
+    """
+    now = timezone.now()
+    changed = (
+        Request.objects.filter(pk=request_id)
+        .exclude(status__in=Request.TERMINAL)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .exclude(Exists(_blocking_earlier_requests()))
+        .update(
+            status=Request.Status.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds()),
+            started_at=Coalesce("started_at", now),
+        )
+    )
+    req = Request.objects.select_related("agent", "session", "parent").filter(pk=request_id).first()
+    if req is None:
+        return "missing"
+    if changed:
+        return req
+    if req.is_terminal:
+        return "finished"
+    if req.lease_owner and req.lease_expires_at and req.lease_expires_at >= now:
+        return "leased"
+    with transaction.atomic():
+        blocked = (
+            Request.objects.filter(session_id=req.session_id, session_seq__lt=req.session_seq)
+            .exclude(status__in=Request.TERMINAL)
+            .exists()
+        )
+        if blocked:
+            Request.objects.filter(pk=req.pk, status=Request.Status.ACCEPTED).update(status=Request.Status.WAITING)
+            payload = {**base_payload(req), "status": "waiting", "reason": "session_busy"}
+            append_event(req, "request.waiting", payload, dedupe_key="waiting")
+            return "waiting"
+    # The request ahead finished between the UPDATE and the check: try once more.
+    return claim_request(request_id, owner, _retry=False) if _retry else "waiting"
+
+
+# -- hooks ---------------------------------------------------------------------------------
+
+
+class DurableHooks(AgentHooks):
+    def __init__(self, runner: "RequestRunner", checkpoints: dict[str, dict[str, Any]]):
+        super().__init__()
+        self.runner = runner
+        self.checkpoints = checkpoints
+
+    @property
+    def request(self) -> Request:
+        return self.runner.request
+
+    async def run_step(self, key: str, kind: str, fn: StepFn) -> dict[str, Any]:
+        if key in self.checkpoints:
+            return self.checkpoints[key]
+        output = await fn()
+        stored = await db(StepCheckpoint.store)(
+            self.request.pk, key, kind, output, int(output.get("duration_ms", 0) or 0)
+        )
+        self.checkpoints[key] = stored.output
+        return stored.output
+
+    async def interaction(self, key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        itr = await db(open_interaction)(self.request, key, spec)
+        if itr.status == Interaction.Status.PENDING:
+            raise Park("input")
+        return {"response": itr.response, "timed_out": itr.status == Interaction.Status.TIMED_OUT}
+
+    async def emit(
+        self, event_type: str, payload: dict[str, Any], *, loop_index: int | None = None, step_key: str = ""
+    ) -> None:
+        if event_type == "runtime.tool.call.completed" and payload.get("tool_name") == INVOKE_SUBAGENT:
+            event_type = "runtime.subagent.call.completed"
+        await db(append_event)(
+            self.request, event_type, payload, dedupe_key=f"{step_key}:{event_type}", loop_index=loop_index,
+            step_key=step_key,
+        )
+
+    async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: AgentRun) -> ToolResult:
+        if getattr(tool, "name", None) != INVOKE_SUBAGENT:
+            return await super().call_tool(key, tool, call, run)
+        if key not in self.checkpoints:
+            result = await db(subagent_step)(self.request, key, call.arguments)
+            if result is None:
+                raise Park("subagent")
+            stored = await db(StepCheckpoint.store)(self.request.pk, key, "subagent", result.to_dict())
+            self.checkpoints[key] = stored.output
+        return ToolResult.from_dict(self.checkpoints[key])
+
+
+def open_interaction(req: Request, key: str, spec: dict[str, Any]) -> Interaction:
+    with transaction.atomic():
+        itr = Interaction.objects.filter(request=req, step_key=key).first()
+        if itr is not None:
+            return itr
+        itr = Interaction.objects.create(
+            request=req,
+            step_key=key,
+            type=spec["type"],
+            prompt=spec["prompt"],
+            schema=spec["schema"],
+            default_response=spec["default"],
+            timeout_seconds=spec["timeout_seconds"],
+            expires_at=timezone.now() + timedelta(seconds=spec["timeout_seconds"]),
+        )
+        payload = {
+            **base_payload(req),
+            "interaction_id": itr.interaction_id,
+            "type": itr.type,
+            "prompt": itr.prompt,
+            "schema": itr.schema,
+            "timeout_seconds": itr.timeout_seconds,
+        }
+        append_event(req, "request.interaction.create", payload, dedupe_key=f"{key}:create", step_key=key)
+    return itr
+
+
+def subagent_step(parent: Request, key: str, args: dict[str, Any]) -> ToolResult | None:
+    """Start the child request for an InvokeSubagent call, or return its result once it ended.
+
+    None means "not finished yet": the parent parks and the child's end enqueues it.
+    """
+    host = get_host()
+    agent_id = str(args.get("agent_id", "")).strip()
+    hosted = host.get(agent_id)
+    if hosted is None or hosted.role != "subagent":
+        return ToolResult.error(
+            f"Unknown subagent '{agent_id}'. Available subagents: {', '.join(host.subagent_ids) or 'none'}"
+        )
+    marker = f"{key}:child"
+    with transaction.atomic():
+        started = StepCheckpoint.objects.filter(request=parent, step_key=marker).first()
+        if started is None:
+            child = create_request(
+                get_agent_row(agent_id),
+                str(args.get("prompt", "")).strip() or "(empty prompt)",
+                session_id=subagent_session_id(parent.session.session_id, agent_id),
+                parent=parent,
+                metadata={"parent_request_id": str(parent.pk), "parent_step": key},
+            )
+            StepCheckpoint.store(parent.pk, marker, "subagent.start", {"request_id": str(child.pk)})
+            enqueue_request_on_commit(child.pk)
+            return None
+    child = Request.objects.get(pk=started.output["request_id"])
+    if not child.is_terminal:
+        return None
+    meta = {"request_id": str(child.pk), "agent_id": agent_id, "session_id": subagent_session_id(
+        parent.session.session_id, agent_id)}
+    if child.status == Request.Status.COMPLETED:
+        return ToolResult.success((child.response or {}).get("text", ""), **meta)
+    return ToolResult.error(f"Subagent '{agent_id}' {child.status}: {child.error or 'no answer'}", **meta)
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+class RequestRunner:
+    def __init__(self, request: Request, owner: str):
+        self.request = request
+        self.owner = owner
+        self.stop_reason: str | None = None
+
+    async def run(self) -> str:
+        req = self.request
+        if req.cancel_requested:
+            await db(self._finish)(Request.Status.CANCELLED, "Request cancelled", "cancelled", False)
+            return "cancelled"
+        await db(append_event)(
+            req, "request.started", {**base_payload(req), "status": "started"}, dedupe_key=f"started.{req.run_attempt}"
+        )
+        hosted = get_host().get(req.agent.agent_id)
+        if hosted is None:
+            await db(self._finish)(Request.Status.FAILED, f"Agent '{req.agent.agent_id}' is not defined by this host",
+                                   "AGENT_NOT_FOUND", False)
+            return "failed"
+        agent = await db(build_agent)(hosted)
+        history = await db(load_history)(req, hosted.config.conversation_history_turns)
+        checkpoints = await db(load_checkpoints)(req)
+        hooks = DurableHooks(self, checkpoints)
+        task = asyncio.create_task(
+            agent.run(req.message, history=history, structured_output=req.structured_output, hooks=hooks)
+        )
+        heartbeat = asyncio.create_task(self.heartbeat(task))
+        try:
+            result: AgentResult = await task
+        except asyncio.CancelledError:
+            if self.stop_reason == "cancel":
+                await db(self._finish)(Request.Status.CANCELLED, "Request cancelled", "cancelled", False)
+                return "cancelled"
+            if self.stop_reason == "lease_lost":
+                return "lease_lost"
+            raise
+        except Park as park:
+            await db(self._park)(park.reason)
+            return f"parked:{park.reason}"
+        except LLMError as exc:
+            await db(self._finish)(Request.Status.FAILED, str(exc), exc.code, exc.transient)
+            return "failed"
+        except StructuredOutputError as exc:
+            await db(self._finish)(Request.Status.FAILED, str(exc), StructuredOutputError.code, False)
+            return "failed"
+        except Exception as exc:
+            logger.exception("request %s failed", req.pk)
+            await db(self._finish)(Request.Status.FAILED, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", True)
+            return "failed"
+        finally:
+            heartbeat.cancel()
+            await agent.tools.aclose()
+        done = await db(self._complete)(result, hosted)
+        return "completed" if done else "lease_lost"
+
+    async def heartbeat(self, task: asyncio.Task) -> None:
+        """Renew the lease and watch for cancel; interrupt the run when either says stop."""
+        renew_every = max(1.0, lease_seconds() / 3)
+        last_renew = time.monotonic()
+        while not task.done():
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            renew = time.monotonic() - last_renew >= renew_every
+            try:
+                state = await db(self._heartbeat_once)(renew)
+            except Exception:
+                logger.warning("heartbeat for %s failed", self.request.pk, exc_info=True)
+                continue
+            if renew:
+                last_renew = time.monotonic()
+            if state != "ok":
+                self.stop_reason = state
+                task.cancel()
+                return
+
+    def _heartbeat_once(self, renew: bool) -> str:
+        qs = Request.objects.filter(pk=self.request.pk, lease_owner=self.owner)
+        if renew and not qs.update(lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds())):
+            return "lease_lost"
+        row = qs.values_list("cancel_requested", flat=True).first()
+        if row is None:
+            return "lease_lost"
+        return "cancel" if row else "ok"
+
+    # -- outcomes (sync, run in the db thread) --
+
+    def _finish(self, status: str, error: str, code: str, retryable: bool) -> None:
+        finish_request(self.request, status, error=error, error_code=code, retryable=retryable, lease_owner=self.owner)
+
+    def _park(self, reason: str) -> None:
+        status = Request.Status.AWAITING_INPUT if reason == "input" else Request.Status.AWAITING_SUBAGENT
+        Request.objects.filter(pk=self.request.pk, lease_owner=self.owner).update(
+            status=status, lease_owner="", lease_expires_at=None
+        )
+        # An answer (or the child's end) may have landed while we still held the lease, and its
+        # enqueue found the request leased: look once more so the request cannot stall here.
+        if parked_request_is_ready(self.request.pk, status):
+            enqueue_request(self.request.pk)
+
+    def _complete(self, result: AgentResult, hosted: HostedAgent) -> bool:
+        req = self.request
+        usage = result.usage
+        now = timezone.now()
+        with transaction.atomic():
+            changed = Request.objects.filter(pk=req.pk, lease_owner=self.owner, status=Request.Status.RUNNING).update(
+                status=Request.Status.COMPLETED, finished_at=now, lease_owner="", lease_expires_at=None,
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+            )
+            if not changed:
+                return False
+            Session.objects.filter(pk=req.session_id).update(
+                session_total_tokens=F("session_total_tokens") + usage.total, last_activity_at=now
+            )
+            total = Session.objects.values_list("session_total_tokens", flat=True).get(pk=req.session_id)
+            turn = save_turn(req, result, total)
+            response: dict[str, Any] = {"text": result.text, "signals": turn.signals, "metadata": turn.metadata}
+            if result.structured_output is not None:
+                response["structured_output"] = result.structured_output
+            Request.objects.filter(pk=req.pk).update(response=response)
+            append_event(req, "runtime.turn.persisted",
+                         {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()},
+                         dedupe_key="turn.persisted", step_key="turn")
+            append_event(
+                req,
+                "request.completed",
+                {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
+                 "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total},
+                dedupe_key=f"terminal.{req.run_attempt}",
+            )
+            transaction.on_commit(lambda: after_terminal(req))
+        return True
+
+
+def parked_request_is_ready(request_id, status: str) -> bool:
+    if status == Request.Status.AWAITING_INPUT:
+        return not Interaction.objects.filter(request_id=request_id, status=Interaction.Status.PENDING).exists()
+    return not Request.objects.filter(parent_id=request_id).exclude(status__in=Request.TERMINAL).exists()
+
+
+def load_checkpoints(req: Request) -> dict[str, dict[str, Any]]:
+    return dict(StepCheckpoint.objects.filter(request=req).values_list("step_key", "output"))
+
+
+def build_agent(hosted: HostedAgent) -> Agent:
+    """A fresh agent for one run: tools hold per-run state (a bash shell), so never share them."""
+    tools = hosted.spec.build_tools()
+    suffix = ""
+    host = get_host()
+    if hosted.role == "primary" and host.subagent_ids:
+        subagents = [host.get(i) for i in host.subagent_ids]
+        tools.register(InvokeSubagentTool([s.agent_id for s in subagents]))
+        suffix = routing_block(subagents)
+    return Agent(hosted.config, hosted.spec.build_llm(), tools, hosted.spec.build_skills(), system_suffix=suffix)

@@ -1,0 +1,69 @@
+"""Appending events: the one way frames enter a request's stream.
+
+`append_event` writes the row (deduplicated by key), mirrors a subagent's events into
+its parent's trace, and rings the doorbells once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from mash_runtime import doorbell
+from mash_runtime.models import Request, RuntimeEvent
+
+
+def base_payload(request: Request) -> dict[str, Any]:
+    return {
+        "request_id": str(request.pk),
+        "agent_id": request.agent.agent_id,
+        "session_id": request.session.session_id,
+    }
+
+
+def append_event(
+    request: Request,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    dedupe_key: str | None = None,
+    loop_index: int | None = None,
+    step_key: str = "",
+) -> RuntimeEvent:
+    with transaction.atomic():
+        event, created = RuntimeEvent.append(
+            request, event_type, payload, dedupe_key=dedupe_key, loop_index=loop_index, step_key=step_key
+        )
+        if created and request.parent_id:
+            _mirror_to_parent(request, event)
+        if created:
+            transaction.on_commit(lambda: doorbell.ring(request.pk, event.agent_id, event.seq))
+    return event
+
+
+def _mirror_to_parent(child: Request, event: RuntimeEvent) -> None:
+    parent = Request.objects.select_related("agent", "session", "parent").get(pk=child.parent_id)
+    data = {
+        "agent_id": child.agent.agent_id,
+        "primary_session_id": parent.session.session_id,
+        "subagent_session_id": child.session.session_id,
+        "request_id": str(child.pk),
+        "event": event.event_type,
+        "data": event.payload,
+    }
+    append_event(
+        parent,
+        f"subagent.{event.event_type}",
+        data,
+        dedupe_key=f"sub:{child.pk}:{event.seq}",
+        loop_index=event.loop_index,
+        step_key=event.step_key,
+    )
+    # A child's question is the parent's question too: surface it as a first-class
+    # interaction frame so a client that only follows the parent can answer it.
+    if event.event_type in ("request.interaction.create", "request.interaction.ack"):
+        surfaced = {**base_payload(parent), **{k: v for k, v in event.payload.items() if k not in ("request_id", "agent_id", "session_id")}}
+        surfaced["subagent_request_id"] = str(child.pk)
+        surfaced["subagent_id"] = child.agent.agent_id
+        append_event(parent, event.event_type, surfaced, dedupe_key=f"sub:{child.pk}:{event.seq}:surfaced")

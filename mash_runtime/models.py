@@ -1,0 +1,344 @@
+"""Runtime records: the single source of truth for requests, their events and state.
+
+Every table here is append-mostly history except `Agent` and `Session` (which carry
+counters) and the mutable state columns of `Request` and `Interaction`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from typing import Any
+
+from django.db import IntegrityError, models, transaction
+
+
+def new_interaction_id() -> str:
+    return f"itr_{secrets.token_hex(6)}"
+
+
+def epoch(value) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+class Agent(models.Model):
+    class Role(models.TextChoices):
+        PRIMARY = "primary"
+        SUBAGENT = "subagent"
+        WORKFLOW = "workflow"  # workflow-only: hidden from listings and delegation
+
+    agent_id = models.CharField(max_length=64, unique=True)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    metadata = models.JSONField(null=True, blank=True)
+    model_name = models.CharField(max_length=128, blank=True, default="")
+    config = models.JSONField(default=dict, blank=True)
+    # False once the host app no longer defines the agent; its history stays browsable.
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["agent_id"]
+
+    def __str__(self) -> str:
+        return self.agent_id
+
+
+class Session(models.Model):
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
+    session_id = models.CharField(max_length=200)
+    session_total_tokens = models.BigIntegerField(default=0)
+    # Requests of a session run in the order of this counter (see Request.session_seq).
+    last_request_seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "session_id"], name="uniq_session_per_agent")]
+        ordering = ["-last_activity_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}/{self.session_id}"
+
+    @staticmethod
+    def default_session_id(agent_id: str) -> str:
+        return f"{agent_id}:default"
+
+
+class Request(models.Model):
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted"
+        WAITING = "waiting"  # queued behind an earlier request of the same session
+        RUNNING = "running"
+        AWAITING_INPUT = "awaiting_input"
+        AWAITING_SUBAGENT = "awaiting_subagent"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    PARKED = (Status.AWAITING_INPUT, Status.AWAITING_SUBAGENT)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="requests")
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="requests")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    trace_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    session_seq = models.PositiveIntegerField(default=0)
+    message = models.TextField()
+    structured_output = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED, db_index=True)
+
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    recovery_attempts = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    # Bumped by resume: a resumed run gets its own started/terminal events.
+    run_attempt = models.PositiveIntegerField(default=0)
+    # Highest event seq handed out; appends bump it under the row lock.
+    last_seq = models.PositiveIntegerField(default=0)
+
+    response = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    retryable = models.BooleanField(default=False)
+
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["session", "created_at"], name="req_session_created"),
+            models.Index(fields=["agent", "status", "created_at"], name="req_agent_status_created"),
+        ]
+        constraints = [models.UniqueConstraint(fields=["session", "session_seq"], name="uniq_request_session_seq")]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at and self.finished_at:
+            return int((self.finished_at - self.started_at).total_seconds() * 1000)
+        return None
+
+
+class RuntimeEventQuerySet(models.QuerySet):
+    def after(self, request_id, seq: int) -> "RuntimeEventQuerySet":
+        return self.filter(request_id=request_id, seq__gt=seq).order_by("seq")
+
+
+class RuntimeEvent(models.Model):
+    """One frame of a request's stream, numbered by `seq` from 1 without gaps."""
+
+    id = models.BigAutoField(primary_key=True)
+    request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    event_type = models.CharField(max_length=100, db_index=True)
+    agent_id = models.CharField(max_length=64, db_index=True)
+    session_id = models.CharField(max_length=200)
+    trace_id = models.UUIDField()
+    loop_index = models.IntegerField(null=True, blank=True)
+    step_key = models.CharField(max_length=100, blank=True, default="")
+    payload = models.JSONField(default=dict)
+    # Set for every event a replay could emit again; a second append with the same key
+    # returns the first row instead of adding a frame.
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True)
+    created_at = models.FloatField(default=time.time)
+
+    objects = RuntimeEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["request", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "seq"], name="uniq_event_seq"),
+            models.UniqueConstraint(fields=["request", "dedupe_key"], name="uniq_event_dedupe"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}#{self.seq} {self.event_type}"
+
+    @property
+    def stream_name(self) -> str:
+        """The SSE event name: `request.*` as is, everything else wrapped as `agent.trace`."""
+        return self.event_type if self.event_type.startswith("request.") else "agent.trace"
+
+    @classmethod
+    def append(
+        cls,
+        request: Request,
+        event_type: str,
+        payload: dict[str, Any],
+        *,
+        dedupe_key: str | None = None,
+        loop_index: int | None = None,
+        step_key: str = "",
+    ) -> tuple["RuntimeEvent", bool]:
+        """Append the next event of `request`; returns (event, created).
+
+        The request row is locked first (SELECT ... FOR UPDATE on PostgreSQL; SQLite's
+        IMMEDIATE transactions serialise writers anyway), so two appenders can never take
+        the same seq and the dedupe check cannot race another append.
+        """
+        with transaction.atomic():
+            last = Request.objects.select_for_update().values_list("last_seq", flat=True).get(pk=request.pk)
+            if dedupe_key is not None:
+                existing = cls.objects.filter(request_id=request.pk, dedupe_key=dedupe_key).first()
+                if existing is not None:
+                    return existing, False
+            seq = last + 1
+            Request.objects.filter(pk=request.pk).update(last_seq=seq)
+            event = cls.objects.create(
+                request_id=request.pk,
+                seq=seq,
+                event_type=event_type,
+                agent_id=request.agent.agent_id,
+                session_id=request.session.session_id,
+                trace_id=request.trace_id,
+                loop_index=loop_index,
+                step_key=step_key,
+                payload=payload,
+                dedupe_key=dedupe_key,
+            )
+        request.last_seq = seq
+        return event, True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.id,
+            "request_id": str(self.request_id),
+            "request_seq": self.seq,
+            "trace_id": str(self.trace_id),
+            "app_id": self.agent_id,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+            "event_type": self.event_type,
+            "loop_index": self.loop_index,
+            "step_key": self.step_key,
+            "payload": self.payload,
+            "created_at": self.created_at,
+        }
+
+
+class StepCheckpoint(models.Model):
+    """The stored output of one LLM or tool call; a re-run replays it instead of calling again."""
+
+    request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="checkpoints")
+    step_key = models.CharField(max_length=100)
+    kind = models.CharField(max_length=32)
+    output = models.JSONField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["request", "id"]
+        constraints = [models.UniqueConstraint(fields=["request", "step_key"], name="uniq_checkpoint_step")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}:{self.step_key}"
+
+    @classmethod
+    def store(cls, request_id, step_key: str, kind: str, output: dict[str, Any], duration_ms: int = 0):
+        """Store a step's output once. A second store of the same step keeps the first output,
+        because whatever ran first is what later steps already saw."""
+        try:
+            with transaction.atomic():
+                return cls.objects.create(
+                    request_id=request_id, step_key=step_key, kind=kind, output=output, duration_ms=duration_ms
+                )
+        except IntegrityError:
+            return cls.objects.get(request_id=request_id, step_key=step_key)
+
+
+class Interaction(models.Model):
+    class Type(models.TextChoices):
+        APPROVAL = "approval"
+        INFO = "info"
+        CHOICE = "choice"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ANSWERED = "answered"
+        TIMED_OUT = "timed_out"
+
+    interaction_id = models.CharField(max_length=32, primary_key=True, default=new_interaction_id, editable=False)
+    request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="interactions")
+    step_key = models.CharField(max_length=100)
+    type = models.CharField(max_length=16, choices=Type.choices)
+    prompt = models.TextField()
+    schema = models.JSONField(default=dict)
+    default_response = models.JSONField(null=True, blank=True)
+    timeout_seconds = models.PositiveIntegerField()
+    expires_at = models.DateTimeField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    response = models.JSONField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [models.UniqueConstraint(fields=["request", "step_key"], name="uniq_interaction_step")]
+
+    def __str__(self) -> str:
+        return self.interaction_id
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status == self.Status.TIMED_OUT
+
+
+class MemoryTurn(models.Model):
+    class Kind(models.TextChoices):
+        TURN = "turn"
+        SUMMARY = "summary"  # a compaction checkpoint: history after it starts here
+
+    turn_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="turns")
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="turns")
+    request = models.OneToOneField(Request, null=True, blank=True, on_delete=models.SET_NULL, related_name="turn")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TURN)
+    user_message = models.TextField(blank=True, default="")
+    agent_response = models.TextField(blank=True, default="")
+    token_usage = models.JSONField(default=dict, blank=True)
+    session_total_tokens = models.BigIntegerField(default=0)
+    signals = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["session", "created_at"], name="turn_session_created")]
+
+    def __str__(self) -> str:
+        return str(self.turn_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "turn_id": str(self.turn_id),
+            "user_message": self.user_message,
+            "agent_response": self.agent_response,
+            "session_total_tokens": self.session_total_tokens,
+            "signals": self.signals,
+            "metadata": self.metadata,
+            "created_at": epoch(self.created_at),
+        }
+
+
+__all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn"]

@@ -1,0 +1,356 @@
+"""Service functions: what the API, the CLI and the admin call to drive requests.
+
+Each raises a `ServiceError` carrying the wire error code and HTTP status, so views
+stay thin.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from mash_core.errors import ConfigError
+from mash_core.structured import normalize_schema
+from mash_runtime.events import append_event, base_payload
+from mash_runtime.host import get_host
+from mash_runtime.models import Agent, Interaction, Request, Session
+from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "INVALID_REQUEST"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+        self.details = details or {}
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "CONFLICT"
+
+
+class Gone(ServiceError):
+    status = 410
+    code = "GONE"
+
+
+# -- lookups ------------------------------------------------------------------------------
+
+
+def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
+    host = get_host()
+    hosted = host.get(agent_id)
+    if hosted is None or (hosted.role == "workflow" and not include_workflow):
+        raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
+    agent = Agent.objects.filter(agent_id=agent_id).first()
+    if agent is None or agent.role != hosted.role or not agent.active:
+        host.sync_agents()
+        agent = Agent.objects.get(agent_id=agent_id)
+    return agent
+
+
+def get_request(request_id, agent_id: str | None = None) -> Request:
+    try:
+        pk = uuid.UUID(str(request_id).strip())
+    except ValueError:
+        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
+    req = Request.objects.select_related("agent", "session").filter(pk=pk).first()
+    if req is None:
+        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND")
+    if agent_id is not None and req.agent.agent_id != agent_id:
+        raise NotFound(f"Request '{request_id}' not found for agent '{agent_id}'", code="REQUEST_NOT_FOUND")
+    return req
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def subagent_session_id(primary_session_id: str, agent_id: str) -> str:
+    """Stable session of a subagent for one primary session: `subagent:<id>:<24 hex>`."""
+    digest = hashlib.sha256(f"{primary_session_id}\x00{agent_id}".encode()).hexdigest()[:24]
+    return f"subagent:{agent_id}:{digest}"
+
+
+def create_request(
+    agent: Agent,
+    message: str,
+    *,
+    session_id: str | None = None,
+    structured_output: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    parent: Request | None = None,
+) -> Request:
+    """Insert the request and its first event; the caller owns the transaction and the enqueue."""
+    session_key = session_id or Session.default_session_id(agent.agent_id)
+    session, _ = Session.objects.get_or_create(agent=agent, session_id=session_key)
+    # The UPDATE locks the session row, so concurrent submits to one session get
+    # distinct, increasing positions: that is the session's execution order.
+    Session.objects.filter(pk=session.pk).update(last_request_seq=F("last_request_seq") + 1, last_activity_at=timezone.now())
+    session.refresh_from_db(fields=["last_request_seq"])
+    req = Request.objects.create(
+        agent=agent,
+        session=session,
+        session_seq=session.last_request_seq,
+        parent=parent,
+        message=message,
+        structured_output=structured_output,
+        metadata=metadata or {},
+    )
+    append_event(req, "request.accepted", {**base_payload(req), "status": "accepted"}, dedupe_key="accepted")
+    return req
+
+
+def submit_request(
+    agent_id: str,
+    message: str,
+    session_id: str | None = None,
+    structured_output: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    agent_id = (agent_id or "").strip()
+    message = (message or "").strip() if isinstance(message, str) else message
+    if not isinstance(message, str) or not message:
+        raise ServiceError("message must be a non-empty string", code="INVALID_REQUEST",
+                           details={"errors": [{"loc": ["body", "message"], "msg": "must not be blank", "type": "value_error"}]})
+    if session_id is not None:
+        session_id = str(session_id).strip() or None
+        if session_id and len(session_id) > 200:
+            raise ServiceError("session_id is longer than 200 characters", code="INVALID_REQUEST")
+    schema = None
+    if structured_output is not None:
+        try:
+            schema = normalize_schema(structured_output)
+        except ConfigError as exc:
+            raise ServiceError(str(exc), code="INVALID_STRUCTURED_OUTPUT") from None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ServiceError("metadata must be an object", code="INVALID_REQUEST")
+    agent = get_agent_row(agent_id)
+    with transaction.atomic():
+        req = create_request(agent, message, session_id=session_id, structured_output=schema, metadata=metadata)
+        enqueue_request_on_commit(req.pk)
+    return {"request_id": str(req.pk), "agent_id": agent.agent_id, "session_id": req.session.session_id,
+            "status": "accepted"}
+
+
+# -- status, cancel, resume ---------------------------------------------------------------
+
+API_STATUS = {
+    Request.Status.ACCEPTED: "queued",
+    Request.Status.WAITING: "queued",
+    Request.Status.RUNNING: "pending",
+    Request.Status.AWAITING_INPUT: "waiting_input",
+    Request.Status.AWAITING_SUBAGENT: "pending",
+    Request.Status.COMPLETED: "completed",
+    Request.Status.FAILED: "failed",
+    Request.Status.CANCELLED: "cancelled",
+}
+
+
+def get_request_status(request_id, agent_id: str | None = None) -> dict[str, Any]:
+    req = get_request(request_id, agent_id)
+    data: dict[str, Any] = {
+        "request_id": str(req.pk),
+        "workflow_id": str(req.pk),
+        "status": API_STATUS[req.status],
+        "recovery_attempts": req.recovery_attempts,
+    }
+    if req.error:
+        data["error"] = req.error
+        data["error_code"] = req.error_code
+    return data
+
+
+def finish_request(
+    req: Request,
+    status: str,
+    *,
+    error: str = "",
+    error_code: str = "",
+    retryable: bool = False,
+    only_from: tuple[str, ...] | None = None,
+    lease_owner: str | None = None,
+) -> bool:
+    """Move a request to a terminal state and append its one terminal event.
+
+    The conditional UPDATE is the guard: whoever moves the row first writes the
+    terminal event; everyone else gets False and writes nothing.
+    """
+    with transaction.atomic():
+        qs = Request.objects.filter(pk=req.pk).exclude(status__in=Request.TERMINAL)
+        if only_from is not None:
+            qs = qs.filter(status__in=only_from)
+        if lease_owner is not None:
+            qs = qs.filter(lease_owner=lease_owner)
+        now = timezone.now()
+        changed = qs.update(
+            status=status, error=error, error_code=error_code, retryable=retryable, finished_at=now,
+            lease_owner="", lease_expires_at=None,
+        )
+        if not changed:
+            return False
+        req.refresh_from_db()
+        Interaction.objects.filter(request=req, status=Interaction.Status.PENDING).update(
+            status=Interaction.Status.TIMED_OUT, answered_at=now
+        )
+        payload = {**base_payload(req), "status": "error", "error": error, "error_code": error_code,
+                   "retryable": retryable}
+        append_event(req, "request.error", payload, dedupe_key=f"terminal.{req.run_attempt}")
+        transaction.on_commit(lambda: after_terminal(req))
+    return True
+
+
+def after_terminal(req: Request) -> None:
+    """Wake what waited on this request: the next one of its session, and a parent."""
+    nxt = (
+        Request.objects.filter(session_id=req.session_id, session_seq__gt=req.session_seq)
+        .exclude(status__in=Request.TERMINAL)
+        .order_by("session_seq")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if nxt is not None:
+        enqueue_request(nxt)
+    if req.parent_id:
+        enqueue_request(req.parent_id)
+
+
+def cancel_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
+    req = get_request(request_id, agent_id)
+    if req.is_terminal:
+        return {"request_id": str(req.pk), "status": API_STATUS[req.status]}
+    not_running = (Request.Status.ACCEPTED, Request.Status.WAITING, *Request.PARKED)
+    if finish_request(req, Request.Status.CANCELLED, error="Request cancelled", error_code="cancelled",
+                      only_from=not_running):
+        _cancel_children(req)
+        return {"request_id": str(req.pk), "status": "cancelled"}
+    # Running somewhere: its worker polls this flag and interrupts the LLM or tool call.
+    Request.objects.filter(pk=req.pk).exclude(status__in=Request.TERMINAL).update(cancel_requested=True)
+    _cancel_children(req)
+    req.refresh_from_db()
+    return {"request_id": str(req.pk), "status": "cancelled" if req.is_terminal else "cancelling"}
+
+
+def _cancel_children(req: Request) -> None:
+    for child_id in Request.objects.filter(parent=req).exclude(status__in=Request.TERMINAL).values_list("pk", flat=True):
+        cancel_request(child_id)
+
+
+def resume_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
+    req = get_request(request_id, agent_id)
+    previous = API_STATUS[req.status]
+    if req.status not in (Request.Status.FAILED, Request.Status.CANCELLED):
+        return {"request_id": str(req.pk), "workflow_id": str(req.pk), "status": previous,
+                "message": f"Request is {previous}; nothing to resume"}
+    with transaction.atomic():
+        changed = Request.objects.filter(pk=req.pk, status=req.status).update(
+            status=Request.Status.ACCEPTED, error="", error_code="", retryable=False, cancel_requested=False,
+            finished_at=None, run_attempt=F("run_attempt") + 1, lease_owner="", lease_expires_at=None,
+        )
+        if changed:
+            enqueue_request_on_commit(req.pk)
+    return {"request_id": str(req.pk), "workflow_id": str(req.pk), "status": "resumed", "previous_status": previous,
+            "message": "Request resumed from its last checkpoint"}
+
+
+# -- interactions -------------------------------------------------------------------------
+
+
+def _validate_answer(itr: Interaction, response: Any) -> Any:
+    options = (itr.schema or {}).get("options") or []
+    if itr.type == Interaction.Type.APPROVAL:
+        if not isinstance(response, str) or response.strip().lower() not in options:
+            raise ServiceError(f"approval response must be one of {', '.join(options)}", code="INVALID_INTERACTION_RESPONSE")
+        return response.strip().lower()
+    if itr.type == Interaction.Type.CHOICE:
+        values = [response] if isinstance(response, str) else response
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ServiceError("choice response must be a list of options", code="INVALID_INTERACTION_RESPONSE")
+        unknown = [v for v in values if v not in options]
+        if unknown:
+            raise ServiceError(f"unknown option(s): {', '.join(unknown)}", code="INVALID_INTERACTION_RESPONSE")
+        return values
+    if not isinstance(response, str):
+        raise ServiceError("info response must be a string", code="INVALID_INTERACTION_RESPONSE")
+    return response
+
+
+def answer_interaction(request_id, interaction_id: str, response: Any, agent_id: str | None = None) -> dict[str, Any]:
+    req = get_request(request_id, agent_id)
+    interaction_id = str(interaction_id or "").strip()
+    # A subagent's question is surfaced on its parent's stream, so the parent's route answers it too.
+    itr = (
+        Interaction.objects.select_related("request", "request__agent", "request__session")
+        .filter(interaction_id=interaction_id)
+        .filter(request__in=_request_family(req))
+        .first()
+    )
+    if itr is None:
+        raise NotFound(f"Interaction '{interaction_id}' not found", code="INTERACTION_NOT_FOUND")
+    if itr.status == Interaction.Status.ANSWERED:
+        raise Conflict(f"Interaction '{interaction_id}' was already answered", code="INTERACTION_ALREADY_ANSWERED")
+    if itr.status == Interaction.Status.TIMED_OUT or itr.expires_at <= timezone.now():
+        if itr.status == Interaction.Status.PENDING:
+            time_out_interaction(itr)
+        raise Gone(f"Interaction '{interaction_id}' timed out", code="INTERACTION_TIMED_OUT")
+    value = _validate_answer(itr, response)
+    resolved = _resolve_interaction(itr, value, Interaction.Status.ANSWERED)
+    if not resolved:
+        raise Conflict(f"Interaction '{interaction_id}' was already answered", code="INTERACTION_ALREADY_ANSWERED")
+    return {"ok": True, "interaction_id": itr.interaction_id}
+
+
+def _request_family(req: Request) -> list:
+    ids = [req.pk]
+    frontier = [req.pk]
+    while frontier:
+        frontier = list(Request.objects.filter(parent_id__in=frontier).values_list("pk", flat=True))
+        ids.extend(frontier)
+    return ids
+
+
+def _resolve_interaction(itr: Interaction, value: Any, status: str) -> bool:
+    with transaction.atomic():
+        changed = Interaction.objects.filter(pk=itr.pk, status=Interaction.Status.PENDING).update(
+            status=status, response=value, answered_at=timezone.now()
+        )
+        if not changed:
+            return False
+        req = itr.request
+        payload = {**base_payload(req), "interaction_id": itr.interaction_id, "response": value}
+        if status == Interaction.Status.TIMED_OUT:
+            payload["timed_out"] = True
+        append_event(req, "request.interaction.ack", payload, dedupe_key=f"{itr.step_key}:ack")
+        enqueue_request_on_commit(req.pk)
+    return True
+
+
+def time_out_interaction(itr: Interaction) -> bool:
+    return _resolve_interaction(itr, itr.default_response, Interaction.Status.TIMED_OUT)
+
+
+def expire_interactions(now: dt.datetime | None = None) -> int:
+    now = now or timezone.now()
+    count = 0
+    for itr in Interaction.objects.select_related("request", "request__agent", "request__session").filter(
+        status=Interaction.Status.PENDING, expires_at__lte=now
+    ):
+        count += time_out_interaction(itr)
+    return count

@@ -1,0 +1,112 @@
+"""The sweeper: recovers what a crash, a lost task or a timeout left behind.
+
+Runs as a django-q2 schedule (the scheduler looks every 30 s) and once whenever a
+worker process spawns, which is exactly when a killed worker is replaced: leases
+held by dead processes on this host are recovered at once instead of after expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+from django.db import close_old_connections
+from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
+
+from mash_runtime.engine import parked_request_is_ready
+from mash_runtime.models import Request
+from mash_runtime.queue import enqueue_request
+from mash_runtime.services import expire_interactions, finish_request
+
+logger = logging.getLogger("mash_runtime.sweeper")
+
+MAX_RECOVERY_ATTEMPTS = 5
+# Accepted requests nobody claimed for this long had their task lost (the Redis broker
+# drops a task whose worker died); enqueueing again is harmless if it was only slow.
+STALE_ACCEPTED_SECONDS = 15
+
+
+def _owner_is_dead(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in handle)
+    except OSError:
+        return False
+
+
+def recover_orphans(now) -> int:
+    recovered = 0
+    running = Request.objects.select_related("agent", "session").filter(status=Request.Status.RUNNING)
+    # Released by a crash between claim and lease (or by an operator): no owner, still running.
+    ownerless = list(running.filter(lease_owner="").values_list("pk", flat=True))
+    for req in running.exclude(lease_owner=""):
+        owner = req.lease_owner
+        expired = req.lease_expires_at is None or req.lease_expires_at < now
+        if not expired and not _owner_is_dead(req.lease_owner):
+            continue
+        released = Request.objects.filter(pk=req.pk, lease_owner=req.lease_owner).update(
+            lease_owner="", lease_expires_at=None, recovery_attempts=F("recovery_attempts") + 1
+        )
+        if not released:
+            continue
+        req.refresh_from_db()
+        if req.recovery_attempts > MAX_RECOVERY_ATTEMPTS:
+            finish_request(req, Request.Status.FAILED, error=f"Worker lost {req.recovery_attempts} times; giving up",
+                           error_code="RECOVERY_EXHAUSTED", retryable=True)
+            continue
+        logger.warning("recovering request %s from lost worker %s", req.pk, owner)
+        enqueue_request(req.pk)
+        recovered += 1
+    for pk in ownerless:
+        enqueue_request(pk)
+        recovered += 1
+    return recovered
+
+
+def requeue_stale(now) -> int:
+    blocked = Request.objects.filter(session_id=OuterRef("session_id"), session_seq__lt=OuterRef("session_seq")).exclude(
+        status__in=Request.TERMINAL
+    )
+    ready = Request.objects.filter(
+        status__in=(Request.Status.ACCEPTED, Request.Status.WAITING),
+        created_at__lt=now - timedelta(seconds=STALE_ACCEPTED_SECONDS),
+    ).exclude(Exists(blocked))
+    count = 0
+    for pk in ready.values_list("pk", flat=True):
+        enqueue_request(pk)
+        count += 1
+    for pk, status in Request.objects.filter(status__in=Request.PARKED).values_list("pk", "status"):
+        if parked_request_is_ready(pk, status):
+            enqueue_request(pk)
+            count += 1
+    return count
+
+
+def sweep() -> dict[str, int]:
+    close_old_connections()
+    now = timezone.now()
+    result = {
+        "recovered": recover_orphans(now),
+        "requeued": requeue_stale(now),
+        "interactions_timed_out": expire_interactions(now),
+    }
+    if any(result.values()):
+        logger.info("sweep: %s", result)
+    return result

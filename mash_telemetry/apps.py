@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MashTelemetryConfig(AppConfig):
+    name = "mash_telemetry"
+    verbose_name = "Mash telemetry"

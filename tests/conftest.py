@@ -1,0 +1,19 @@
+"""Shared fixtures. Tests under tests/core need no database and use none of these."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def make_request(db):
+    """Create an Agent, Session and Request row directly (no engine involved)."""
+    from mash_runtime.models import Agent, Request, Session
+
+    def make(agent_id: str = "primary", session_id: str = "s1", message: str = "hello", **fields):
+        agent, _ = Agent.objects.get_or_create(agent_id=agent_id, defaults={"role": "primary"})
+        session, _ = Session.objects.get_or_create(agent=agent, session_id=session_id)
+        seq = session.requests.count() + 1
+        return Request.objects.create(agent=agent, session=session, session_seq=seq, message=message, **fields)
+
+    return make

@@ -1,0 +1,117 @@
+import threading
+
+import pytest
+from django.db import IntegrityError, close_old_connections, connection, transaction
+
+from mash_runtime.models import Interaction, Request, RuntimeEvent, StepCheckpoint
+
+
+def test_it_numbers_events_from_one_without_gaps(make_request):
+    req = make_request()
+    seqs = [RuntimeEvent.append(req, "agent.trace.x", {"i": i})[0].seq for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    req.refresh_from_db()
+    assert req.last_seq == 5
+
+
+def test_it_keeps_seq_unique_per_request(make_request):
+    req = make_request()
+    RuntimeEvent.append(req, "request.accepted", {})
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RuntimeEvent.objects.create(
+            request=req, seq=1, event_type="dup", agent_id="primary", session_id="s1", trace_id=req.trace_id
+        )
+
+
+def test_it_numbers_each_request_separately(make_request):
+    a, b = make_request(session_id="a"), make_request(session_id="b")
+    RuntimeEvent.append(a, "e", {})
+    RuntimeEvent.append(a, "e", {})
+    assert RuntimeEvent.append(b, "e", {})[0].seq == 1
+
+
+def test_it_returns_the_first_event_for_a_repeated_dedupe_key(make_request):
+    req = make_request()
+    first, created = RuntimeEvent.append(req, "runtime.tool.call.completed", {"n": 1}, dedupe_key="tool.0.0")
+    again, created_again = RuntimeEvent.append(req, "runtime.tool.call.completed", {"n": 2}, dedupe_key="tool.0.0")
+    assert created and not created_again
+    assert again.pk == first.pk and again.payload == {"n": 1}
+    nxt, _ = RuntimeEvent.append(req, "x", {})
+    # The skipped duplicate must not burn a seq: streams stay contiguous.
+    assert nxt.seq == 2
+    assert RuntimeEvent.objects.filter(request=req).count() == 2
+
+
+def test_it_rejects_a_duplicate_dedupe_key_at_the_database(make_request):
+    req = make_request()
+    RuntimeEvent.append(req, "e", {}, dedupe_key="k")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RuntimeEvent.objects.create(
+            request=req, seq=99, event_type="e", agent_id="primary", session_id="s1", trace_id=req.trace_id,
+            dedupe_key="k",
+        )
+
+
+def test_it_allows_many_events_without_dedupe_key(make_request):
+    req = make_request()
+    for _ in range(3):
+        RuntimeEvent.append(req, "e", {})
+    assert RuntimeEvent.objects.filter(request=req, dedupe_key__isnull=True).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_hands_out_distinct_seqs_to_concurrent_appenders(make_request):
+    req = make_request()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            local = Request.objects.select_related("agent", "session").get(pk=req.pk)
+            for i in range(15):
+                RuntimeEvent.append(local, "e", {"w": n, "i": i}, dedupe_key=f"w{n}.{i % 10}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    seqs = list(RuntimeEvent.objects.filter(request=req).order_by("seq").values_list("seq", flat=True))
+    # 4 workers x 10 distinct dedupe keys each; repeats were dropped without gaps.
+    assert seqs == list(range(1, 41))
+
+
+def test_it_stores_a_checkpoint_once(make_request):
+    req = make_request()
+    StepCheckpoint.store(req.pk, "plan.0", "llm", {"v": 1})
+    kept = StepCheckpoint.store(req.pk, "plan.0", "llm", {"v": 2})
+    assert kept.output == {"v": 1}
+    assert StepCheckpoint.objects.filter(request=req).count() == 1
+
+
+def test_it_gives_interactions_prefixed_ids(make_request):
+    from django.utils import timezone
+
+    req = make_request()
+    itr = Interaction.objects.create(
+        request=req, step_key="approval.0.0", type="approval", prompt="ok?", timeout_seconds=300,
+        expires_at=timezone.now(),
+    )
+    assert itr.interaction_id.startswith("itr_") and len(itr.interaction_id) == 16
+    int(itr.interaction_id[4:], 16)
+
+
+def test_it_names_stream_events_for_the_wire(make_request):
+    req = make_request()
+    accepted, _ = RuntimeEvent.append(req, "request.accepted", {})
+    think, _ = RuntimeEvent.append(req, "runtime.llm.think.completed", {})
+    assert accepted.stream_name == "request.accepted"
+    assert think.stream_name == "agent.trace"
+    data = think.to_dict()
+    assert data["request_seq"] == 2 and data["event_type"] == "runtime.llm.think.completed"
+    assert isinstance(data["created_at"], float)
