@@ -353,3 +353,67 @@ def test_it_reports_max_steps_as_an_answer(engine, tmp_path):
     req = engine.run({"script": [loop] * 20})
     assert req.status == "completed"
     assert req.response["text"] == "Stopped after 8 steps without a final answer."
+
+
+def test_it_renews_its_lease_through_a_step_longer_than_the_lease(engine, settings, tmp_path):
+    from mash_runtime.sweeper import sweep
+
+    settings.MASH_LEASE_SECONDS = 3
+    out = tmp_path / "out.txt"
+    rid = engine.submit({"script": [{"tool_calls": [tool("append_line", path=str(out), line="slow", sleep=4.5)]}, "ok"]})
+    engine.queue.clear()
+    import threading
+
+    from mash_runtime.engine import run_request_task
+
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(run_request_task(rid)))
+    worker.start()
+    import time
+
+    time.sleep(3.8)  # past the first lease's expiry: only renewal keeps it
+    assert sweep()["recovered"] == 0
+    worker.join(15)
+    assert outcome == ["completed"]
+    assert out.read_text() == "slow\n"
+
+
+def test_it_rings_the_doorbell_after_each_commit(engine):
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from mash_runtime.doorbell import request_group
+
+    layer = get_channel_layer()
+    rid = engine.submit({"script": ["ding"]})
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(request_group(rid), channel)
+    engine.drain()
+
+    async def collect():
+        seen = []
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), 0.5)
+            except asyncio.TimeoutError:
+                return seen
+            assert message["type"] == "mash.doorbell" and message["request_id"] == rid
+            seen.append(message["seq"])
+
+    seqs = async_to_sync(collect)()
+    # Every event after the subscription rang once, in order.
+    assert seqs == [e.seq for e in engine.events(rid)][1:]
+
+
+def test_a_primary_with_subagents_gets_a_routing_block_and_the_delegate_tool(engine):
+    from mash_runtime.engine import build_agent
+    from mash_runtime.host import get_host
+
+    agent = build_agent(get_host().get("primary"))
+    assert "InvokeSubagent" in agent.tools
+    prompt = agent.system_prompt()
+    assert "## Subagents" in prompt and "- helper (Helper): Runs helper scripts" in prompt
+    helper = build_agent(get_host().get("helper"))
+    assert "InvokeSubagent" not in helper.tools and helper.system_prompt() == "You follow scripts."

@@ -1,0 +1,29 @@
+"""The benchmark host: one tool call, then an answer, from a zero-latency scripted model."""
+
+from mash_core.config import AgentConfig
+from mash_core.llm import ScriptedProvider
+from mash_core.tools import FunctionTool, ToolRegistry
+from mash_runtime import AgentSpec, HostBuilder
+
+
+def lookup(key: str) -> str:
+    """Return a canned value."""
+    return f"value of {key}"
+
+
+class BenchAgent(AgentSpec):
+    def get_agent_id(self) -> str:
+        return "bench"
+
+    def build_llm(self):
+        return ScriptedProvider([{"tool_calls": [{"name": "lookup", "arguments": {"key": "k"}}]}, "done"])
+
+    def build_tools(self) -> ToolRegistry:
+        return ToolRegistry([FunctionTool(lookup)])
+
+    def build_agent_config(self) -> AgentConfig:
+        return AgentConfig(app_id="bench", system_prompt="bench", conversation_history_turns=0)
+
+
+def build_host():
+    return HostBuilder().primary(BenchAgent()).build()
