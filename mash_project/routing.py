@@ -1,3 +1,5 @@
 """WebSocket routes, collected from the apps that own consumers."""
 
-websocket_urlpatterns: list = []
+from mash_api.routing import websocket_urlpatterns as api_websockets
+
+websocket_urlpatterns = [*api_websockets]

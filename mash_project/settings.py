@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "channels",
     "django_q",
     "mash_runtime",
@@ -174,8 +175,25 @@ MASH_LEASE_SECONDS = env.int("MASH_LEASE_SECONDS", default=30)
 # -- the rest ---------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        # Served to logged-in staff browsers only: clients asking for JSON get JSON.
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["mash_api.permissions.HasApiKey"],
+    "EXCEPTION_HANDLER": "mash_api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Mash host API",
+    "DESCRIPTION": "Submit requests to agents, stream their events, answer interactions, inspect sessions.",
+    "VERSION": "v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["mash_api.permissions.HasApiKey"],
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,6 +1,15 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+
+from mash_api.urls import api_v1, h2a_routes
+from mash_api.views.agents import RootView
 
 urlpatterns = [
+    path("", RootView.as_view(), name="root"),
+    path("api/v1/", include(api_v1)),
+    path("h2a/", include(h2a_routes)),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "mash_api.errors.handler404"
+handler500 = "mash_api.errors.handler500"

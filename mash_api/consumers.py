@@ -1,0 +1,106 @@
+"""WebSocket consumers: a request's stream (with in-band answers) and the staff telemetry tail.
+
+Both refuse a connection that fails the same key check as HTTP (key in a header; a
+logged-in staff session also works). Each send re-checks nothing new: the stream only
+ever carries the one request, or, for the tail, the consumer is staff-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from mash_api.auth import authenticate_headers
+from mash_api.streams import request_frames, tail_frames, ws_message
+from mash_runtime.services import ServiceError, answer_interaction, get_request
+
+UNAUTHORIZED = 4401
+NOT_FOUND = 4404
+
+
+def scope_headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+class _StreamConsumer(AsyncJsonWebsocketConsumer):
+    pump: asyncio.Task | None = None
+
+    async def principal(self):
+        return await sync_to_async(authenticate_headers)(scope_headers(self.scope), self.scope.get("user"))
+
+    def query(self, name: str) -> str | None:
+        values = parse_qs(self.scope.get("query_string", b"").decode()).get(name)
+        return values[0] if values else None
+
+    async def start_pump(self, frames) -> None:
+        async def pump():
+            try:
+                async for frame in frames:
+                    if frame.event is not None:
+                        await self.send_json(ws_message(frame.event) if self.full_messages else frame.event.to_dict())
+            except asyncio.CancelledError:
+                raise
+            finally:
+                if self.close_when_done:
+                    await self.close()
+
+        self.pump = asyncio.create_task(pump())
+
+    async def disconnect(self, code) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+
+
+class RequestStreamConsumer(_StreamConsumer):
+    """`/ws/v1/agent/<agent_id>/request/<request_id>/?after=<seq>`"""
+
+    full_messages = True
+    close_when_done = True
+
+    async def connect(self) -> None:
+        if await self.principal() is None:
+            await self.close(code=UNAUTHORIZED)
+            return
+        kwargs = self.scope["url_route"]["kwargs"]
+        try:
+            self.request_row = await sync_to_async(get_request)(kwargs["request_id"], kwargs["agent_id"])
+            after = int(self.query("after") or 0)
+        except (ServiceError, ValueError):
+            await self.close(code=NOT_FOUND)
+            return
+        await self.accept()
+        await self.start_pump(request_frames(self.request_row.pk, max(0, after)))
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if not isinstance(content, dict) or content.get("type") != "interaction":
+            await self.send_json({"type": "error", "error": {"code": "INVALID_MESSAGE",
+                                                             "message": "expected {type: 'interaction', ...}"}})
+            return
+        try:
+            result = await sync_to_async(answer_interaction)(
+                self.request_row.pk, content.get("interaction_id"), content.get("response"),
+                self.request_row.agent.agent_id,
+            )
+        except ServiceError as exc:
+            await self.send_json({"type": "error", "error": {"code": exc.code, "message": exc.message,
+                                                             "status": exc.status}})
+            return
+        await self.send_json({"type": "interaction.result", "data": result})
+
+
+class TelemetryTailConsumer(_StreamConsumer):
+    """`/ws/v1/telemetry/?agent_id=...`: every new event, for staff users only."""
+
+    full_messages = False
+    close_when_done = False
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not (user is not None and user.is_active and user.is_staff):
+            await self.close(code=UNAUTHORIZED)
+            return
+        await self.accept()
+        await self.start_pump(tail_frames(self.query("agent_id"), self.query("session_id"), self.query("trace_id")))

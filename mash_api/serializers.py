@@ -1,0 +1,39 @@
+"""Request-body shapes. Strict: a number is not a string, a list is not an object."""
+
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class JSONObjectField(serializers.JSONField):
+    default_error_messages = {"not_object": "Must be a JSON object."}
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value is not None and not isinstance(value, dict):
+            self.fail("not_object")
+        return value
+
+
+class SubmitRequestSerializer(serializers.Serializer):
+    message = StrictCharField(max_length=200_000)
+    session_id = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+    structured_output = JSONObjectField(required=False, allow_null=True)
+    metadata = JSONObjectField(required=False, allow_null=True)
+
+
+class InteractionAnswerSerializer(serializers.Serializer):
+    interaction_id = StrictCharField(max_length=64)
+    response = serializers.JSONField()
+
+
+class SubmitAcceptedSerializer(serializers.Serializer):
+    request_id = serializers.UUIDField()
+    agent_id = serializers.CharField()
+    session_id = serializers.CharField()
+    status = serializers.CharField()

@@ -1,0 +1,195 @@
+"""Event readers shared by the SSE views and the WebSocket consumers.
+
+A reader replays rows after its cursor from the database, then waits for a doorbell
+on the channel layer or for its fallback poll, whichever comes first. The database is
+the truth; doorbells only make the wait short. Polls back off while nothing happens
+(50 ms up to a ceiling), so idle streams cost little and busy ones stay snappy even on
+the in-memory layer, whose doorbells do not cross processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+
+from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
+from mash_runtime.models import Request, RuntimeEvent
+
+KEEPALIVE_SECONDS = 15.0
+BATCH = 500
+TERMINAL_EVENTS = ("request.completed", "request.error")
+
+
+def _poll_ceiling() -> float:
+    # A cross-process layer delivers doorbells, so its polls are only a safety net.
+    default = 2.0 if settings.REDIS_URL else 0.5
+    return float(getattr(settings, "MASH_STREAM_POLL_MAX", default))
+
+
+@dataclass
+class Frame:
+    """One stream item: an event, or a keep-alive when `event` is None."""
+
+    event: RuntimeEvent | None = None
+
+
+def event_data(event: RuntimeEvent) -> dict[str, Any]:
+    """The `data` of a frame: request events carry their payload; everything else is an agent.trace."""
+    if event.event_type.startswith("request."):
+        return event.payload
+    return {
+        "event_type": event.event_type,
+        "trace_id": str(event.trace_id),
+        "session_id": event.session_id,
+        "loop_index": event.loop_index,
+        "step_key": event.step_key,
+        "created_at": event.created_at,
+        "payload": event.payload,
+    }
+
+
+def sse_frame(event: RuntimeEvent) -> str:
+    data = json.dumps(event_data(event), separators=(",", ":"))  # ASCII-escaped, one line
+    return f"id: {event.seq}\nevent: {event.stream_name}\ndata: {data}\n\n"
+
+
+def ws_message(event: RuntimeEvent) -> dict[str, Any]:
+    return {"id": event.seq, "event": event.stream_name, "data": event_data(event)}
+
+
+def _release_connection() -> None:
+    # A stream may live for hours: hand the connection back between polls (ecosystem notes).
+    connection.close()
+
+
+def _fetch_request_events(request_id, cursor: int) -> tuple[list[RuntimeEvent], bool]:
+    try:
+        events = list(RuntimeEvent.objects.after(request_id, cursor)[:BATCH])
+        finished = False
+        if events and events[-1].event_type in TERMINAL_EVENTS:
+            # A resumed request has a later run: only its current terminal ends the stream.
+            status = Request.objects.filter(pk=request_id).values_list("status", flat=True).first()
+            finished = status in Request.TERMINAL
+        return events, finished
+    finally:
+        _release_connection()
+
+
+def _fetch_tail(cursor: int | None, filters: dict[str, str]) -> tuple[list[RuntimeEvent], int]:
+    try:
+        qs = RuntimeEvent.objects.filter(**filters)
+        if cursor is None:
+            last = RuntimeEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+            return [], last
+        events = list(qs.filter(id__gt=cursor).order_by("id")[:BATCH])
+        # Advance over rows the filter skipped too, so the next poll starts after them.
+        newest = RuntimeEvent.objects.order_by("-id").values_list("id", flat=True).first() or cursor
+        return events, max(cursor, newest if len(events) < BATCH else events[-1].id)
+    finally:
+        _release_connection()
+
+
+class Doorbell:
+    """A channel-layer subscription used only as a wake-up signal."""
+
+    def __init__(self, groups: list[str]):
+        self.groups = groups
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+
+    async def __aenter__(self) -> "Doorbell":
+        if self.layer is not None:
+            try:
+                self.channel = await self.layer.new_channel()
+                for group in self.groups:
+                    await self.layer.group_add(group, self.channel)
+            except Exception:
+                self.channel = None  # no doorbell: the poll alone keeps the stream correct
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.layer is not None and self.channel is not None:
+            for group in self.groups:
+                try:
+                    await self.layer.group_discard(group, self.channel)
+                except Exception:
+                    pass
+
+    async def wait(self, timeout: float) -> bool:
+        """True when rung, False when the timeout passed."""
+        if self.channel is None:
+            await asyncio.sleep(timeout)
+            return False
+        try:
+            await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+        except asyncio.TimeoutError:
+            return False
+        # Drain doorbells that piled up: one database read answers them all.
+        try:
+            while True:
+                await asyncio.wait_for(self.layer.receive(self.channel), 0)
+        except (asyncio.TimeoutError, Exception):
+            pass
+        return True
+
+
+async def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
+    """Frames of one request after seq `after`, ending right after its terminal event."""
+    cursor = after
+    poll = 0.05
+    last_sent = time.monotonic()
+    async with Doorbell([request_group(request_id)]) as bell:
+        while True:
+            events, finished = await sync_to_async(_fetch_request_events)(request_id, cursor)
+            for event in events:
+                cursor = event.seq
+                yield Frame(event)
+            if events:
+                last_sent = time.monotonic()
+                poll = 0.05
+                if finished:
+                    return
+                continue
+            if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                last_sent = time.monotonic()
+                yield Frame(None)
+            rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
+            poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())
+
+
+async def tail_frames(agent_id: str | None = None, session_id: str | None = None,
+                      trace_id: str | None = None) -> AsyncIterator[Frame]:
+    """Every new event of the host (or one agent/session/trace) from now on; never ends."""
+    filters: dict[str, str] = {}
+    if agent_id:
+        filters["agent_id"] = agent_id
+    if session_id:
+        filters["session_id"] = session_id
+    if trace_id:
+        filters["trace_id"] = trace_id
+    groups = [agent_group(agent_id)] if agent_id else [ALL_EVENTS_GROUP]
+    cursor: int | None = None
+    poll = 0.05
+    last_sent = time.monotonic()
+    async with Doorbell(groups) as bell:
+        while True:
+            events, cursor = await sync_to_async(_fetch_tail)(cursor, filters)
+            for event in events:
+                yield Frame(event)
+            if events:
+                last_sent = time.monotonic()
+                poll = 0.05
+                continue
+            if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                last_sent = time.monotonic()
+                yield Frame(None)
+            rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
+            poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())

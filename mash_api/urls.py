@@ -1,0 +1,73 @@
+"""Routes of http-api.md, each under its compat spelling and the plural REST alias."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from mash_api.views import agents, h2a, sessions, streams, telemetry, workflows
+
+
+def both(singular: str, plural: str, suffix: str, view, name: str):
+    """`agent/...` (compat) and `agents/...` (REST alias) for one view."""
+    return [
+        path(f"{singular}{suffix}", view, name=name),
+        path(f"{plural}{suffix}", view, name=f"{name}-alias"),
+    ]
+
+
+def agent_routes():
+    routes = []
+    for agent_word in ("agent", "agents"):
+        alias = "" if agent_word == "agent" else "-alias"
+        a = f"{agent_word}/<str:agent_id>"
+        routes += [
+            path(f"{agent_word}", agents.AgentListView.as_view(), name=f"agent-list{alias}"),
+            path(f"{a}", agents.AgentDetailView.as_view(), name=f"agent-detail{alias}"),
+            path(f"{a}/sessions", sessions.SessionListView.as_view(), name=f"session-list{alias}"),
+            path(f"{a}/sessions/<str:session_id>", sessions.SessionDetailView.as_view(), name=f"session-detail{alias}"),
+            path(f"{a}/sessions/<str:session_id>/history", sessions.SessionHistoryView.as_view(),
+                 name=f"session-history{alias}"),
+            path(f"{a}/sessions/<str:session_id>/signals", sessions.SessionSignalsView.as_view(),
+                 name=f"session-signals{alias}"),
+            path(f"{a}/session/<str:session_id>/trace/<str:trace_id>/reasoning",
+                 sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning{alias}"),
+            path(f"{a}/sessions/<str:session_id>/trace/<str:trace_id>/reasoning",
+                 sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning-sessions{alias}"),
+        ]
+        for request_word in ("request", "requests"):
+            ralias = alias or ("" if request_word == "request" else "-alias")
+            r = f"{a}/{request_word}"
+            routes += [
+                path(r, agents.SubmitRequestView.as_view(), name=f"request-submit{ralias}{request_word}"),
+                path(f"{r}/<str:request_id>/events", streams.request_events, name=f"request-events{ralias}{request_word}"),
+                path(f"{r}/<str:request_id>/status", agents.RequestStatusView.as_view(),
+                     name=f"request-status{ralias}{request_word}"),
+                path(f"{r}/<str:request_id>/resume", agents.ResumeRequestView.as_view(),
+                     name=f"request-resume{ralias}{request_word}"),
+                path(f"{r}/<str:request_id>/cancel", agents.CancelRequestView.as_view(),
+                     name=f"request-cancel{ralias}{request_word}"),
+                path(f"{r}/<str:request_id>/interaction", agents.InteractionView.as_view(),
+                     name=f"request-interaction{ralias}{request_word}"),
+            ]
+    return routes
+
+
+api_v1 = [
+    path("health", agents.HealthView.as_view(), name="health"),
+    *agent_routes(),
+    *both("workflow", "workflows", "", workflows.WorkflowListView.as_view(), "workflow-list"),
+    path("telemetry/events", telemetry.EventListView.as_view(), name="telemetry-events"),
+    path("telemetry/events/stream", streams.telemetry_event_stream, name="telemetry-events-stream"),
+    path("telemetry/memory/search", telemetry.MemorySearchView.as_view(), name="telemetry-memory-search"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+]
+
+h2a_routes = [
+    path("health", h2a.health, name="h2a-health"),
+    path("agent/<str:agent_id>/request", h2a.submit, name="h2a-submit"),
+    path("agent/<str:agent_id>/request/<str:request_id>", h2a.stream, name="h2a-stream"),
+    path("agent/<str:agent_id>/request/<str:request_id>/interaction", h2a.interaction, name="h2a-interaction"),
+    path("agent/<str:agent_id>/request/<str:request_id>/status", h2a.status, name="h2a-status"),
+    path("agent/<str:agent_id>/request/<str:request_id>/resume", h2a.resume, name="h2a-resume"),
+]

@@ -1,0 +1,19 @@
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mash_api.permissions import HasApiKey
+
+
+def ok(data, status: int = 200) -> Response:
+    return Response({"data": data}, status=status)
+
+
+class ApiView(APIView):
+    """Base of every /api/v1 view: key check, envelope errors (settings), thin bodies."""
+
+    permission_classes = [HasApiKey]
+
+    def body(self, serializer_class):
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data

@@ -1,0 +1,103 @@
+"""The per-agent binding the upstream SDK `AgentClient` speaks: bare JSON bodies, no envelope."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from mash_api.auth import authenticate_headers
+from mash_api.views.streams import event_stream_response, open_request_stream, sse_body
+from mash_runtime import queries, services
+from mash_runtime.host import get_host
+from mash_runtime.services import ServiceError
+
+
+def h2a_error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def guarded(view):
+    """Method, key and agent checks, and service errors as bare error bodies."""
+
+    @csrf_exempt
+    def wrapper(request, agent_id: str | None = None, **kwargs):
+        if authenticate_headers(request.headers, getattr(request, "user", None)) is None:
+            return h2a_error("UNAUTHORIZED", "Missing or invalid API key", 401)
+        if agent_id is not None:
+            hosted = get_host().get(agent_id.strip())
+            if hosted is None or hosted.role == "workflow":
+                return h2a_error("ROUTE_NOT_FOUND", f"No agent '{agent_id}' on this host", 404)
+            kwargs["agent_id"] = hosted.agent_id
+        try:
+            return view(request, **kwargs)
+        except ServiceError as exc:
+            return h2a_error(exc.code, exc.message, exc.status)
+
+    return wrapper
+
+
+def _json_body(request) -> dict:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ServiceError("Request body is not valid JSON", code="INVALID_JSON") from None
+    if not isinstance(body, dict):
+        raise ServiceError("Request body must be a JSON object", code="INVALID_REQUEST")
+    return body
+
+
+def _only(request, method: str) -> JsonResponse | None:
+    if request.method != method:
+        return h2a_error("METHOD_NOT_ALLOWED", f"{request.method} is not allowed here", 405)
+    return None
+
+
+@guarded
+def health(request):
+    return _only(request, "GET") or JsonResponse({"status": "ok", "service": "mash-h2a", **queries.list_agents()})
+
+
+@guarded
+def submit(request, agent_id: str):
+    if (wrong := _only(request, "POST")) is not None:
+        return wrong
+    body = _json_body(request)
+    message, session_id = body.get("message"), body.get("session_id")
+    if not isinstance(message, str) or not message.strip():
+        raise ServiceError("message must be a non-empty string", code="INVALID_REQUEST")
+    if session_id is not None and not isinstance(session_id, str):
+        raise ServiceError("session_id must be a string", code="INVALID_REQUEST")
+    data = services.submit_request(agent_id, message, session_id=session_id,
+                                   structured_output=body.get("structured_output"))
+    return JsonResponse(data, status=202)
+
+
+@guarded
+def interaction(request, agent_id: str, request_id: str):
+    if (wrong := _only(request, "POST")) is not None:
+        return wrong
+    body = _json_body(request)
+    if not isinstance(body.get("interaction_id"), str) or "response" not in body:
+        raise ServiceError("interaction_id and response are required", code="INVALID_REQUEST")
+    return JsonResponse(services.answer_interaction(request_id, body["interaction_id"], body["response"], agent_id))
+
+
+@guarded
+def status(request, agent_id: str, request_id: str):
+    return _only(request, "GET") or JsonResponse(services.get_request_status(request_id, agent_id))
+
+
+@guarded
+def resume(request, agent_id: str, request_id: str):
+    return _only(request, "POST") or JsonResponse(services.resume_request(request_id, agent_id))
+
+
+async def stream(request, agent_id: str, request_id: str):
+    frames, error = await open_request_stream(request, agent_id, request_id)
+    if error is not None:
+        payload = json.loads(error.content)["error"]
+        code = "REQUEST_NOT_FOUND" if error.status_code == 404 else payload["code"]
+        return h2a_error(code, payload["message"], error.status_code)
+    return event_stream_response(sse_body(frames))

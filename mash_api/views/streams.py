@@ -1,0 +1,81 @@
+"""SSE views: async Django views streaming over an async generator (daphne sends frame by frame)."""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import StreamingHttpResponse
+
+from mash_api.auth import authenticate_headers
+from mash_api.errors import Unauthorized, error_json
+from mash_api.streams import request_frames, sse_frame, tail_frames
+from mash_runtime.services import ServiceError, get_request
+
+
+async def authorized(request) -> bool:
+    user = await request.auser()
+    return await sync_to_async(authenticate_headers)(request.headers, user) is not None
+
+
+def parse_cursor(request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", "after"], "msg": "not an integer", "type": "int_parsing"}]}) from None
+    if value < 0:
+        raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422)
+    return value
+
+
+def event_stream_response(body) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def sse_body(frames):
+    async for frame in frames:
+        yield sse_frame(frame.event) if frame.event is not None else ": keep-alive\n\n"
+
+
+async def open_request_stream(request, agent_id: str, request_id: str):
+    """Validate everything before the first byte, so errors are still JSON with a status."""
+    if request.method != "GET":
+        return None, error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
+    if not await authorized(request):
+        return None, error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
+    try:
+        req = await sync_to_async(get_request)(request_id, agent_id.strip())
+        after = parse_cursor(request)
+    except ServiceError as exc:
+        return None, error_json(exc.code, exc.message, exc.status, exc.details)
+    return request_frames(req.pk, after), None
+
+
+async def request_events(request, agent_id: str, request_id: str):
+    frames, error = await open_request_stream(request, agent_id, request_id)
+    if error is not None:
+        return error
+    return event_stream_response(sse_body(frames))
+
+
+async def telemetry_event_stream(request):
+    if request.method != "GET":
+        return error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
+    if not await authorized(request):
+        return error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
+    import json
+
+    from mash_api.streams import event_data
+
+    async def body():
+        async for frame in tail_frames(request.GET.get("agent_id"), request.GET.get("session_id"),
+                                       request.GET.get("trace_id")):
+            if frame.event is None:
+                yield ": keep-alive\n\n"
+            else:
+                yield f"data: {json.dumps(frame.event.to_dict(), separators=(',', ':'))}\n\n"
+
+    return event_stream_response(body())
