@@ -31,7 +31,8 @@ from mash_core.llm.base import LLMError
 from mash_core.messages import ToolCallBlock
 from mash_core.structured import StructuredOutputError
 from mash_core.tools.base import ToolResult
-from mash_runtime.events import append_event, base_payload
+from mash_runtime import doorbell
+from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import load_history, save_turn
 from mash_runtime.models import Interaction, Request, Session, StepCheckpoint
@@ -142,6 +143,22 @@ class DurableHooks(AgentHooks):
         super().__init__()
         self.runner = runner
         self.checkpoints = checkpoints
+        self.pending: list[tuple] = []
+
+    async def flush(self) -> None:
+        """Write the events emitted since the last flush in one transaction, then ring once.
+
+        Events are buffered only between awaits on the outside world: every step,
+        interaction and outcome flushes first, so frames keep their order and a crash
+        loses only events that the replay emits again (same dedupe keys).
+        """
+        if not self.pending:
+            return
+        items, self.pending = self.pending, []
+        results = await db(append_events)(self.request, items, ring=False)
+        created = [event for event, was_created in results if was_created]
+        if created:
+            await doorbell.ring_async(self.request.pk, created[-1].agent_id, created[-1].seq)
 
     @property
     def request(self) -> Request:
@@ -150,6 +167,7 @@ class DurableHooks(AgentHooks):
     async def run_step(self, key: str, kind: str, fn: StepFn) -> dict[str, Any]:
         if key in self.checkpoints:
             return self.checkpoints[key]
+        await self.flush()
         output = await fn()
         stored = await db(StepCheckpoint.store)(
             self.request.pk, key, kind, output, int(output.get("duration_ms", 0) or 0)
@@ -158,6 +176,7 @@ class DurableHooks(AgentHooks):
         return stored.output
 
     async def interaction(self, key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        await self.flush()
         itr = await db(open_interaction)(self.request, key, spec)
         if itr.status == Interaction.Status.PENDING:
             raise Park("input")
@@ -168,15 +187,13 @@ class DurableHooks(AgentHooks):
     ) -> None:
         if event_type == "runtime.tool.call.completed" and payload.get("tool_name") == INVOKE_SUBAGENT:
             event_type = "runtime.subagent.call.completed"
-        await db(append_event)(
-            self.request, event_type, payload, dedupe_key=f"{step_key}:{event_type}", loop_index=loop_index,
-            step_key=step_key,
-        )
+        self.pending.append((event_type, payload, f"{step_key}:{event_type}", loop_index, step_key))
 
     async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: AgentRun) -> ToolResult:
         if getattr(tool, "name", None) != INVOKE_SUBAGENT:
             return await super().call_tool(key, tool, call, run)
         if key not in self.checkpoints:
+            await self.flush()
             result = await db(subagent_step)(self.request, key, call.arguments)
             if result is None:
                 raise Park("subagent")
@@ -262,24 +279,27 @@ class RequestRunner:
         if req.cancel_requested:
             await db(self._finish)(Request.Status.CANCELLED, "Request cancelled", "cancelled", False)
             return "cancelled"
-        await db(append_event)(
-            req, "request.started", {**base_payload(req), "status": "started"}, dedupe_key=f"started.{req.run_attempt}"
-        )
         hosted = get_host().get(req.agent.agent_id)
         if hosted is None:
             await db(self._finish)(Request.Status.FAILED, f"Agent '{req.agent.agent_id}' is not defined by this host",
                                    "AGENT_NOT_FOUND", False)
             return "failed"
-        agent = await db(build_agent)(hosted)
-        history = await db(load_history)(req, hosted.config.conversation_history_turns)
-        checkpoints = await db(load_checkpoints)(req)
+        agent, history, checkpoints = await db(prepare_run)(req, hosted)
         hooks = DurableHooks(self, checkpoints)
+        hooks.pending.append(("request.started", {**base_payload(req), "status": "started"},
+                              f"started.{req.run_attempt}", None, ""))
         task = asyncio.create_task(
             agent.run(req.message, history=history, structured_output=req.structured_output, hooks=hooks)
         )
         heartbeat = asyncio.create_task(self.heartbeat(task))
         try:
-            result: AgentResult = await task
+            try:
+                result: AgentResult = await task
+            finally:
+                # Buffered events go out before any outcome is written, so the terminal frame stays last.
+                heartbeat.cancel()
+                await agent.tools.aclose()
+                await hooks.flush()
         except asyncio.CancelledError:
             if self.stop_reason == "cancel":
                 await db(self._finish)(Request.Status.CANCELLED, "Request cancelled", "cancelled", False)
@@ -300,9 +320,6 @@ class RequestRunner:
             logger.exception("request %s failed", req.pk)
             await db(self._finish)(Request.Status.FAILED, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", True)
             return "failed"
-        finally:
-            heartbeat.cancel()
-            await agent.tools.aclose()
         done = await db(self._complete)(result, hosted)
         return "completed" if done else "lease_lost"
 
@@ -370,16 +387,13 @@ class RequestRunner:
             if result.structured_output is not None:
                 response["structured_output"] = result.structured_output
             Request.objects.filter(pk=req.pk).update(response=response)
-            append_event(req, "runtime.turn.persisted",
-                         {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()},
-                         dedupe_key="turn.persisted", step_key="turn")
-            append_event(
-                req,
-                "request.completed",
-                {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
-                 "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total},
-                dedupe_key=f"terminal.{req.run_attempt}",
-            )
+            persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}
+            completed = {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
+                         "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total}
+            append_events(req, [
+                ("runtime.turn.persisted", persisted, "turn.persisted", None, "turn"),
+                ("request.completed", completed, f"terminal.{req.run_attempt}", None, ""),
+            ])
             transaction.on_commit(lambda: after_terminal(req))
         return True
 
@@ -388,6 +402,11 @@ def parked_request_is_ready(request_id, status: str) -> bool:
     if status == Request.Status.AWAITING_INPUT:
         return not Interaction.objects.filter(request_id=request_id, status=Interaction.Status.PENDING).exists()
     return not Request.objects.filter(parent_id=request_id).exclude(status__in=Request.TERMINAL).exists()
+
+
+def prepare_run(req: Request, hosted: HostedAgent):
+    """Everything a run needs from the database and the spec, in one trip to the db thread."""
+    return build_agent(hosted), load_history(req, hosted.config.conversation_history_turns), load_checkpoints(req)
 
 
 def load_checkpoints(req: Request) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,27 @@ def base_payload(request: Request) -> dict[str, Any]:
     }
 
 
+EventItem = tuple  # (event_type, payload, dedupe_key, loop_index, step_key)
+
+
+def append_events(request: Request, items: list[EventItem], *, ring: bool = True) -> list[tuple[RuntimeEvent, bool]]:
+    """Append events in one transaction; returns (event, created) per item.
+
+    With `ring`, doorbells ring once after commit; callers inside the event loop pass
+    False and ring there themselves, which saves a thread hop per append.
+    """
+    with transaction.atomic():
+        results = RuntimeEvent.append_many(request, items)
+        created = [event for event, was_created in results if was_created]
+        if created and request.parent_id:
+            for event in created:
+                _mirror_to_parent(request, event)
+        if created and ring:
+            last = created[-1]
+            transaction.on_commit(lambda: doorbell.ring(request.pk, last.agent_id, last.seq))
+    return results
+
+
 def append_event(
     request: Request,
     event_type: str,
@@ -31,15 +52,7 @@ def append_event(
     loop_index: int | None = None,
     step_key: str = "",
 ) -> RuntimeEvent:
-    with transaction.atomic():
-        event, created = RuntimeEvent.append(
-            request, event_type, payload, dedupe_key=dedupe_key, loop_index=loop_index, step_key=step_key
-        )
-        if created and request.parent_id:
-            _mirror_to_parent(request, event)
-        if created:
-            transaction.on_commit(lambda: doorbell.ring(request.pk, event.agent_id, event.seq))
-    return event
+    return append_events(request, [(event_type, payload, dedupe_key, loop_index, step_key)])[0][0]
 
 
 def _mirror_to_parent(child: Request, event: RuntimeEvent) -> None:

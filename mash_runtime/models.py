@@ -191,34 +191,56 @@ class RuntimeEvent(models.Model):
         loop_index: int | None = None,
         step_key: str = "",
     ) -> tuple["RuntimeEvent", bool]:
-        """Append the next event of `request`; returns (event, created).
+        """Append the next event of `request`; returns (event, created)."""
+        return cls.append_many(request, [(event_type, payload, dedupe_key, loop_index, step_key)])[0]
+
+    @classmethod
+    def append_many(
+        cls, request: Request, items: list[tuple[str, dict[str, Any], str | None, int | None, str]]
+    ) -> list[tuple["RuntimeEvent", bool]]:
+        """Append events in order; items are (event_type, payload, dedupe_key, loop_index, step_key).
 
         The request row is locked first (SELECT ... FOR UPDATE on PostgreSQL; SQLite's
         IMMEDIATE transactions serialise writers anyway), so two appenders can never take
-        the same seq and the dedupe check cannot race another append.
+        the same seq and the dedupe check cannot race another append. An item whose
+        dedupe key exists yields the stored row instead and takes no seq.
         """
         with transaction.atomic():
             last = Request.objects.select_for_update().values_list("last_seq", flat=True).get(pk=request.pk)
-            if dedupe_key is not None:
-                existing = cls.objects.filter(request_id=request.pk, dedupe_key=dedupe_key).first()
-                if existing is not None:
-                    return existing, False
-            seq = last + 1
-            Request.objects.filter(pk=request.pk).update(last_seq=seq)
-            event = cls.objects.create(
-                request_id=request.pk,
-                seq=seq,
-                event_type=event_type,
-                agent_id=request.agent.agent_id,
-                session_id=request.session.session_id,
-                trace_id=request.trace_id,
-                loop_index=loop_index,
-                step_key=step_key,
-                payload=payload,
-                dedupe_key=dedupe_key,
+            keys = [item[2] for item in items if item[2] is not None]
+            existing = (
+                {e.dedupe_key: e for e in cls.objects.filter(request_id=request.pk, dedupe_key__in=keys)} if keys else {}
             )
+            results: list[tuple[RuntimeEvent, bool]] = []
+            new_rows: list[RuntimeEvent] = []
+            seq = last
+            for event_type, payload, dedupe_key, loop_index, step_key in items:
+                if dedupe_key is not None and dedupe_key in existing:
+                    results.append((existing[dedupe_key], False))
+                    continue
+                seq += 1
+                event = cls(
+                    request_id=request.pk,
+                    seq=seq,
+                    event_type=event_type,
+                    agent_id=request.agent.agent_id,
+                    session_id=request.session.session_id,
+                    trace_id=request.trace_id,
+                    loop_index=loop_index,
+                    step_key=step_key,
+                    payload=payload,
+                    dedupe_key=dedupe_key,
+                )
+                if dedupe_key is not None:
+                    existing[dedupe_key] = event
+                new_rows.append(event)
+                results.append((event, True))
+            if new_rows:
+                Request.objects.filter(pk=request.pk).update(last_seq=seq)
+                # PostgreSQL and SQLite >= 3.35 return the new ids from one multi-row INSERT.
+                cls.objects.bulk_create(new_rows)
         request.last_seq = seq
-        return event, True
+        return results
 
     def to_dict(self) -> dict[str, Any]:
         return {
