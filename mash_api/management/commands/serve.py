@@ -1,0 +1,186 @@
+"""`mash host serve` / `python manage.py serve`: migrate, then run daphne and a django-q2
+cluster as supervised child processes until SIGINT/SIGTERM.
+
+It lives in mash_api rather than mash_runtime because it refuses to bind a public
+address without an API key, and API keys are mash_api's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from rich.console import Console
+
+from mash_core.errors import ConfigError
+
+# A child that dies more often than this is not going to get better by restarting.
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
+SHUTDOWN_GRACE_SECONDS = 15.0
+
+
+def _env_port() -> int:
+    raw = os.environ.get("MASH_API_PORT") or os.environ.get("PORT") or "8000"
+    try:
+        return int(raw)
+    except ValueError:
+        raise CommandError(f"MASH_API_PORT/PORT must be a number, got {raw!r}") from None
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+        self.name, self.argv, self.env = name, argv, env
+        self.proc: subprocess.Popen | None = None
+        self.restarts: list[float] = []
+
+    def start(self) -> None:
+        # Own process group: a terminal's Ctrl-C reaches only us, and we shut children down in order.
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+
+    def kill_group(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the host: apply migrations, then run the web server (daphne: HTTP, SSE, WebSocket) and the "
+        "worker cluster (django-q2) until interrupted. With nothing configured it runs on SQLite under "
+        "MASH_DATA_DIR with no other service."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host-app", default=None,
+                            help="host app as module:attr returning the host (default: MASH_HOST_APP, "
+                                 f"currently {settings.MASH_HOST_APP})")
+        parser.add_argument("--host", default=os.environ.get("MASH_API_HOST", "127.0.0.1"),
+                            help="address to bind (default: MASH_API_HOST or 127.0.0.1)")
+        parser.add_argument("--port", type=int, default=None, help="port to bind (default: MASH_API_PORT, PORT or 8000)")
+        parser.add_argument("--workers", type=int, default=None,
+                            help=f"worker processes running requests (default: MASH_WORKERS, currently {settings.WORKERS})")
+        parser.add_argument("--api-key", default=None,
+                            help="require this API key on /api/v1 (default: MASH_API_KEY; keys made with "
+                                 "`mash apikey create` also work)")
+        parser.add_argument("--insecure", action="store_true",
+                            help="allow binding a non-loopback address with no API key configured")
+        parser.add_argument("--no-migrate", action="store_true", help="skip applying database migrations")
+
+    def handle(self, *args, **options):
+        console = Console(stderr=True)
+        env = dict(os.environ)
+        env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "mash_project.settings")
+        env["MASH_DATA_DIR"] = str(settings.DATA_DIR)
+        host_app = options["host_app"] or settings.MASH_HOST_APP
+        env["MASH_HOST_APP"] = host_app
+        if options["api_key"]:
+            env["MASH_API_KEY"] = options["api_key"]
+            settings.MASH_API_KEY = options["api_key"]
+        if options["workers"] is not None:
+            if options["workers"] < 1:
+                raise CommandError("--workers must be at least 1")
+            env["MASH_WORKERS"] = str(options["workers"])
+        port = options["port"] if options["port"] is not None else _env_port()
+        bind = options["host"]
+
+        settings.MASH_HOST_APP = host_app
+        from mash_runtime.host import load_host, set_host
+
+        with console.status(f"loading host app {host_app}"):
+            try:
+                host = load_host(host_app)
+            except ConfigError as exc:
+                raise CommandError(str(exc)) from None
+            set_host(host)
+        if not options["no_migrate"]:
+            with console.status("applying database migrations"):
+                call_command("migrate", interactive=False, verbosity=0)
+        host.sync_agents()
+
+        from mash_api.auth import check_bind_address, forget_cached_configuration
+
+        forget_cached_configuration()
+        try:
+            check_bind_address(bind, options["insecure"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+        python = sys.executable
+        children = [
+            Child("web", [python, "-m", "daphne", "-b", bind, "-p", str(port), "mash_project.asgi:application"], env),
+            Child("worker", [python, "-m", "mash_project.cli", "qcluster"], {**env, "MASH_PROCESS_ROLE": "worker"}),
+        ]
+        stopping = {"signal": None}
+
+        def on_signal(signum, frame):
+            stopping["signal"] = signum
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        for child in children:
+            child.start()
+        shown = "localhost" if bind in ("127.0.0.1", "0.0.0.0", "::") else bind
+        base = f"http://{shown}:{port}"
+        console.print(f"[bold green]Mash host[/] serving [bold]{host.primary_agent_id}[/] "
+                      f"({len(host.agents)} agent(s)) from {host_app}")
+        console.print(f"  API        {base}/api/v1/   (docs {base}/api/v1/docs/)")
+        console.print(f"  admin      {base}/admin/   (create a login: mash createsuperuser)")
+        console.print(f"  telemetry  {base}/telemetry/")
+        console.print(f"  database   {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
+                      f"data in {settings.DATA_DIR}")
+        console.print("Press Ctrl-C to stop.")
+        try:
+            self.supervise(children, stopping, console)
+        finally:
+            self.shutdown(children, console)
+        return None
+
+    def supervise(self, children: list[Child], stopping: dict, console: Console) -> None:
+        while stopping["signal"] is None:
+            time.sleep(0.2)
+            for child in children:
+                if child.alive() or stopping["signal"] is not None:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_SECONDS]
+                if len(child.restarts) >= MAX_RESTARTS:
+                    raise CommandError(f"the {child.name} process keeps exiting "
+                                       f"(code {child.proc.returncode}); giving up")
+                console.print(f"[yellow]{child.name} exited with code {child.proc.returncode}; restarting[/]")
+                child.kill_group()
+                child.restarts.append(now)
+                child.start()
+
+    def shutdown(self, children: list[Child], console: Console) -> None:
+        console.print("stopping...")
+        # Web first, so no new requests arrive; the worker then finishes or parks what it holds.
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for child in children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                console.print(f"[yellow]{child.name} did not stop in time; killing it[/]")
+            child.kill_group()
+            if child.proc.poll() is None:
+                child.proc.wait(5)
