@@ -25,5 +25,26 @@ class BenchAgent(AgentSpec):
         return AgentConfig(app_id="bench", system_prompt="bench", conversation_history_turns=0)
 
 
+def hold(reason: str) -> str:
+    """A tool that needs approval: requests calling it park until someone answers."""
+    return reason
+
+
+class ParkingAgent(BenchAgent):
+    """Parks every request on an approval, so its stream stays open and idle."""
+
+    def get_agent_id(self) -> str:
+        return "bench-park"
+
+    def build_llm(self):
+        return ScriptedProvider([{"tool_calls": [{"name": "hold", "arguments": {"reason": "idle"}}]}, "released"])
+
+    def build_tools(self) -> ToolRegistry:
+        return ToolRegistry([FunctionTool(hold, requires_approval=True)])
+
+    def build_agent_config(self) -> AgentConfig:
+        return AgentConfig(app_id="bench-park", system_prompt="bench", conversation_history_turns=0)
+
+
 def build_host():
-    return HostBuilder().primary(BenchAgent()).build()
+    return HostBuilder().primary(BenchAgent()).subagent(ParkingAgent()).build()

@@ -34,7 +34,7 @@ from mash_core.tools.base import ToolResult
 from mash_runtime import doorbell
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
-from mash_runtime.memory import load_history, save_turn
+from mash_runtime.memory import build_turn, load_history
 from mash_runtime.models import Interaction, Request, Session, StepCheckpoint
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
@@ -144,19 +144,21 @@ class DurableHooks(AgentHooks):
         self.runner = runner
         self.checkpoints = checkpoints
         self.pending: list[tuple] = []
+        self.unsaved: list[tuple[str, str, dict[str, Any]]] = []
 
     async def flush(self) -> None:
-        """Write the events emitted since the last flush in one transaction, then ring once.
+        """Store finished steps and buffered events in one transaction, then ring once.
 
-        Events are buffered only between awaits on the outside world: every step,
-        interaction and outcome flushes first, so frames keep their order and a crash
-        loses only events that the replay emits again (same dedupe keys).
+        This runs before every step, interaction and outcome, so a step's checkpoint is
+        always stored before the next step starts (a crash in between re-runs only that
+        step, exactly as if it had crashed before storing), frames keep their order, and
+        a crash loses only events that the replay emits again under the same dedupe keys.
         """
-        if not self.pending:
+        if not self.pending and not self.unsaved:
             return
+        steps, self.unsaved = self.unsaved, []
         items, self.pending = self.pending, []
-        results = await db(append_events)(self.request, items, ring=False)
-        created = [event for event, was_created in results if was_created]
+        created = await db(persist_run_progress)(self.request, steps, items)
         if created:
             await doorbell.ring_async(self.request.pk, created[-1].agent_id, created[-1].seq)
 
@@ -169,11 +171,9 @@ class DurableHooks(AgentHooks):
             return self.checkpoints[key]
         await self.flush()
         output = await fn()
-        stored = await db(StepCheckpoint.store)(
-            self.request.pk, key, kind, output, int(output.get("duration_ms", 0) or 0)
-        )
-        self.checkpoints[key] = stored.output
-        return stored.output
+        self.unsaved.append((key, kind, output))
+        self.checkpoints[key] = output
+        return output
 
     async def interaction(self, key: str, spec: dict[str, Any]) -> dict[str, Any]:
         await self.flush()
@@ -200,6 +200,19 @@ class DurableHooks(AgentHooks):
             stored = await db(StepCheckpoint.store)(self.request.pk, key, "subagent", result.to_dict())
             self.checkpoints[key] = stored.output
         return ToolResult.from_dict(self.checkpoints[key])
+
+
+def persist_run_progress(req: Request, steps: list[tuple[str, str, dict[str, Any]]], items: list[tuple]) -> list:
+    with transaction.atomic():
+        if steps:
+            # A conflict means another worker stored the step first (it held the lease then); keep its row.
+            StepCheckpoint.objects.bulk_create(
+                [StepCheckpoint(request_id=req.pk, step_key=key, kind=kind, output=output,
+                                duration_ms=int(output.get("duration_ms", 0) or 0)) for key, kind, output in steps],
+                ignore_conflicts=True,
+            )
+        results = append_events(req, items, ring=False) if items else []
+    return [event for event, created in results if created]
 
 
 def open_interaction(req: Request, key: str, spec: dict[str, Any]) -> Interaction:
@@ -370,11 +383,16 @@ class RequestRunner:
         req = self.request
         usage = result.usage
         now = timezone.now()
+        turn = build_turn(req, result)
+        response: dict[str, Any] = {"text": result.text, "signals": turn.signals, "metadata": turn.metadata}
+        if result.structured_output is not None:
+            response["structured_output"] = result.structured_output
         with transaction.atomic():
             changed = Request.objects.filter(pk=req.pk, lease_owner=self.owner, status=Request.Status.RUNNING).update(
                 status=Request.Status.COMPLETED, finished_at=now, lease_owner="", lease_expires_at=None,
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                 cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+                response=response,
             )
             if not changed:
                 return False
@@ -382,11 +400,8 @@ class RequestRunner:
                 session_total_tokens=F("session_total_tokens") + usage.total, last_activity_at=now
             )
             total = Session.objects.values_list("session_total_tokens", flat=True).get(pk=req.session_id)
-            turn = save_turn(req, result, total)
-            response: dict[str, Any] = {"text": result.text, "signals": turn.signals, "metadata": turn.metadata}
-            if result.structured_output is not None:
-                response["structured_output"] = result.structured_output
-            Request.objects.filter(pk=req.pk).update(response=response)
+            turn.session_total_tokens = total
+            turn.save(force_insert=True)
             persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}
             completed = {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
                          "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total}

@@ -58,26 +58,23 @@ def compute_signals(result: AgentResult) -> dict[str, Any]:
     }
 
 
-def save_turn(req: Request, result: AgentResult, session_total_tokens: int) -> MemoryTurn:
-    turn, _ = MemoryTurn.objects.get_or_create(
+def build_turn(req: Request, result: AgentResult) -> MemoryTurn:
+    """The unsaved turn of a completed request (the caller sets the session total and saves it)."""
+    return MemoryTurn(
         turn_id=req.trace_id,
-        defaults={
-            "agent_id": req.agent_id,
-            "session_id": req.session_id,
-            "request": req,
-            "user_message": req.message,
-            "agent_response": result.text,
-            "token_usage": result.usage.to_dict(),
-            "session_total_tokens": session_total_tokens,
-            "signals": compute_signals(result),
-            "metadata": {
-                "request_id": str(req.pk),
-                "steps": result.steps,
-                "stop_reason": result.stop_reason,
-                "tools_used": result.tools_used,
-                "llm_calls": result.llm_calls,
-                **({"parent_request_id": str(req.parent_id)} if req.parent_id else {}),
-            },
+        agent_id=req.agent_id,
+        session_id=req.session_id,
+        request=req,
+        user_message=req.message,
+        agent_response=result.text,
+        token_usage=result.usage.to_dict(),
+        signals=compute_signals(result),
+        metadata={
+            "request_id": str(req.pk),
+            "steps": result.steps,
+            "stop_reason": result.stop_reason,
+            "tools_used": result.tools_used,
+            "llm_calls": result.llm_calls,
+            **({"parent_request_id": str(req.parent_id)} if req.parent_id else {}),
         },
     )
-    return turn

@@ -1,0 +1,268 @@
+"""HTTP load: POST a request, follow its SSE stream to the terminal event, repeat.
+
+Starts its own web process(es) (daphne) and worker cluster (qcluster) on a fresh
+database, then drives the wire contract with S concurrent sessions (closed loop:
+each session posts, streams to the end, posts again). Prints per level: p50/p95
+POST->terminal, accept latency (POST round trip), time to first event, completed
+requests/s, and streams that ended without a terminal event. Then opens idle SSE
+streams against one web process and reports how many it holds and its RSS.
+
+    python bench/http_load.py                             # SQLite, ORM broker, in-memory layer
+    python bench/http_load.py --postgres --redis          # PostgreSQL + Redis
+    python bench/http_load.py --levels 64 --requests 5000 --postgres --redis
+    python bench/http_load.py --levels none --idle 1000 --postgres --redis
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "bench.bench_host:build_host"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Servers:
+    def __init__(self, args):
+        self.args = args
+        self.procs: list[subprocess.Popen] = []
+        self.env = dict(os.environ)
+        self.data_dir = tempfile.mkdtemp(prefix="mash-http-bench-")
+        self.env.update({"MASH_DATA_DIR": self.data_dir, "MASH_HOST_APP": HOST, "PYTHONPATH": str(REPO),
+                         "MASH_WORKERS": str(args.workers), "MASH_QUEUE_POLL": str(args.poll),
+                         "MASH_LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "mash_project.settings"})
+        self.db = None
+        if args.postgres:
+            self.db = f"mash_http_bench_{os.getpid()}"
+            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
+                            f"CREATE DATABASE {self.db}"], check=True)
+            self.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.db}"
+        if args.redis:
+            self.env["MASH_REDIS_URL"] = "redis://127.0.0.1:6379/14"
+            subprocess.run(["redis-cli", "-n", "14", "flushdb"], check=False, capture_output=True)
+        self.ports = [free_port() for _ in range(args.web)]
+
+    def start(self) -> None:
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
+        for port in self.ports:
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mash_project.asgi:application"],
+                cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=raise_fd_limit))
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=REPO, env={**self.env, "MASH_PROCESS_ROLE": "worker"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.time() + 60
+        for port in self.ports:
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline:
+                    raise SystemExit("web process did not come up")
+                time.sleep(0.2)
+        time.sleep(1.5)  # let the cluster's workers spawn
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.db:
+            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
+                            f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)"], check=False)
+
+
+async def one_request(client: httpx.AsyncClient, base: str, session: str, agent: str = "bench") -> dict:
+    started = time.perf_counter()
+    response = await client.post(f"{base}/api/v1/agent/{agent}/request", json={"message": "go", "session_id": session})
+    accepted = time.perf_counter()
+    rid = response.json()["data"]["request_id"]
+    first = None
+    terminal = None
+    async with client.stream("GET", f"{base}/api/v1/agent/{agent}/request/{rid}/events") as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("event: "):
+                if first is None:
+                    first = time.perf_counter()
+                if line[7:] in ("request.completed", "request.error"):
+                    terminal = time.perf_counter()
+    return {"accept_ms": (accepted - started) * 1000, "first_ms": ((first or accepted) - started) * 1000,
+            "total_ms": ((terminal or time.perf_counter()) - started) * 1000, "terminal": terminal is not None}
+
+
+async def run_level(bases: list[str], sessions: int, total: int, progress=None) -> dict:
+    per_session = max(1, total // sessions)
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=sessions * 2 + 10, max_keepalive_connections=sessions * 2 + 10)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits) as client:
+        async def session_loop(index: int) -> None:
+            for _ in range(per_session):
+                # Alternate web processes when there are several: submit through one, stream through the same.
+                base = bases[index % len(bases)]
+                try:
+                    results.append(await one_request(client, base, f"load-{sessions}-{index}"))
+                except httpx.HTTPError as exc:
+                    results.append({"accept_ms": float("nan"), "first_ms": float("nan"), "total_ms": float("nan"),
+                                    "terminal": False, "error": str(exc)})
+                if progress:
+                    progress()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(session_loop(i) for i in range(sessions)))
+        wall = time.perf_counter() - started
+    ok = [r for r in results if r["terminal"]]
+    return {
+        "sessions": sessions, "requests": len(results), "no_terminal": len(results) - len(ok),
+        "p50_total": percentile([r["total_ms"] for r in ok], 0.5), "p95_total": percentile([r["total_ms"] for r in ok], 0.95),
+        "p50_accept": percentile([r["accept_ms"] for r in ok], 0.5),
+        "p50_first": percentile([r["first_ms"] for r in ok], 0.5), "req_per_s": len(ok) / wall,
+    }
+
+
+async def idle_streams(base: str, count: int, daphne_pid: int) -> dict:
+    async with httpx.AsyncClient(timeout=30) as client:
+        rid = (await client.post(f"{base}/api/v1/agent/bench-park/request", json={"message": "park"})).json()["data"]["request_id"]
+        for _ in range(200):
+            status = (await client.get(f"{base}/api/v1/agent/bench-park/request/{rid}/status")).json()["data"]["status"]
+            if status == "waiting_input":
+                break
+            await asyncio.sleep(0.1)
+    rss_before = rss_mib(daphne_pid)
+    opened = 0
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None), limits=limits) as client:
+        async def hold_one() -> None:
+            nonlocal opened
+            try:
+                async with client.stream("GET", f"{base}/api/v1/agent/bench-park/request/{rid}/events") as stream:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("event: request.interaction.create"):
+                            opened += 1
+                            if opened == count:
+                                ready.set()
+                            await stop.wait()
+                            return
+            except httpx.HTTPError:
+                return
+
+        tasks = [asyncio.create_task(hold_one()) for _ in range(count)]
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=180)
+        except asyncio.TimeoutError:
+            pass
+        await asyncio.sleep(2)
+        held, rss_after = opened, rss_mib(daphne_pid)
+        probe_started = time.perf_counter()
+        async with httpx.AsyncClient(timeout=30) as probe:
+            await probe.get(f"{base}/api/v1/health")
+        probe_ms = (time.perf_counter() - probe_started) * 1000
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {"asked": count, "held": held, "rss_before_mib": rss_before, "rss_after_mib": rss_after,
+            "health_ms_while_held": probe_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--postgres", action="store_true", help="fresh PostgreSQL database on 127.0.0.1:5432")
+    parser.add_argument("--redis", action="store_true", help="Redis broker + channel layer on 127.0.0.1:6379/14")
+    parser.add_argument("--levels", default="1,8,32,64", help="concurrent sessions per level, or 'none' (default 1,8,32,64)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per level (default 200)")
+    parser.add_argument("--workers", type=int, default=2, help="qcluster worker processes (default 2)")
+    parser.add_argument("--web", type=int, default=1, help="daphne processes (default 1)")
+    parser.add_argument("--poll", type=float, default=0.02, help="ORM broker poll interval, seconds (default 0.02)")
+    parser.add_argument("--idle", type=int, default=0, help="idle SSE streams to open on one web process (default 0: skip)")
+    parser.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
+    args = parser.parse_args()
+    raise_fd_limit()
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console()
+    servers = Servers(args)
+    rows, idle = [], None
+    try:
+        with console.status("starting web and worker processes"):
+            servers.start()
+        bases = [f"http://127.0.0.1:{p}" for p in servers.ports]
+        levels = [] if args.levels == "none" else [int(x) for x in args.levels.split(",")]
+        with Progress(console=console, transient=True) as progress:
+            for level in levels:
+                task = progress.add_task(f"{level} session(s)", total=max(1, args.requests // level) * level)
+                rows.append(asyncio.run(run_level(bases, level, args.requests, lambda: progress.advance(task))))
+        if args.idle:
+            with console.status(f"opening {args.idle} idle streams"):
+                idle = asyncio.run(idle_streams(bases[0], args.idle, servers.procs[0].pid))
+    finally:
+        servers.stop()
+    backend = ("PostgreSQL" if args.postgres else "SQLite") + (" + Redis" if args.redis else " + ORM broker")
+    if args.json:
+        print(json.dumps({"backend": backend, "levels": rows, "idle": idle}, indent=2))
+        return
+    table = Table(title=f"HTTP: POST -> SSE terminal ({backend}, {args.web} web, {args.workers} workers)")
+    for column in ("sessions", "requests", "p50 ms", "p95 ms", "accept p50", "first event p50", "req/s", "no terminal"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(str(r["sessions"]), str(r["requests"]), f"{r['p50_total']:.1f}", f"{r['p95_total']:.1f}",
+                      f"{r['p50_accept']:.1f}", f"{r['p50_first']:.1f}", f"{r['req_per_s']:.1f}", str(r["no_terminal"]))
+    if rows:
+        console.print(table)
+    if idle:
+        console.print(f"idle streams: {idle['held']} of {idle['asked']} held by one daphne process; RSS "
+                      f"{idle['rss_before_mib']:.0f} -> {idle['rss_after_mib']:.0f} MiB; /health took "
+                      f"{idle['health_ms_while_held']:.0f} ms while they were open")
+
+
+if __name__ == "__main__":
+    main()
