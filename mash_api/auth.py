@@ -9,6 +9,7 @@ Bearer beside a right X-API-Key is still 401.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -82,3 +83,46 @@ def authenticate_headers(headers, user=None) -> Principal | None:
         # A logged-in staff browser (browsable API, telemetry pages) needs no key.
         return Principal("staff", user.get_username())
     return principal
+
+
+class InsecureBindError(ValueError):
+    """Serving an open API (no key configured) on a non-loopback address without --insecure."""
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped and bracketed) and localhost names."""
+    name = (host or "").strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    name = name.split("%", 1)[0]  # an IPv6 zone id does not change the address
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def check_bind_address(host: str, insecure: bool) -> None:
+    """Refuse to serve an open API beyond this machine: raise InsecureBindError, else return.
+
+    Reads the configuration afresh (not the 5 s cache): this runs once, at start-up.
+    """
+    if insecure or is_loopback(host):
+        return
+    if settings.MASH_API_KEY:
+        return
+    from django.db import DatabaseError
+
+    try:
+        if ApiKey.objects.active().exists():
+            return
+    except DatabaseError:  # no table yet (unmigrated database): no stored key can exist
+        pass
+    shown = host if host else "all interfaces"
+    raise InsecureBindError(
+        f"Refusing to serve the API on {shown} with no API key configured: set MASH_API_KEY (or pass --api-key, "
+        f"or create one with 'manage.py apikey create --name NAME'), bind 127.0.0.1, or pass --insecure to serve "
+        f"it open anyway.")

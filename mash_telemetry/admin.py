@@ -82,3 +82,17 @@ class MemoryTurnAdmin(ReadOnlyAdmin):
     search_fields = ("=turn_id", "user_message", "agent_response")
     list_select_related = ("agent", "session")
     raw_id_fields = ("agent", "session", "request")
+
+
+# -- API request log (appended with mash_telemetry/middleware.py) ----------------------
+
+from mash_telemetry.models import ApiRequestLog  # noqa: E402
+
+
+@admin.register(ApiRequestLog)
+class ApiRequestLogAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "method", "path", "status_code", "duration_ms", "streaming", "client")
+    list_filter = ("method", "status_code")
+    search_fields = ("path",)
+    show_full_result_count = False  # append-only and large: no COUNT(*) per page
+    readonly_fields = [f.name for f in ApiRequestLog._meta.fields]

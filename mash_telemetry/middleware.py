@@ -1,0 +1,167 @@
+"""Log every API request (under /api/ and /h2a/) to `ApiRequestLog`.
+
+Async-capable, because under ASGI a sync-only middleware costs a thread hop on every
+request (ecosystem notes): in async mode the row is written through `sync_to_async`,
+so the event loop never waits on the database. Logging is best effort: whatever goes
+wrong while building or writing the row, the response goes out unchanged.
+
+Not logged: `/api/v1/health` and `/h2a/health` (probes would drown the log) and the
+API-log routes themselves (`/api/v1/telemetry/api/...`; reading the log would grow
+it, and its stream would log its own polls). Streaming responses are logged when
+their headers are ready and their body is never touched: consuming it would break
+the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+
+from mash_telemetry.models import ApiRequestLog, clean_text, clip_body, redact_headers
+
+logger = logging.getLogger("mash_telemetry")
+
+LOGGED_PREFIXES = ("/api/", "/h2a/")
+SKIPPED_PATHS = frozenset({"/api/v1/health", "/api/v1/health/", "/h2a/health", "/h2a/health/"})
+SKIPPED_PREFIXES = ("/api/v1/telemetry/api/",)
+
+
+def should_log(path: str) -> bool:
+    if not path.startswith(LOGGED_PREFIXES) or path in SKIPPED_PATHS:
+        return False
+    if path.startswith(SKIPPED_PREFIXES) or path == "/api/v1/telemetry/api":
+        return False
+    return getattr(settings, "MASH_API_LOG", True)
+
+
+def read_request_body(request) -> tuple[str, bool]:
+    """The request body as logged text, read so that the view can still read it.
+
+    Django caches `request.body` and re-serves it to later readers (DRF included), so
+    reading it before the view is safe, within the limits Django itself would apply.
+    Bodies Django would refuse to hold in memory, multipart uploads (left to the
+    streaming upload handlers) and bodies someone already consumed are not captured.
+    """
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except (TypeError, ValueError):
+        length = 0
+    if length <= 0:
+        return "", False
+    if str(request.META.get("CONTENT_TYPE", "")).lower().startswith("multipart/"):
+        return f"[multipart body not captured: {length} bytes]", True
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is not None and length > limit:
+        return f"[body not captured: {length} bytes]", True
+    try:
+        body = request.body
+    except Exception:  # already consumed as a stream, unreadable, too big: leave it to the view
+        return "[body not captured]", False
+    return clip_body(body)
+
+
+def response_body(response) -> tuple[str, bool]:
+    if getattr(response, "streaming", False):
+        return "", False
+    if not getattr(response, "is_rendered", True):
+        return "[body not rendered]", False
+    return clip_body(response.content)
+
+
+def build_entry(request, response, started: float, request_body: tuple[str, bool]) -> dict[str, Any]:
+    match = getattr(request, "resolver_match", None)
+    route = ""
+    if match is not None:
+        route = match.route or match.view_name or ""
+    body, body_truncated = response_body(response)
+    return {
+        "method": (request.method or "")[:16],
+        "path": clean_text(request.path[:2048]),
+        "query_string": clean_text(request.META.get("QUERY_STRING", "") or ""),
+        "route": clean_text(route[:512]),
+        "status_code": response.status_code,
+        "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+        # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a trusted proxy
+        # rewrites it (daphne --proxy-headers puts the real address in REMOTE_ADDR then).
+        "client": str(request.META.get("REMOTE_ADDR") or "")[:64],
+        "request_headers": redact_headers(request.headers),
+        "request_body": request_body[0],
+        "request_body_truncated": request_body[1],
+        "response_headers": redact_headers(response.headers),
+        "response_body": body,
+        "response_body_truncated": body_truncated,
+        "streaming": bool(getattr(response, "streaming", False)),
+    }
+
+
+def save_entry(entry: dict[str, Any]) -> None:
+    try:
+        # A savepoint: a failed insert must not poison a transaction the caller may hold.
+        with transaction.atomic():
+            ApiRequestLog.objects.create(**entry)
+    except Exception:
+        logger.warning("could not write the API request log row for %s %s", entry.get("method"), entry.get("path"),
+                       exc_info=True)
+    if entry.get("streaming"):
+        # Django hands the connection back only when the response ends, which for a stream may
+        # be hours away: release it now (ecosystem notes: held connections starve the pool).
+        try:
+            if not connection.in_atomic_block:
+                connection.close()
+        except Exception:
+            logger.warning("API request log: could not release the connection", exc_info=True)
+
+
+class ApiRequestLogMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def _begin(self, request) -> tuple[float, tuple[str, bool]] | None:
+        try:
+            if not should_log(request.path_info):
+                return None
+            return time.perf_counter(), read_request_body(request)
+        except Exception:
+            logger.warning("API request log: could not capture the request", exc_info=True)
+            return None
+
+    def _entry(self, request, response, begun) -> dict[str, Any] | None:
+        try:
+            return build_entry(request, response, begun[0], begun[1])
+        except Exception:
+            logger.warning("API request log: could not capture the response", exc_info=True)
+            return None
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        begun = self._begin(request)
+        response = self.get_response(request)
+        if begun is not None:
+            entry = self._entry(request, response, begun)
+            if entry is not None:
+                save_entry(entry)
+        return response
+
+    async def __acall__(self, request):
+        begun = self._begin(request)
+        response = await self.get_response(request)
+        if begun is not None:
+            entry = self._entry(request, response, begun)
+            if entry is not None:
+                try:
+                    await sync_to_async(save_entry)(entry)
+                except Exception:  # save_entry swallows its own errors; this guards the hop itself
+                    logger.warning("API request log: write failed", exc_info=True)
+        return response
