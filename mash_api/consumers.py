@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from mash_api.auth import authenticate_headers
-from mash_api.streams import request_frames, tail_frames, ws_message
+from mash_api.streams import latest_event_id, request_frames, tail_frames, ws_message
 from mash_runtime.services import ServiceError, answer_interaction, get_request
 
 UNAUTHORIZED = 4401
@@ -102,5 +102,7 @@ class TelemetryTailConsumer(_StreamConsumer):
         if not (user is not None and user.is_active and user.is_staff):
             await self.close(code=UNAUTHORIZED)
             return
+        start = await sync_to_async(latest_event_id)()  # "now", before the client sees the accept
         await self.accept()
-        await self.start_pump(tail_frames(self.query("agent_id"), self.query("session_id"), self.query("trace_id")))
+        await self.start_pump(tail_frames(self.query("agent_id"), self.query("session_id"), self.query("trace_id"),
+                                          after_id=start))

@@ -7,6 +7,7 @@ validation errors, unknown routes, wrong methods, bad JSON and crashes alike.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.http import JsonResponse
@@ -30,6 +31,44 @@ def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> 
 
 def error_json(code: str, message: str, status_code: int, details: dict[str, Any] | None = None) -> JsonResponse:
     return JsonResponse(envelope(code, message, details), status=status_code)
+
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def contains_unstorable(value: Any) -> bool:
+    """Whether a string, or any key or string inside a JSON value, holds a NUL or a lone surrogate.
+
+    No database of ours stores them: PostgreSQL refuses NUL in text and both in jsonb, and
+    UTF-8 cannot encode a lone surrogate (JSON's `"\\ud800"` decodes to one).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+def unstorable_param_error(path_kwargs: dict[str, Any], query) -> ServiceError | None:
+    """A 400 for a NUL (or lone surrogate) in a path segment or query parameter, else None.
+
+    Without this check such ids crash the query on PostgreSQL (500) while SQLite answers;
+    no id or filter of ours can contain one.
+    """
+    locs = [["path", name] for name, value in path_kwargs.items() if contains_unstorable(value)]
+    locs += [["query", name] for name in query if contains_unstorable(name) or contains_unstorable(query.getlist(name))]
+    if not locs:
+        return None
+    return ServiceError("Path and query values must not contain NUL characters", code="INVALID_REQUEST", status=400,
+                        details={"errors": [{"loc": loc, "msg": "must not contain NUL characters",
+                                             "type": "null_characters_not_allowed"} for loc in locs]})
 
 
 def validation_errors(detail: Any, loc: tuple = ("body",)) -> list[dict[str, Any]]:

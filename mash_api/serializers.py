@@ -2,6 +2,8 @@
 
 from rest_framework import serializers
 
+from mash_api.errors import contains_unstorable
+
 
 class StrictCharField(serializers.CharField):
     def to_internal_value(self, data):
@@ -10,7 +12,19 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class JSONObjectField(serializers.JSONField):
+class StorableJSONField(serializers.JSONField):
+    """Any JSON value without NUL or lone surrogate characters (no database column stores them)."""
+
+    default_error_messages = {"invalid_characters": "NUL and surrogate characters are not allowed."}
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if contains_unstorable(value):
+            self.fail("invalid_characters")
+        return value
+
+
+class JSONObjectField(StorableJSONField):
     default_error_messages = {"not_object": "Must be a JSON object."}
 
     def to_internal_value(self, data):
@@ -29,7 +43,7 @@ class SubmitRequestSerializer(serializers.Serializer):
 
 class InteractionAnswerSerializer(serializers.Serializer):
     interaction_id = StrictCharField(max_length=64)
-    response = serializers.JSONField()
+    response = StorableJSONField()
 
 
 class SubmitAcceptedSerializer(serializers.Serializer):

@@ -42,18 +42,7 @@ class Frame:
 
 
 def event_data(event: RuntimeEvent) -> dict[str, Any]:
-    """The `data` of a frame: request events carry their payload; everything else is an agent.trace."""
-    if event.event_type.startswith("request."):
-        return event.payload
-    return {
-        "event_type": event.event_type,
-        "trace_id": str(event.trace_id),
-        "session_id": event.session_id,
-        "loop_index": event.loop_index,
-        "step_key": event.step_key,
-        "created_at": event.created_at,
-        "payload": event.payload,
-    }
+    return event.wire_data()
 
 
 def sse_frame(event: RuntimeEvent) -> str:
@@ -83,16 +72,31 @@ def _fetch_request_events(request_id, cursor: int) -> tuple[list[RuntimeEvent], 
         _release_connection()
 
 
+def _latest_event_id() -> int:
+    return RuntimeEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def latest_event_id() -> int:
+    """Where a tail opened now starts: take it before the client can see the stream open.
+
+    Called by the view/consumer on the stream's thread; the stream's first read releases
+    the connection, as after the view's other lookups.
+    """
+    return _latest_event_id()
+
+
 def _fetch_tail(cursor: int | None, filters: dict[str, str]) -> tuple[list[RuntimeEvent], int]:
     try:
-        qs = RuntimeEvent.objects.filter(**filters)
         if cursor is None:
-            last = RuntimeEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
-            return [], last
-        events = list(qs.filter(id__gt=cursor).order_by("id")[:BATCH])
+            return [], _latest_event_id()
+        # Bound the read by the newest id taken first: a row committed between the two
+        # queries would otherwise be skipped when the cursor jumps over filtered-out rows.
+        newest = _latest_event_id()
+        if newest <= cursor:
+            return [], cursor
+        events = list(RuntimeEvent.objects.filter(**filters, id__gt=cursor, id__lte=newest).order_by("id")[:BATCH])
         # Advance over rows the filter skipped too, so the next poll starts after them.
-        newest = RuntimeEvent.objects.order_by("-id").values_list("id", flat=True).first() or cursor
-        return events, max(cursor, newest if len(events) < BATCH else events[-1].id)
+        return events, newest if len(events) < BATCH else events[-1].id
     finally:
         _release_connection()
 
@@ -166,8 +170,9 @@ async def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
 
 
 async def tail_frames(agent_id: str | None = None, session_id: str | None = None,
-                      trace_id: str | None = None) -> AsyncIterator[Frame]:
-    """Every new event of the host (or one agent/session/trace) from now on; never ends."""
+                      trace_id: str | None = None, after_id: int | None = None) -> AsyncIterator[Frame]:
+    """Every new event of the host (or one agent/session/trace) after event id `after_id`
+    (default: from the first read on, i.e. "now"); never ends."""
     filters: dict[str, str] = {}
     if agent_id:
         filters["agent_id"] = agent_id
@@ -176,7 +181,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
     if trace_id:
         filters["trace_id"] = trace_id
     groups = [agent_group(agent_id)] if agent_id else [ALL_EVENTS_GROUP]
-    cursor: int | None = None
+    cursor: int | None = after_id
     poll = 0.05
     last_sent = time.monotonic()
     async with Doorbell(groups) as bell:
@@ -191,5 +196,56 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
+            rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
+            poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())
+
+
+RUN_TERMINAL_EVENTS = ("workflow.completed", "workflow.error")
+
+
+def _fetch_run_events(run_id: str, cursor: int):
+    from mash_runtime.models import WorkflowRun, WorkflowRunEvent
+
+    try:
+        events = list(WorkflowRunEvent.objects.filter(run_id=run_id, seq__gt=cursor).order_by("seq")[:BATCH])
+        finished = False
+        if events and events[-1].event_type in RUN_TERMINAL_EVENTS:
+            status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+            finished = status in WorkflowRun.TERMINAL
+        return events, finished
+    finally:
+        _release_connection()
+
+
+def run_sse_frame(event) -> str:
+    data = json.dumps(event.payload, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.stream_name}\ndata: {data}\n\n"
+
+
+async def run_frames(run_id: str, after: int = 0):
+    """Frames of a workflow run after seq `after`, ending right after its final workflow event.
+
+    Yields SSE text directly (keep-alives included): runs have one consumer format.
+    """
+    from mash_runtime.doorbell import run_group
+
+    cursor = after
+    poll = 0.05
+    last_sent = time.monotonic()
+    async with Doorbell([run_group(run_id)]) as bell:
+        while True:
+            events, finished = await sync_to_async(_fetch_run_events)(run_id, cursor)
+            for event in events:
+                cursor = event.seq
+                yield run_sse_frame(event)
+            if events:
+                last_sent = time.monotonic()
+                poll = 0.05
+                if finished:
+                    return
+                continue
+            if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
             rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
             poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())

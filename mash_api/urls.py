@@ -33,6 +33,11 @@ def agent_routes():
                  sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning{alias}"),
             path(f"{a}/sessions/<str:session_id>/trace/<str:trace_id>/reasoning",
                  sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning-sessions{alias}"),
+            path(f"{a}/skill", workflows.PublishSkillView.as_view(), name=f"skill-publish{alias}"),
+            path(f"{a}/skill/<str:name>", workflows.PublishedSkillView.as_view(), name=f"skill-remove{alias}"),
+            path(f"{a}/workflow", workflows.PublishWorkflowView.as_view(), name=f"workflow-publish{alias}"),
+            path(f"{a}/workflow/<str:workflow_id>", workflows.PublishedWorkflowView.as_view(),
+                 name=f"workflow-remove{alias}"),
         ]
         for request_word in ("request", "requests"):
             ralias = alias or ("" if request_word == "request" else "-alias")
@@ -56,6 +61,16 @@ api_v1 = [
     path("health", agents.HealthView.as_view(), name="health"),
     *agent_routes(),
     *both("workflow", "workflows", "", workflows.WorkflowListView.as_view(), "workflow-list"),
+    *both("workflow", "workflows", "/<str:workflow_id>/run", workflows.RunWorkflowView.as_view(), "workflow-run"),
+    *both("workflow", "workflows", "/<str:workflow_id>/runs", workflows.RunListView.as_view(), "workflow-runs"),
+    *both("workflow", "workflows", "/<str:workflow_id>/runs/<str:run_id>", workflows.RunDetailView.as_view(),
+          "workflow-run-detail"),
+    *both("workflow", "workflows", "/<str:workflow_id>/runs/<str:run_id>/events", workflows.run_events,
+          "workflow-run-events"),
+    *both("workflow", "workflows", "/<str:workflow_id>/runs/<str:run_id>/cancel", workflows.RunCancelView.as_view(),
+          "workflow-run-cancel"),
+    *both("workflow", "workflows", "/<str:workflow_id>/runs/<str:run_id>/resume", workflows.RunResumeView.as_view(),
+          "workflow-run-resume"),
     path("telemetry/events", telemetry.EventListView.as_view(), name="telemetry-events"),
     path("telemetry/events/stream", streams.telemetry_event_stream, name="telemetry-events-stream"),
     path("telemetry/memory/search", telemetry.MemorySearchView.as_view(), name="telemetry-memory-search"),

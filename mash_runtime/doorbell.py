@@ -27,6 +27,24 @@ def agent_group(agent_id: str) -> str:
 ALL_EVENTS_GROUP = "mash.events"
 
 
+def run_group(run_id: str) -> str:
+    # Run ids may hold characters group names may not (':'), so name the group by a digest.
+    import hashlib
+
+    return f"mash.run.{hashlib.sha1(run_id.encode()).hexdigest()}"
+
+
+def ring_run(run_id: str) -> None:
+    from channels.layers import get_channel_layer
+
+    try:
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(run_group(run_id), {"type": MESSAGE_TYPE, "run_id": run_id})
+    except Exception:
+        logger.warning("doorbell for run %s failed", run_id, exc_info=True)
+
+
 async def ring_async(request_id, agent_id: str, seq: int) -> None:
     from channels.layers import get_channel_layer
 

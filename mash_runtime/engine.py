@@ -238,7 +238,8 @@ def open_interaction(req: Request, key: str, spec: dict[str, Any]) -> Interactio
             "schema": itr.schema,
             "timeout_seconds": itr.timeout_seconds,
         }
-        append_event(req, "request.interaction.create", payload, dedupe_key=f"{key}:create", step_key=key)
+        append_event(req, "request.interaction.create", payload, dedupe_key=f"{key}:create:{req.run_attempt}",
+                     step_key=key)
     return itr
 
 
@@ -437,4 +438,7 @@ def build_agent(hosted: HostedAgent) -> Agent:
         subagents = [host.get(i) for i in host.subagent_ids]
         tools.register(InvokeSubagentTool([s.agent_id for s in subagents]))
         suffix = routing_block(subagents)
-    return Agent(hosted.config, hosted.spec.build_llm(), tools, hosted.spec.build_skills(), system_suffix=suffix)
+    from mash_runtime.publishing import add_published_skills
+
+    skills = add_published_skills(hosted.agent_id, hosted.spec.build_skills())
+    return Agent(hosted.config, hosted.spec.build_llm(), tools, skills, system_suffix=suffix)

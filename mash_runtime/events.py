@@ -37,6 +37,8 @@ def append_events(request: Request, items: list[EventItem], *, ring: bool = True
         if created and request.parent_id:
             for event in created:
                 _mirror_to_parent(request, event)
+        if created and request.workflow_run_id:
+            _mirror_to_run(request, created)
         if created and ring:
             last = created[-1]
             transaction.on_commit(lambda: doorbell.ring(request.pk, last.agent_id, last.seq))
@@ -53,6 +55,21 @@ def append_event(
     step_key: str = "",
 ) -> RuntimeEvent:
     return append_events(request, [(event_type, payload, dedupe_key, loop_index, step_key)])[0][0]
+
+
+def _mirror_to_run(request: Request, events: list[RuntimeEvent]) -> None:
+    from mash_runtime.models import WorkflowRunEvent
+
+    meta = request.metadata or {}
+    keys = {"workflow_id": meta.get("workflow_id"), "run_id": request.workflow_run_id,
+            "task_id": meta.get("task_id"), "task_agent_id": request.agent.agent_id}
+    rang = False
+    for event in events:
+        rang |= WorkflowRunEvent.append(request.workflow_run_id, event.event_type, {**event.wire_data(), **keys},
+                                        f"req:{request.pk}:{event.seq}")
+    if rang:
+        run_id = request.workflow_run_id
+        transaction.on_commit(lambda: doorbell.ring_run(run_id))
 
 
 def _mirror_to_parent(child: Request, event: RuntimeEvent) -> None:

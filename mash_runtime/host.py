@@ -70,6 +70,9 @@ class AgentHost:
                 },
             )
         Agent.objects.exclude(agent_id__in=list(self.agents)).update(active=False)
+        from mash_runtime.workflow_engine import sync_code_workflows
+
+        sync_code_workflows(self)
 
 
 class HostBuilder:
@@ -186,6 +189,29 @@ def get_host() -> AgentHost:
 
 def set_host(host: AgentHost | None) -> None:
     """Install a host directly (tests, embedding); None forgets it so the next call reloads."""
-    global _host
+    global _host, _synced
     with _host_lock:
         _host = host
+        _synced = False
+
+
+_synced = False
+
+
+def ensure_synced() -> AgentHost:
+    """The host, with its Agent and workflow rows synced once per process.
+
+    `serve` syncs before it starts anything; this covers `runserver` + `qcluster` and tests.
+    Two processes syncing at once may collide on a unique row: the loser simply retries.
+    """
+    global _synced
+    host = get_host()
+    if not _synced:
+        from django.db import IntegrityError
+
+        try:
+            host.sync_agents()
+        except IntegrityError:
+            host.sync_agents()
+        _synced = True
+    return host

@@ -84,6 +84,9 @@ class Request(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="requests")
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="requests")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # Set for a workflow task's request: its events are mirrored into the run's stream.
+    workflow_run = models.ForeignKey("WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="requests")
     trace_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     session_seq = models.PositiveIntegerField(default=0)
     message = models.TextField()
@@ -242,6 +245,21 @@ class RuntimeEvent(models.Model):
         request.last_seq = seq
         return results
 
+    def wire_data(self) -> dict[str, Any]:
+        """The `data` of this event's stream frame: request events carry their payload as is;
+        everything else travels wrapped as an `agent.trace`."""
+        if self.event_type.startswith("request."):
+            return self.payload
+        return {
+            "event_type": self.event_type,
+            "trace_id": str(self.trace_id),
+            "session_id": self.session_id,
+            "loop_index": self.loop_index,
+            "step_key": self.step_key,
+            "created_at": self.created_at,
+            "payload": self.payload,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "event_id": self.id,
@@ -299,6 +317,7 @@ class Interaction(models.Model):
         PENDING = "pending"
         ANSWERED = "answered"
         TIMED_OUT = "timed_out"
+        CANCELLED = "cancelled"  # its request ended first; a resume asks again
 
     interaction_id = models.CharField(max_length=32, primary_key=True, default=new_interaction_id, editable=False)
     request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="interactions")
@@ -364,3 +383,157 @@ class MemoryTurn(models.Model):
 
 
 __all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn"]
+
+
+# -- workflows and publishing -------------------------------------------------------------
+
+
+class WorkflowDefinition(models.Model):
+    class Source(models.TextChoices):
+        CODE = "code"  # from the host app; synced at start
+        PUBLISHED = "published"  # published over the API; survives restarts
+
+    workflow_id = models.CharField(max_length=64, unique=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="workflows")
+    tasks = models.JSONField()  # [{task_id, agent_id, structured_output}]
+    metadata = models.JSONField(null=True, blank=True)
+    task_message = models.JSONField(null=True, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workflow_id"]
+
+    def __str__(self) -> str:
+        return self.workflow_id
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "tasks": [{"task_id": t["task_id"], "agent_id": t["agent_id"]} for t in self.tasks],
+            "metadata": self.metadata,
+        }
+
+
+class PublishedSkill(models.Model):
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="published_skills")
+    name = models.CharField(max_length=64)
+    type = models.CharField(max_length=32, default="inline")
+    description = models.TextField(blank=True, default="")
+    location = models.CharField(max_length=500, blank=True, default="")
+    content = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["agent", "name"]
+        constraints = [models.UniqueConstraint(fields=["agent", "name"], name="uniq_published_skill")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}/{self.name}"
+
+
+class WorkflowRun(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.RUNNING,)
+    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    run_id = models.CharField(max_length=120, primary_key=True)
+    workflow = models.ForeignKey(WorkflowDefinition, on_delete=models.CASCADE, related_name="runs")
+    dedup_key = models.CharField(max_length=200, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    input = models.JSONField(default=dict, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    task_index = models.PositiveIntegerField(default=0)
+    last_seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # At most one active run per dedup key: the database, not a race, decides.
+            models.UniqueConstraint(
+                fields=["workflow", "dedup_key"], condition=models.Q(status="running"), name="uniq_active_dedup_run"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.run_id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class WorkflowTaskRun(models.Model):
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="task_runs")
+    task_id = models.CharField(max_length=64)
+    index = models.PositiveIntegerField()
+    agent_id = models.CharField(max_length=64)
+    request = models.OneToOneField(Request, null=True, blank=True, on_delete=models.SET_NULL, related_name="task_run")
+    status = models.CharField(max_length=16, default="running")
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="uniq_task_run_index")]
+
+
+class WorkflowTaskState(models.Model):
+    """A task's last structured output: handed to the same task in the next run."""
+
+    workflow = models.ForeignKey(WorkflowDefinition, on_delete=models.CASCADE, related_name="task_states")
+    task_id = models.CharField(max_length=64)
+    state = models.JSONField()
+    run = models.ForeignKey(WorkflowRun, null=True, blank=True, on_delete=models.SET_NULL)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workflow", "task_id"], name="uniq_task_state")]
+
+
+class WorkflowRunEvent(models.Model):
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    event_type = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict)
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True)
+    created_at = models.FloatField(default=time.time)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], name="uniq_run_event_seq"),
+            models.UniqueConstraint(fields=["run", "dedupe_key"], name="uniq_run_event_dedupe"),
+        ]
+
+    @property
+    def stream_name(self) -> str:
+        if self.event_type.startswith(("request.", "workflow.")):
+            return self.event_type
+        return "agent.trace"
+
+    @classmethod
+    def append(cls, run_id: str, event_type: str, payload: dict[str, Any], dedupe_key: str | None) -> bool:
+        """Append with the same locking and dedupe rules as RuntimeEvent.append_many."""
+        with transaction.atomic():
+            last = WorkflowRun.objects.select_for_update().values_list("last_seq", flat=True).get(pk=run_id)
+            if dedupe_key is not None and cls.objects.filter(run_id=run_id, dedupe_key=dedupe_key).exists():
+                return False
+            WorkflowRun.objects.filter(pk=run_id).update(last_seq=last + 1)
+            cls.objects.create(run_id=run_id, seq=last + 1, event_type=event_type, payload=payload,
+                               dedupe_key=dedupe_key)
+        return True

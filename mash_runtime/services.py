@@ -18,7 +18,7 @@ from django.utils import timezone
 from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
 from mash_runtime.events import append_event, base_payload
-from mash_runtime.host import get_host
+from mash_runtime.host import ensure_synced
 from mash_runtime.models import Agent, Interaction, Request, Session
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 
@@ -56,7 +56,7 @@ class Gone(ServiceError):
 
 
 def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
-    host = get_host()
+    host = ensure_synced()
     hosted = host.get(agent_id)
     if hosted is None or (hosted.role == "workflow" and not include_workflow):
         raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
@@ -97,6 +97,8 @@ def create_request(
     structured_output: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     parent: Request | None = None,
+    workflow_run=None,
+    request_id: uuid.UUID | None = None,
 ) -> Request:
     """Insert the request and its first event; the caller owns the transaction and the enqueue."""
     session_key = session_id or Session.default_session_id(agent.agent_id)
@@ -106,10 +108,12 @@ def create_request(
     Session.objects.filter(pk=session.pk).update(last_request_seq=F("last_request_seq") + 1, last_activity_at=timezone.now())
     session.refresh_from_db(fields=["last_request_seq"])
     req = Request.objects.create(
+        id=request_id or uuid.uuid4(),
         agent=agent,
         session=session,
         session_seq=session.last_request_seq,
         parent=parent,
+        workflow_run=workflow_run,
         message=message,
         structured_output=structured_output,
         metadata=metadata or {},
@@ -208,7 +212,7 @@ def finish_request(
             return False
         req.refresh_from_db()
         Interaction.objects.filter(request=req, status=Interaction.Status.PENDING).update(
-            status=Interaction.Status.TIMED_OUT, answered_at=now
+            status=Interaction.Status.CANCELLED, answered_at=now
         )
         payload = {**base_payload(req), "status": "error", "error": error, "error_code": error_code,
                    "retryable": retryable}
@@ -230,6 +234,10 @@ def after_terminal(req: Request) -> None:
         enqueue_request(nxt)
     if req.parent_id:
         enqueue_request(req.parent_id)
+    if req.workflow_run_id:
+        from mash_runtime.workflow_engine import on_request_terminal
+
+        on_request_terminal(req)
 
 
 def cancel_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
@@ -265,6 +273,8 @@ def resume_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
             finished_at=None, run_attempt=F("run_attempt") + 1, lease_owner="", lease_expires_at=None,
         )
         if changed:
+            # Questions its end cut short are asked again by the resumed run.
+            Interaction.objects.filter(request=req, status=Interaction.Status.CANCELLED).delete()
             enqueue_request_on_commit(req.pk)
     return {"request_id": str(req.pk), "workflow_id": str(req.pk), "status": "resumed", "previous_status": previous,
             "message": "Request resumed from its last checkpoint"}
@@ -306,6 +316,8 @@ def answer_interaction(request_id, interaction_id: str, response: Any, agent_id:
         raise NotFound(f"Interaction '{interaction_id}' not found", code="INTERACTION_NOT_FOUND")
     if itr.status == Interaction.Status.ANSWERED:
         raise Conflict(f"Interaction '{interaction_id}' was already answered", code="INTERACTION_ALREADY_ANSWERED")
+    if itr.status == Interaction.Status.CANCELLED:
+        raise Gone(f"Interaction '{interaction_id}' ended with its request", code="INTERACTION_CANCELLED")
     if itr.status == Interaction.Status.TIMED_OUT or itr.expires_at <= timezone.now():
         if itr.status == Interaction.Status.PENDING:
             time_out_interaction(itr)
@@ -337,7 +349,7 @@ def _resolve_interaction(itr: Interaction, value: Any, status: str) -> bool:
         payload = {**base_payload(req), "interaction_id": itr.interaction_id, "response": value}
         if status == Interaction.Status.TIMED_OUT:
             payload["timed_out"] = True
-        append_event(req, "request.interaction.ack", payload, dedupe_key=f"{itr.step_key}:ack")
+        append_event(req, "request.interaction.ack", payload, dedupe_key=f"{itr.step_key}:ack:{req.run_attempt}")
         enqueue_request_on_commit(req.pk)
     return True
 

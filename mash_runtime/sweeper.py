@@ -102,7 +102,16 @@ def requeue_stale(now) -> int:
 def sweep() -> dict[str, int]:
     close_old_connections()
     now = timezone.now()
+    from mash_runtime.workflow_engine import ADVANCE_RUN, stalled_runs
+
+    stalled = stalled_runs()
+    if stalled:
+        from django_q.tasks import async_task
+
+        for run_id in stalled:
+            async_task(ADVANCE_RUN, run_id, task_name=f"advance-{run_id}")
     result = {
+        "runs_advanced": len(stalled),
         "recovered": recover_orphans(now),
         "requeued": requeue_stale(now),
         "interactions_timed_out": expire_interactions(now),

@@ -43,6 +43,7 @@ class AgentDetailView(ApiView):
 class SubmitRequestView(ApiView):
     @extend_schema(summary="Submit a message; follow the request's events stream", request=SubmitRequestSerializer)
     def post(self, request, agent_id):
+        queries.hosted_agent(agent_id)  # workflow-only agents run only as workflow tasks (404, as in /h2a)
         body = self.body(SubmitRequestSerializer)
         data = services.submit_request(
             agent_id.strip(), body["message"], session_id=body.get("session_id"),

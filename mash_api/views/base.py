@@ -1,6 +1,7 @@
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from mash_api.errors import unstorable_param_error
 from mash_api.permissions import HasApiKey
 
 
@@ -12,6 +13,11 @@ class ApiView(APIView):
     """Base of every /api/v1 view: key check, envelope errors (settings), thin bodies."""
 
     permission_classes = [HasApiKey]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # the key check first: 401 before anything else
+        if (error := unstorable_param_error(kwargs, request.query_params)) is not None:
+            raise error
 
     def body(self, serializer_class):
         serializer = serializer_class(data=self.request.data)

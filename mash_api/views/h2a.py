@@ -8,6 +8,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from mash_api.auth import authenticate_headers
+from mash_api.errors import contains_unstorable, unstorable_param_error
 from mash_api.views.streams import event_stream_response, open_request_stream, sse_body
 from mash_runtime import queries, services
 from mash_runtime.host import get_host
@@ -25,6 +26,8 @@ def guarded(view):
     def wrapper(request, agent_id: str | None = None, **kwargs):
         if authenticate_headers(request.headers, getattr(request, "user", None)) is None:
             return h2a_error("UNAUTHORIZED", "Missing or invalid API key", 401)
+        if (nul := unstorable_param_error({"agent_id": agent_id, **kwargs}, request.GET)) is not None:
+            return h2a_error(nul.code, nul.message, nul.status)
         if agent_id is not None:
             hosted = get_host().get(agent_id.strip())
             if hosted is None or hosted.role == "workflow":
@@ -38,13 +41,19 @@ def guarded(view):
     return wrapper
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_body(request) -> dict:
     try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(request.body or b"{}", parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and NaN / Infinity, which are not JSON
         raise ServiceError("Request body is not valid JSON", code="INVALID_JSON") from None
     if not isinstance(body, dict):
         raise ServiceError("Request body must be a JSON object", code="INVALID_REQUEST")
+    if contains_unstorable(body):
+        raise ServiceError("Request body must not contain NUL or surrogate characters", code="INVALID_REQUEST")
     return body
 
 
@@ -94,8 +103,14 @@ def resume(request, agent_id: str, request_id: str):
     return _only(request, "POST") or JsonResponse(services.resume_request(request_id, agent_id))
 
 
+@csrf_exempt
 async def stream(request, agent_id: str, request_id: str):
     frames, error = await open_request_stream(request, agent_id, request_id)
+    if error is None or error.status_code == 404:
+        # After the method and key checks, as `guarded` does: an agent this binding does not serve.
+        hosted = get_host().get(agent_id.strip())
+        if hosted is None or hosted.role == "workflow":
+            return h2a_error("ROUTE_NOT_FOUND", f"No agent '{agent_id}' on this host", 404)
     if error is not None:
         payload = json.loads(error.content)["error"]
         code = "REQUEST_NOT_FOUND" if error.status_code == 404 else payload["code"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from mash_api.auth import authenticate_headers
-from mash_api.errors import Unauthorized, error_json
+from mash_api.errors import Unauthorized, error_json, unstorable_param_error
 from mash_api.streams import request_frames, sse_frame, tail_frames
 from mash_runtime.services import ServiceError, get_request
 
@@ -24,7 +25,8 @@ def parse_cursor(request) -> int:
         raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422,
                            details={"errors": [{"loc": ["query", "after"], "msg": "not an integer", "type": "int_parsing"}]}) from None
     if value < 0:
-        raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422)
+        raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", "after"], "msg": "must be >= 0", "type": "value_error"}]})
     return value
 
 
@@ -46,6 +48,8 @@ async def open_request_stream(request, agent_id: str, request_id: str):
         return None, error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
     if not await authorized(request):
         return None, error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
+    if (nul := unstorable_param_error({"agent_id": agent_id, "request_id": request_id}, request.GET)) is not None:
+        return None, error_json(nul.code, nul.message, nul.status, nul.details)
     try:
         req = await sync_to_async(get_request)(request_id, agent_id.strip())
         after = parse_cursor(request)
@@ -54,6 +58,7 @@ async def open_request_stream(request, agent_id: str, request_id: str):
     return request_frames(req.pk, after), None
 
 
+@csrf_exempt  # a POST here is a wrong method (405 envelope), not a CSRF failure page
 async def request_events(request, agent_id: str, request_id: str):
     frames, error = await open_request_stream(request, agent_id, request_id)
     if error is not None:
@@ -61,18 +66,25 @@ async def request_events(request, agent_id: str, request_id: str):
     return event_stream_response(sse_body(frames))
 
 
+@csrf_exempt
 async def telemetry_event_stream(request):
     if request.method != "GET":
         return error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
     if not await authorized(request):
         return error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
+    if (nul := unstorable_param_error({}, request.GET)) is not None:
+        return error_json(nul.code, nul.message, nul.status, nul.details)
     import json
 
-    from mash_api.streams import event_data
+    from mash_api.streams import latest_event_id
+
+    # "Now" is taken before the response starts: an event committed after the client saw
+    # the stream open must be delivered (the generator's first read runs later).
+    start = await sync_to_async(latest_event_id)()
 
     async def body():
         async for frame in tail_frames(request.GET.get("agent_id"), request.GET.get("session_id"),
-                                       request.GET.get("trace_id")):
+                                       request.GET.get("trace_id"), after_id=start):
             if frame.event is None:
                 yield ": keep-alive\n\n"
             else:

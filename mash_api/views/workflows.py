@@ -1,17 +1,102 @@
-"""Workflow listing (runs land with the workflow engine)."""
+"""Workflows: list, run, inspect, cancel, resume, stream; and publishing to an agent."""
 
-from drf_spectacular.utils import extend_schema
+from __future__ import annotations
 
+from asgiref.sync import sync_to_async
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+
+from mash_api.errors import Unauthorized, error_json
 from mash_api.views.base import ApiView, ok
-from mash_runtime.host import get_host
+from mash_api.views.streams import authorized, event_stream_response, parse_cursor
+from mash_runtime import publishing, workflow_engine
+from mash_runtime.services import ServiceError
+
+
+class RunWorkflowSerializer(serializers.Serializer):
+    dedup_key = serializers.CharField(required=False, allow_null=True)
+    input = serializers.JSONField(required=False, allow_null=True)
 
 
 class WorkflowListView(ApiView):
-    @extend_schema(summary="Workflows of this host")
+    @extend_schema(summary="Workflows of this host: defined in code or published")
     def get(self, request):
-        workflows = [
-            {"workflow_id": wf.workflow_id, "tasks": [{"task_id": t.task_id, "agent_id": t.agent_id} for t in wf.tasks],
-             "metadata": wf.metadata}
-            for wf in get_host().workflows.values()
-        ]
-        return ok({"workflows": workflows})
+        return ok(workflow_engine.list_workflows())
+
+
+class RunWorkflowView(ApiView):
+    @extend_schema(summary="Start a run; a dedup_key refuses a second active run", request=RunWorkflowSerializer)
+    def post(self, request, workflow_id):
+        body = self.body(RunWorkflowSerializer)
+        return ok(workflow_engine.start_run(workflow_id, input=body.get("input"), dedup_key=body.get("dedup_key")),
+                  status=202)
+
+
+class RunListView(ApiView):
+    @extend_schema(summary="Runs of a workflow (every status), filtered and paginated", parameters=[
+        OpenApiParameter("status", str), OpenApiParameter("start_time", float), OpenApiParameter("end_time", float),
+        OpenApiParameter("limit", int), OpenApiParameter("offset", int), OpenApiParameter("sort_desc", bool)])
+    def get(self, request, workflow_id):
+        p = request.query_params
+        return ok(workflow_engine.list_runs(
+            workflow_id, status=p.get("status"), start_time=p.get("start_time"), end_time=p.get("end_time"),
+            limit=p.get("limit"), offset=p.get("offset"), sort_desc=p.get("sort_desc")))
+
+
+class RunDetailView(ApiView):
+    @extend_schema(summary="One run with its output")
+    def get(self, request, workflow_id, run_id):
+        return ok(workflow_engine.describe_run(workflow_engine.get_run(workflow_id, run_id)))
+
+
+class RunCancelView(ApiView):
+    @extend_schema(summary="Cancel a run and its current task", request=None)
+    def post(self, request, workflow_id, run_id):
+        return ok(workflow_engine.cancel_run(workflow_id, run_id))
+
+
+class RunResumeView(ApiView):
+    @extend_schema(summary="Resume a failed or cancelled run from its failed task", request=None)
+    def post(self, request, workflow_id, run_id):
+        return ok(workflow_engine.resume_run(workflow_id, run_id))
+
+
+@csrf_exempt
+async def run_events(request, workflow_id: str, run_id: str):
+    from mash_api.streams import run_frames
+
+    if request.method != "GET":
+        return error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
+    if not await authorized(request):
+        return error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
+    try:
+        run = await sync_to_async(workflow_engine.get_run)(workflow_id, run_id)
+        after = parse_cursor(request)
+    except ServiceError as exc:
+        return error_json(exc.code, exc.message, exc.status, exc.details)
+    return event_stream_response(run_frames(run.pk, after))
+
+
+class PublishSkillView(ApiView):
+    @extend_schema(summary="Publish a skill to an agent (idempotent by name)")
+    def post(self, request, agent_id):
+        return ok(publishing.publish_skill(agent_id, request.data))
+
+
+class PublishedSkillView(ApiView):
+    @extend_schema(summary="Remove a published skill")
+    def delete(self, request, agent_id, name):
+        return ok(publishing.remove_skill(agent_id, name))
+
+
+class PublishWorkflowView(ApiView):
+    @extend_schema(summary="Publish (upsert) a workflow through an agent")
+    def post(self, request, agent_id):
+        return ok(publishing.publish_workflow(agent_id, request.data))
+
+
+class PublishedWorkflowView(ApiView):
+    @extend_schema(summary="Remove a published workflow (its runs stay)")
+    def delete(self, request, agent_id, workflow_id):
+        return ok(publishing.remove_workflow(agent_id, workflow_id))

@@ -27,6 +27,7 @@ class EngineHarness:
     def drain(self, limit: int = 500) -> list[str]:
         from mash_runtime.engine import run_request_task
         from mash_runtime.sweeper import sweep
+        from mash_runtime.workflow_engine import ADVANCE_RUN, advance_run_task
 
         outcomes = []
         while self.queue and limit:
@@ -36,6 +37,8 @@ class EngineHarness:
                 outcomes.append(run_request_task(*args))
             elif func == SWEEP:
                 sweep()
+            elif func == ADVANCE_RUN:
+                advance_run_task(*args)
         assert not self.queue, "drain limit reached: tasks keep enqueueing each other"
         return outcomes
 

@@ -272,7 +272,7 @@ def test_it_cancels_a_request_that_is_not_running(engine, tmp_path):
     assert req.status == "cancelled"
     error = engine.events(rid)[-1].payload
     assert error["error_code"] == "cancelled" and error["status"] == "error"
-    assert Interaction.objects.get(request_id=rid).status == "timed_out"
+    assert Interaction.objects.get(request_id=rid).status == "cancelled"
     with pytest.raises(Gone):
         answer_interaction(rid, Interaction.objects.get(request_id=rid).interaction_id, "approve")
     assert cancel_request(rid)["status"] == "cancelled"

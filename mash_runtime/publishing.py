@@ -1,0 +1,100 @@
+"""Skills and workflows published to an agent at run time; stored, so they survive restarts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from mash_core.errors import ConfigError
+from mash_core.skills import SKILL_NAME_RE, Skill, SkillRegistry
+from mash_runtime.models import PublishedSkill, WorkflowDefinition
+from mash_runtime.queries import hosted_agent
+from mash_runtime.services import NotFound, ServiceError, get_agent_row
+from mash_runtime.workflow_engine import validate_tasks
+
+SKILL_TYPES = ("inline", "filesystem", "directory")
+
+
+def publish_skill(agent_id: str, body: Any) -> dict[str, Any]:
+    hosted = hosted_agent(agent_id, include_workflow=True)
+    if not isinstance(body, dict):
+        raise ServiceError("body must be a JSON object", code="INVALID_AGENT_SKILL")
+    name = str(body.get("name") or "").strip()
+    if not SKILL_NAME_RE.match(name):
+        raise ServiceError("skill name must be 1-64 letters, digits, '.', '_' or '-'", code="INVALID_AGENT_SKILL")
+    location = str(body.get("location") or "").strip()
+    content = body.get("content")
+    content = content.strip() if isinstance(content, str) else ""
+    if not location and not content:
+        raise ServiceError("a skill needs a location or content", code="INVALID_AGENT_SKILL")
+    kind = str(body.get("type") or ("inline" if content else "filesystem")).strip()
+    if kind not in SKILL_TYPES:
+        raise ServiceError(f"type must be one of {', '.join(SKILL_TYPES)}", code="INVALID_AGENT_SKILL")
+    PublishedSkill.objects.update_or_create(
+        agent=get_agent_row(hosted.agent_id, include_workflow=True),
+        name=name,
+        defaults={"type": kind, "description": str(body.get("description") or "").strip(),
+                  "location": location, "content": content},
+    )
+    return {"agent_id": hosted.agent_id, "skill_name": name}
+
+
+def remove_skill(agent_id: str, name: str) -> dict[str, Any]:
+    hosted = hosted_agent(agent_id, include_workflow=True)
+    deleted, _ = PublishedSkill.objects.filter(agent__agent_id=hosted.agent_id, name=name.strip()).delete()
+    if not deleted:
+        raise NotFound(f"Skill '{name}' is not published to agent '{agent_id}'", code="SKILL_NOT_FOUND")
+    return {"agent_id": hosted.agent_id, "skill_name": name.strip(), "deleted": True}
+
+
+def add_published_skills(agent_id: str, registry: SkillRegistry) -> SkillRegistry:
+    """Published skills join the spec's own; a published skill replaces a built-in of the same name."""
+    for row in PublishedSkill.objects.filter(agent__agent_id=agent_id):
+        try:
+            skill = Skill(name=row.name, description=row.description, content=row.content or None,
+                          location=row.location or None)
+        except ConfigError:
+            continue
+        registry.register(skill, replace=True)
+    return registry
+
+
+def publish_workflow(agent_id: str, body: Any) -> dict[str, Any]:
+    hosted = hosted_agent(agent_id, include_workflow=True)
+    if not isinstance(body, dict):
+        raise ServiceError("body must be a JSON object", code="INVALID_AGENT_WORKFLOW")
+    workflow_id = str(body.get("workflow_id") or "").strip()
+    if not SKILL_NAME_RE.match(workflow_id):
+        raise ServiceError("workflow_id must be 1-64 letters, digits, '.', '_' or '-'", code="INVALID_AGENT_WORKFLOW")
+    tasks = validate_tasks(body.get("tasks"), code="INVALID_AGENT_WORKFLOW")
+    metadata = body.get("metadata")
+    task_message = body.get("task_message")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ServiceError("metadata must be an object", code="INVALID_AGENT_WORKFLOW")
+    if task_message is not None and not (isinstance(task_message, dict) and
+                                         isinstance(task_message.get("skill_name", ""), str)):
+        raise ServiceError("task_message must be an object like {\"skill_name\": \"...\"}", code="INVALID_AGENT_WORKFLOW")
+    with transaction.atomic():
+        existing = WorkflowDefinition.objects.select_for_update().filter(workflow_id=workflow_id).first()
+        if existing is not None and existing.source == WorkflowDefinition.Source.CODE and existing.active:
+            raise ServiceError(f"workflow '{workflow_id}' is defined in the host app's code and cannot be replaced",
+                               code="INVALID_AGENT_WORKFLOW")
+        WorkflowDefinition.objects.update_or_create(
+            workflow_id=workflow_id,
+            defaults={"source": WorkflowDefinition.Source.PUBLISHED, "agent": get_agent_row(hosted.agent_id,
+                                                                                            include_workflow=True),
+                      "tasks": tasks, "metadata": metadata, "task_message": task_message, "active": True},
+        )
+    return {"agent_id": hosted.agent_id, "workflow_id": workflow_id}
+
+
+def remove_workflow(agent_id: str, workflow_id: str) -> dict[str, Any]:
+    hosted = hosted_agent(agent_id, include_workflow=True)
+    row = WorkflowDefinition.objects.filter(workflow_id=workflow_id.strip(), agent__agent_id=hosted.agent_id,
+                                            source=WorkflowDefinition.Source.PUBLISHED, active=True).first()
+    if row is None:
+        raise NotFound(f"Workflow '{workflow_id}' is not published to agent '{agent_id}'", code="WORKFLOW_NOT_FOUND")
+    # Runs keep their history; the definition only stops being runnable.
+    WorkflowDefinition.objects.filter(pk=row.pk).update(active=False)
+    return {"agent_id": hosted.agent_id, "workflow_id": row.workflow_id, "deleted": True}

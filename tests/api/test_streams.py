@@ -1,0 +1,211 @@
+"""SSE: a request's event stream (replay, cursors, interactions while open) and the telemetry tail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+
+from mash_runtime.models import Interaction
+from tests.api.conftest import assert_error, data, parse_sse, post_json, read_stream, script, tool
+
+UNKNOWN_RID = "00000000-0000-4000-8000-000000000000"
+TRACE_KEYS = {"event_type", "trace_id", "session_id", "loop_index", "step_key", "created_at", "payload"}
+
+
+def submit(api, message, **body) -> str:
+    return data(post_json(api, "/api/v1/agent/primary/request", {"message": message, **body}), 202)["request_id"]
+
+
+async def drain_elsewhere(engine):
+    """Run the captured tasks in a plain worker thread, as a worker process would, while the
+    stream stays open here (the engine runs its own event loop, so not on this thread)."""
+    return await asyncio.get_running_loop().run_in_executor(None, engine.drain)
+
+
+def events_url(rid, agent="primary", prefix="/api/v1/agent", word="request") -> str:
+    return f"{prefix}/{agent}/{word}/{rid}/events"
+
+
+def stream(api, url, **headers) -> list[dict]:
+    response = api.get(url, **headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "text/event-stream"
+    assert response["Cache-Control"] == "no-cache"
+    return parse_sse(read_stream(response))
+
+
+@pytest.mark.parametrize("prefix,word", [("/api/v1/agent", "request"), ("/api/v1/agents", "requests")])
+def test_it_replays_a_completed_request_from_its_first_event(api, engine, prefix, word, tmp_path):
+    rid = submit(api, script({"tool_calls": [tool("append_line", path=str(tmp_path / "o"), line="1")]}, "caf\u00e9 ok"),
+                 session_id="sse")
+    engine.drain()
+    frames = stream(api, events_url(rid, prefix=prefix, word=word))
+    stored = engine.events(rid)
+    assert [f["id"] for f in frames] == [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    assert [f["event"] for f in frames] == [e.stream_name for e in stored]
+    base = {"request_id": rid, "agent_id": "primary", "session_id": "sse"}
+    assert frames[0]["event"] == "request.accepted" and frames[0]["data"] == {**base, "status": "accepted"}
+    assert frames[1]["event"] == "request.started" and frames[1]["data"]["status"] == "started"
+    last = frames[-1]
+    assert last["event"] == "request.completed"
+    req = engine.request(rid)
+    assert {k: last["data"][k] for k in ("request_id", "agent_id", "session_id", "status", "trace_id", "turn_id")} == {
+        **base, "status": "completed", "trace_id": str(req.trace_id), "turn_id": str(req.trace_id)}
+    assert last["data"]["response"]["text"] == "caf\u00e9 ok"
+    assert set(last["data"]["response"]) >= {"text", "signals", "metadata"}
+    assert last["data"]["session_total_tokens"] == req.session.session_total_tokens > 0
+    # JSON on one line, ASCII-escaped
+    assert all(f["raw_data"].isascii() and "\n" not in f["raw_data"] for f in frames)
+    assert "caf\\u00e9 ok" in last["raw_data"]
+    traces = [f for f in frames if f["event"] == "agent.trace"]
+    assert traces and all(set(f["data"]) == TRACE_KEYS for f in traces)
+    types = [f["data"]["event_type"] for f in traces]
+    for expected in ["runtime.context.loaded", "runtime.llm.think.completed", "runtime.tool.call.completed",
+                     "runtime.step.completed", "runtime.turn.persisted", "llm.request.complete"]:
+        assert expected in types, expected
+    think = next(f["data"] for f in traces if f["data"]["event_type"] == "runtime.llm.think.completed")
+    assert think["trace_id"] == str(req.trace_id) and think["session_id"] == "sse" and think["loop_index"] == 0
+    assert think["payload"]["action_type"] == "tool_call"
+    assert think["payload"]["tool_calls"][0]["name"] == "append_line"
+    called = next(f["data"]["payload"] for f in traces if f["data"]["event_type"] == "runtime.tool.call.completed")
+    assert called["tool_name"] == "append_line" and called["result"]["content"] == "appended 1"
+    # Each GET replays from the start again.
+    assert [f["id"] for f in stream(api, events_url(rid))] == [f["id"] for f in frames]
+
+
+def test_it_resumes_after_a_cursor(api, engine):
+    rid = submit(api, script("done"))
+    engine.drain()
+    total = len(engine.events(rid))
+    after = stream(api, events_url(rid) + "?after=3")
+    assert [f["id"] for f in after] == list(range(4, total + 1))
+    header = stream(api, events_url(rid), HTTP_LAST_EVENT_ID="5")
+    assert [f["id"] for f in header] == list(range(6, total + 1))
+    assert header[-1]["event"] == "request.completed"
+    # Last-Event-ID wins over ?after=
+    assert [f["id"] for f in stream(api, events_url(rid) + "?after=1", HTTP_LAST_EVENT_ID=str(total - 1))] == [total]
+
+
+@pytest.mark.parametrize("cursor", ["x", "-1"])
+def test_it_rejects_a_bad_cursor(api, engine, cursor):
+    rid = submit(api, script("done"))
+    engine.drain()
+    error = assert_error(api.get(events_url(rid) + f"?after={cursor}"), 422, "VALIDATION_ERROR")
+    assert error["details"]["errors"][0]["loc"] == ["query", "after"]
+
+
+def test_it_answers_404_json_for_an_unknown_request(api, engine):
+    rid = submit(api, "hi")
+    for url in [events_url(UNKNOWN_RID), events_url("not-a-uuid"), events_url(rid, agent="helper"),
+                events_url(UNKNOWN_RID, prefix="/api/v1/agents", word="requests")]:
+        response = api.get(url)
+        assert not response.streaming
+        assert_error(response, 404, "REQUEST_NOT_FOUND")
+
+
+def test_it_ends_a_failed_request_with_request_error(api, engine, tmp_path):
+    rid = submit(api, script("x", llm_error={"marker": str(tmp_path / "m"), "times": 1, "transient": False}))
+    engine.drain()
+    frames = stream(api, events_url(rid))
+    assert frames[0]["event"] == "request.accepted"
+    assert [f["event"] for f in frames].count("request.error") == 1
+    assert frames[-1]["event"] == "request.error"
+    assert frames[-1]["data"] == {"request_id": rid, "agent_id": "primary", "session_id": "primary:default",
+                                  "status": "error", "error": "scripted failure", "error_code": "LLM_UNAVAILABLE",
+                                  "retryable": False}
+
+
+def test_it_streams_a_resumed_request_to_its_new_terminal(api, engine, tmp_path):
+    rid = submit(api, script("second time", llm_error={"marker": str(tmp_path / "m"), "times": 1, "transient": False}))
+    engine.drain()
+    data(api.post(f"/api/v1/agent/primary/request/{rid}/resume"))
+    engine.drain()
+    names = [f["event"] for f in stream(api, events_url(rid))]
+    assert names[0] == "request.accepted" and names[-1] == "request.completed"
+    assert names.count("request.error") == 1 and names.index("request.error") < names.index("request.completed")
+
+
+def test_it_streams_interactions_and_takes_answers_while_open(api, engine, tmp_path):
+    target = tmp_path / "f"
+    rid = submit(api, script({"tool_calls": [tool("write_file", path=str(target), text="yes")]}, "written"))
+    assert engine.drain() == ["parked:input"]
+    response = api.get(events_url(rid))
+    assert response.status_code == 200
+
+    def answer(interaction_id):
+        body = data(post_json(api, f"/api/v1/agent/primary/request/{rid}/interaction",
+                              {"interaction_id": interaction_id, "response": "approve"}))
+        assert body == {"ok": True, "interaction_id": interaction_id}
+
+    async def follow():
+        chunks = response.streaming_content
+        text = ""
+        while "event: request.interaction.create" not in text:
+            text += (await chunks.__anext__()).decode()
+        # Everything stored so far is sent: the stream now idles, waiting for the next event.
+        waiting = asyncio.ensure_future(chunks.__anext__())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        create = [f for f in parse_sse(text) if f["event"] == "request.interaction.create"][0]["data"]
+        await sync_to_async(answer)(create["interaction_id"])
+        assert await drain_elsewhere(engine) == ["completed"]
+        text += (await waiting).decode()
+        async for chunk in chunks:  # ends by itself after the terminal event
+            text += chunk.decode()
+        return text
+
+    async def bounded():
+        return await asyncio.wait_for(follow(), 15)
+
+    frames = parse_sse(async_to_sync(bounded)())
+    names = [f["event"] for f in frames]
+    assert names[0] == "request.accepted" and names[-1] == "request.completed"
+    create = frames[names.index("request.interaction.create")]["data"]
+    ack = frames[names.index("request.interaction.ack")]["data"]
+    itr = Interaction.objects.get(request_id=rid)
+    assert create["interaction_id"] == itr.interaction_id and create["type"] == "approval"
+    assert create["schema"] == {"type": "enum", "options": ["approve", "deny", "skip"]}
+    assert create["timeout_seconds"] == 300 and create["prompt"]
+    assert (create["request_id"], create["agent_id"], create["session_id"]) == (rid, "primary", "primary:default")
+    assert ack["interaction_id"] == itr.interaction_id and ack["response"] == "approve"
+    assert names.index("request.interaction.create") < names.index("request.interaction.ack")
+    assert [f["id"] for f in frames] == list(range(1, len(frames) + 1))
+    assert target.read_text() == "yes"
+
+
+def test_it_tails_telemetry_events(api, engine):
+    response = api.get("/api/v1/telemetry/events/stream?agent_id=primary")
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    inner = response._iterator  # the view's async generator, closed explicitly below
+
+    async def tail():
+        chunks = response.streaming_content
+        pending = asyncio.ensure_future(chunks.__anext__())
+        await asyncio.sleep(0.3)  # the tail starts at "now": let it take its cursor first
+        rid = await sync_to_async(submit)(api, script("tailed"))
+        await drain_elsewhere(engine)
+        seen = []
+        try:
+            while True:
+                chunk = (await asyncio.wait_for(pending, 10)).decode()
+                seen.append(chunk)
+                if '"event_type":"request.completed"' in chunk:
+                    return rid, seen
+                pending = asyncio.ensure_future(chunks.__anext__())
+        finally:
+            await chunks.aclose()
+            await inner.aclose()
+
+    rid, chunks = async_to_sync(tail)()
+    events = []
+    for chunk in chunks:
+        assert chunk.startswith("data: ") and chunk.endswith("\n\n") and chunk.count("\n") == 2, chunk
+        events.append(json.loads(chunk[len("data: "):]))
+    assert all(e["request_id"] == rid for e in events)
+    assert [e["event_type"] for e in events][0] == "request.accepted"
+    assert set(events[0]) == {"event_id", "request_id", "request_seq", "trace_id", "app_id", "agent_id", "session_id",
+                              "event_type", "loop_index", "step_key", "payload", "created_at"}
+    assert [e["request_seq"] for e in events] == list(range(1, len(events) + 1))
