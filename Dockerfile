@@ -1,25 +1,23 @@
-# One image for both roles: `mash host serve` (web) or `python manage.py qcluster` (worker).
+# One image, two roles, chosen by command:
+#   web:    mash host serve --host 0.0.0.0            (migrates; daphne + a local worker cluster)
+#           mash host serve --host 0.0.0.0 --no-worker (web only, workers elsewhere)
+#   worker: mash qcluster
+# Configure with MASH_HOST_APP, MASH_DATA_DIR, DATABASE_URL (or MASH_DATABASE_URL),
+# MASH_REDIS_URL, MASH_API_KEY. Serving on 0.0.0.0 needs an API key (or --insecure).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MASH_DATA_DIR=/data \
-    MASH_API_HOST=0.0.0.0 \
-    MASH_API_PORT=8000
+    PILOT_WORKSPACE=/app
 
 RUN useradd --create-home --uid 1000 mash && mkdir -p /data && chown mash /data
 WORKDIR /app
-COPY pyproject.toml README.md manage.py ./
-COPY mash_project mash_project
-COPY mash_core mash_core
-COPY mash_runtime mash_runtime
-COPY mash_api mash_api
-COPY mash_telemetry mash_telemetry
-COPY pilot pilot
-COPY templates templates
-RUN pip install --no-cache-dir .
+COPY . /app
+# Editable, like the README's install: settings find templates/ next to the packages.
+RUN pip install --no-cache-dir -e . && chown -R mash /app
 
 USER mash
 VOLUME ["/data"]
 EXPOSE 8000
-CMD ["mash", "migrate"]
+CMD ["mash", "host", "serve", "--host", "0.0.0.0", "--port", "8000"]

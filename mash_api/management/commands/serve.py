@@ -82,6 +82,8 @@ class Command(BaseCommand):
         parser.add_argument("--insecure", action="store_true",
                             help="allow binding a non-loopback address with no API key configured")
         parser.add_argument("--no-migrate", action="store_true", help="skip applying database migrations")
+        parser.add_argument("--no-worker", action="store_true",
+                            help="run only the web process (workers run elsewhere: `mash qcluster`)")
 
     def handle(self, *args, **options):
         console = Console(stderr=True)
@@ -125,8 +127,11 @@ class Command(BaseCommand):
         python = sys.executable
         children = [
             Child("web", [python, "-m", "daphne", "-b", bind, "-p", str(port), "mash_project.asgi:application"], env),
-            Child("worker", [python, "-m", "mash_project.cli", "qcluster"], {**env, "MASH_PROCESS_ROLE": "worker"}),
         ]
+        if not options["no_worker"]:
+            children.append(
+                Child("worker", [python, "-m", "mash_project.cli", "qcluster"], {**env, "MASH_PROCESS_ROLE": "worker"})
+            )
         stopping = {"signal": None}
 
         def on_signal(signum, frame):
