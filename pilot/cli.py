@@ -1,8 +1,8 @@
 """`pilot repl`: the Mash REPL against the configured server, plus `/changelog [N]`.
 
-`/changelog N` asks the `pilot` agent to use its changelog skill on the last N commits
-and prints the Markdown answer. (It is a plain request today; a workflow-backed
-version can replace the handler without changing the command.)
+`/changelog N` publishes the changelog skill and the `pilot-changelog` workflow to the
+server the first time it is used (they are stored, so later sessions find them), runs
+the workflow for the last N commits, follows the run, and prints its Markdown.
 """
 
 from __future__ import annotations
@@ -10,15 +10,36 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from rich.markdown import Markdown
+
 from mash_api.cli import Repl, SlashCommand, UsageError, repl_main
+from pilot.spec import changelog_skill
 
 PILOT_AGENT = "pilot"
+CHANGELOG_WORKFLOW = "pilot-changelog"
+CHANGELOG_SCHEMA = {
+    "type": "object",
+    "properties": {"markdown": {"type": "string", "description": "The changelog as Markdown."}},
+    "required": ["markdown"],
+}
 DEFAULT_COMMITS = 10
 MAX_COMMITS = 500
 
 
-def changelog_message(count: int) -> str:
-    return f"Use the changelog skill to summarise the last {count} commits"
+def ensure_published(client) -> bool:
+    """Publish the skill and workflow unless the server already has them; True if it published."""
+    if any(w.get("workflow_id") == CHANGELOG_WORKFLOW for w in client.workflows()):
+        return False
+    skill = changelog_skill()
+    client.call("POST", f"/agent/{PILOT_AGENT}/skill", json_body={
+        "type": "inline", "name": skill.name, "description": skill.description, "content": skill.content})
+    client.call("POST", f"/agent/{PILOT_AGENT}/workflow", json_body={
+        "workflow_id": CHANGELOG_WORKFLOW,
+        "tasks": [{"task_id": "changelog", "agent_id": PILOT_AGENT, "structured_output": CHANGELOG_SCHEMA}],
+        "task_message": {"skill_name": skill.name},
+        "metadata": {"published_by": "pilot repl"},
+    })
+    return True
 
 
 def changelog(repl: Repl, args: str) -> None:
@@ -32,8 +53,17 @@ def changelog(repl: Repl, args: str) -> None:
             raise UsageError("usage: /changelog [N]  (N: how many recent commits)") from None
     if not 1 <= count <= MAX_COMMITS or len(words) > 1:
         raise UsageError(f"usage: /changelog [N]  (1 <= N <= {MAX_COMMITS})")
-    repl.console.print(f"[bold cyan]Changelog of the last {count} commits[/] [dim](asking {PILOT_AGENT})[/]")
-    repl.ask(changelog_message(count), agent_id=PILOT_AGENT)
+    repl.console.print(f"[bold cyan]Changelog of the last {count} commits[/] [dim](workflow {CHANGELOG_WORKFLOW})[/]")
+    if ensure_published(repl.client):
+        repl.console.print(f"[dim]published the changelog skill and the {CHANGELOG_WORKFLOW} workflow[/]")
+    started = repl.client.run_workflow(CHANGELOG_WORKFLOW, input={"commits": count})
+    repl.follower.follow_workflow(CHANGELOG_WORKFLOW, started["run_id"])
+    run = repl.client.workflow_run(CHANGELOG_WORKFLOW, started["run_id"])
+    if run.get("status") != "completed":
+        repl.console.print(f"[red]changelog run {run.get('status')}: {run.get('error') or 'no output'}[/]")
+        return
+    state = ((run.get("output") or {}).get("task_states") or {}).get("changelog") or {}
+    repl.console.print(Markdown(str(state.get("markdown", ""))))
 
 
 COMMANDS = [

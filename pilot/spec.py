@@ -53,9 +53,18 @@ def offline_demo(request: LLMRequest):
     )
 
 
+def offline_structured(request: LLMRequest) -> dict[str, Any]:
+    """Structured output for the demo: every required field filled from the last answer."""
+    answer = next((m.text for m in reversed(request.messages) if m.role == "assistant" and m.text), "")
+    schema = request.output_schema or {}
+    fill = {"string": answer, "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
+    return {name: fill.get(schema.get("properties", {}).get(name, {}).get("type", "string"), answer)
+            for name in schema.get("required", [])}
+
+
 def build_llm_for(agent_id: str):
     if os.environ.get("MASH_LLM", "").strip().lower() == "scripted":
-        return ScriptedProvider(offline_demo, structured={}, model="scripted-demo")
+        return ScriptedProvider(offline_demo, structured=offline_structured, model="scripted-demo")
     return AnthropicProvider(app_id=agent_id)
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mash_runtime.models import Request
-from pilot.cli import changelog_message
+from mash_runtime.models import PublishedSkill, Request, WorkflowDefinition, WorkflowRun
+from pilot.cli import CHANGELOG_WORKFLOW
 from tests.cli.conftest import REPO, client_env
 
 pytestmark = pytest.mark.e2e
@@ -32,8 +32,13 @@ def test_it_runs_changelog_through_the_pilot_agent(live_servers, cli_home, setti
     assert "```" not in out  # rendered as Markdown, not printed raw
     assert "usage: /changelog [N]" in out
 
-    req = Request.objects.get(agent__agent_id="pilot")
-    assert req.message == changelog_message(3) == "Use the changelog skill to summarise the last 3 commits"
+    assert out.count(f"published the changelog skill and the {CHANGELOG_WORKFLOW} workflow") == 1
+    assert WorkflowDefinition.objects.get(workflow_id=CHANGELOG_WORKFLOW).source == "published"
+    assert PublishedSkill.objects.filter(agent__agent_id="pilot", name="changelog").exists()
+    run = WorkflowRun.objects.get(workflow__workflow_id=CHANGELOG_WORKFLOW)
+    assert run.status == "completed" and run.input == {"commits": 3}
+    req = Request.objects.get(agent__agent_id="pilot", workflow_run=run)
+    assert "Use the skill 'changelog'" in req.message and '"commits": 3' in req.message
     assert req.status == Request.Status.COMPLETED
 
 
