@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "channels",
     "django_q",
     "mash_runtime",
+    "mash_runtime.masher",
     "mash_api",
     "mash_telemetry",
 ]

@@ -104,6 +104,16 @@ class HostBuilder:
         self._workflows.append(workflow)
         return self
 
+    def enable_masher(self, llm_factory=None, *, model: str | None = None) -> "HostBuilder":
+        """Add the built-in workflow-only Masher agent and its two workflows
+        (`masher-trace-digest`, `masher-online-eval-curation`). `llm_factory()` replaces its
+        default `AnthropicProvider(app_id="masher")`."""
+        from mash_runtime.masher.agent import MasherSpec, masher_workflows  # lazy: no import cycle
+
+        for wf in masher_workflows(MasherSpec(llm_factory, model=model)):
+            self.workflow(wf)
+        return self
+
     def build(self) -> AgentHost:
         if self._primary is None:
             raise ConfigError("a host needs a primary agent: HostBuilder().primary(spec)")
