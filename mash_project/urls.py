@@ -9,6 +9,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("h2a/", include(h2a_routes)),
     path("admin/", admin.site.urls),
+    path("telemetry/", include("mash_telemetry.urls")),
 ]
 
 handler404 = "mash_api.errors.handler404"

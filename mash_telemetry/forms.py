@@ -1,0 +1,78 @@
+"""Forms of the telemetry pages and the admin: filters (GET) and the interaction answer (POST)."""
+
+from __future__ import annotations
+
+from django import forms
+
+from mash_runtime.models import Interaction, Request
+
+RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+
+
+class RequestFilterForm(forms.Form):
+    agent = forms.ChoiceField(required=False, label="agent")
+    status = forms.ChoiceField(required=False, label="status", choices=[("", "any status"), *Request.Status.choices])
+    session = forms.CharField(required=False, max_length=200, label="session id")
+    range = forms.ChoiceField(required=False, label="created",
+                              choices=[("", "any time"), *((k, f"last {k}") for k in RANGES)])
+    since = forms.DateTimeField(required=False, label="since", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = forms.DateTimeField(required=False, label="until", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    q = forms.CharField(required=False, max_length=200, label="search",
+                        widget=forms.TextInput(attrs={"placeholder": "message text, request or trace id"}))
+    top = forms.BooleanField(required=False, label="top-level only")
+
+    def __init__(self, *args, agents: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].choices = [("", "any agent"), *((a, a) for a in agents)]
+
+
+class SessionFilterForm(forms.Form):
+    agent = forms.ChoiceField(required=False, label="agent")
+    q = forms.CharField(required=False, max_length=200, label="session id contains")
+
+    def __init__(self, *args, agents: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].choices = [("", "any agent"), *((a, a) for a in agents)]
+
+
+class MemorySearchForm(forms.Form):
+    q = forms.CharField(required=False, max_length=500, label="search",
+                        widget=forms.TextInput(attrs={"placeholder": "words from past turns", "autofocus": True}))
+    who = forms.ChoiceField(choices=[("user", "user messages"), ("agent", "agent answers")], initial="user",
+                            required=False, label="in")
+    agent = forms.ChoiceField(required=False, label="agent")
+    session = forms.CharField(required=False, max_length=200, label="session id")
+
+    def __init__(self, *args, agents: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].choices = [("", "any agent"), *((a, a) for a in agents)]
+
+
+class ApiLogFilterForm(forms.Form):
+    method = forms.ChoiceField(required=False, label="method", choices=[("", "any method"), *(
+        (m, m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE"))])
+    status = forms.CharField(required=False, max_length=3, label="status",
+                             widget=forms.TextInput(attrs={"placeholder": "e.g. 404 or 5xx", "size": 12}))
+    path = forms.CharField(required=False, max_length=500, label="path contains")
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+
+class AnswerForm(forms.Form):
+    """The answer to one pending interaction, shaped by its type (approval, info, choice)."""
+
+    def __init__(self, interaction: Interaction, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.interaction = interaction
+        options = [str(o) for o in (interaction.schema or {}).get("options") or []]
+        if interaction.type == Interaction.Type.APPROVAL:
+            self.fields["response"] = forms.ChoiceField(choices=[(o, o) for o in options], widget=forms.RadioSelect,
+                                                        label="decision")
+        elif interaction.type == Interaction.Type.CHOICE:
+            self.fields["response"] = forms.MultipleChoiceField(
+                choices=[(o, o) for o in options], widget=forms.CheckboxSelectMultiple, required=False, label="choose")
+        else:
+            self.fields["response"] = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                                      label="answer")
+
+    def answer(self):
+        return self.cleaned_data["response"]

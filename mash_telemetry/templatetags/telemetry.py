@@ -1,0 +1,115 @@
+"""Template filters of the telemetry pages.
+
+Everything these receive may come from a model, a tool or an API client. Only
+`markdown` returns markup, and only after nh3 has sanitized it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from functools import lru_cache
+
+import nh3
+from django import template
+from django.utils.safestring import mark_safe
+
+from mash_telemetry.trace import pretty
+
+register = template.Library()
+
+# No <img>: a picture in a model's answer could call an outside server when an operator looks at it.
+MARKDOWN_TAGS = {
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "code", "pre", "blockquote",
+    "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td",
+}
+
+
+@lru_cache(maxsize=1)
+def _markdown():
+    from markdown_it import MarkdownIt
+
+    # Raw HTML in the source is shown as text, and nh3 cleans whatever the renderer produced.
+    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+
+
+@register.filter
+def markdown(text) -> str:
+    html = _markdown().render(str(text or ""))
+    return mark_safe(nh3.clean(html, tags=MARKDOWN_TAGS, attributes={"a": {"href", "title"}},
+                               url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer nofollow"))
+
+
+@register.filter
+def ms(value) -> str:
+    if value is None or value == "":
+        return "–"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if value < 1000:
+        return f"{value:.0f} ms"
+    if value < 60_000:
+        return f"{value / 1000:.1f} s"
+    minutes, seconds = divmod(int(value / 1000), 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+@register.filter
+def num(value) -> str:
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+@register.filter
+def epoch(value):
+    """Float epoch seconds (events store these) to an aware datetime for `|date`."""
+    try:
+        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+@register.filter
+def pretty_json(value) -> str:
+    return pretty(value)
+
+
+@register.filter
+def compact_json(value) -> str:
+    """One line, as the live tail's script prints payloads."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def short_id(value) -> str:
+    text = str(value or "")
+    return text[:8]
+
+
+@register.filter
+def clip(value, limit=120) -> str:
+    text = " ".join(str(value or "").split())
+    limit = int(limit)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@register.filter
+def words(value) -> str:
+    """`awaiting_input` -> `awaiting input`."""
+    return str(value or "").replace("_", " ")
+
+
+@register.filter
+def family(event_type) -> str:
+    """`runtime.tool.call.completed` -> `runtime` (the live tail colours rows by it)."""
+    return str(event_type or "").split(".", 1)[0]

@@ -1,0 +1,204 @@
+"""The telemetry pages in a real browser: headless Chromium (Debian's `chromium`, driven by
+playwright) against a real daphne process and a django-q2 cluster on the test database.
+
+Nothing is installed from the internet: playwright launches /usr/bin/chromium. The test
+skips only when that binary is missing (CI installs it). Screenshots go to
+`test-artifacts/browser/` at the repository root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import REPO, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+PASSWORD = "browser-test-pw"
+# Live updates on SQLite ride on the readers' fallback poll (no cross-process doorbell).
+LIVE_TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)",
+                allow_module_level=True)
+
+from playwright.sync_api import sync_playwright  # noqa: E402  (a dev dependency: missing it is an error, not a skip)
+
+
+def tool(name, **arguments):
+    return {"name": name, "arguments": arguments}
+
+
+class Daphne:
+    """One `daphne` process on a free loopback port (this module's own, independent of conftest)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> "Daphne":
+        for _ in range(3):  # a port taken between choosing and binding: try another
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = sock.getsockname()[1]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                     "mash_project.asgi:application"],
+                    cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if httpx.get(f"{self.url}/api/v1/health", timeout=5).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            if self.proc.poll() is None:
+                break
+        self.stop()
+        raise AssertionError(f"daphne did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def site(clusters, tmp_path):
+    """A qcluster (runs the requests) and a daphne (serves pages, API and WebSockets)."""
+    from django.contrib.auth.models import User
+
+    User.objects.create_user("operator", password=PASSWORD, is_staff=True, is_superuser=True)
+    clusters.start()
+    server = Daphne(clusters.env, tmp_path / "daphne.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def artifacts():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    return ARTIFACTS
+
+
+def submit(server, plan, session_id: str) -> str:
+    response = httpx.post(f"{server.url}/api/v1/agent/primary/request",
+                          json={"message": json.dumps(plan), "session_id": session_id}, timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()["data"]["request_id"]
+
+
+def status(server, rid) -> str:
+    response = httpx.get(f"{server.url}/api/v1/agent/primary/request/{rid}/status", timeout=30)
+    return response.json()["data"]["status"]
+
+
+def test_an_operator_reads_traces_and_watches_the_host_live(site, artifacts, tmp_path):
+    long_line = "a long line for the tool call " * 30
+    done = submit(site, {"script": [
+        {"text": "Writing it down.", "tool_calls": [tool("append_line", path=str(tmp_path / "out"), line=long_line)]},
+        "Written: **one** line.",
+    ]}, "browser")
+    wait_for(lambda: status(site, done) == "completed", timeout=60, what="the first request to complete")
+    parked = submit(site, {"script": [{"tool_calls": [tool("write_file", path=str(tmp_path / "f"), text="x")]},
+                                      "approved and written"]}, "browser-approval")
+    wait_for(lambda: status(site, parked) == "waiting_input", timeout=60, what="the approval question")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(LIVE_TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            # Sign in: an anonymous visit lands on the login page and returns where it started.
+            page.goto(f"{site.url}/telemetry/")
+            assert "/telemetry/login/" in page.url
+            page.fill("#id_username", "operator")
+            page.fill("#id_password", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{site.url}/telemetry/")
+            assert page.locator("#health").is_visible()
+            assert page.locator("svg.chart").count() == 2
+            page.screenshot(path=str(artifacts / "1-overview.png"), full_page=True)
+
+            # A finished trace: the long tool call starts collapsed and opens on a click.
+            page.goto(f"{site.url}/telemetry/requests/{done}/")
+            call = page.locator("details.tool").first
+            result = call.locator("pre.tool-result")
+            assert call.get_attribute("open") is None and not result.is_visible()
+            page.screenshot(path=str(artifacts / "2-trace-collapsed.png"), full_page=True)
+            call.locator("summary").click()
+            result.wait_for(state="visible")
+            assert "appended a long line for the tool call" in result.inner_text()
+            assert "<strong>one</strong>" in page.locator("#final-answer .answer").inner_html()
+            page.screenshot(path=str(artifacts / "3-trace-expanded.png"), full_page=True)
+
+            # A live trace updates in place when the request moves on (answered over the API).
+            page.goto(f"{site.url}/telemetry/requests/{parked}/")
+            page.locator("#live-state.on").wait_for()
+            assert "awaiting input" in page.locator("#trace-status").inner_text()
+            action = page.locator("#pending form.pending-form").get_attribute("action")
+            interaction_id = action.rstrip("/").split("/")[-2]
+            assert interaction_id.startswith("itr_")
+            answered = httpx.post(f"{site.url}/api/v1/agent/primary/request/{parked}/interaction",
+                                  json={"interaction_id": interaction_id, "response": "approve"}, timeout=30)
+            assert answered.status_code == 200, answered.text
+            page.locator("#trace-status .status-completed").wait_for()
+            assert "approved and written" in page.locator("#final-answer").inner_text()
+            page.screenshot(path=str(artifacts / "4-trace-live-completed.png"), full_page=True)
+
+            # The live tail shows an event of a request submitted while it is open.
+            page.goto(f"{site.url}/telemetry/live/")
+            page.locator("#live-state.on").wait_for()
+            fresh = submit(site, {"script": ["hello from the live tail test"]}, "browser-tail")
+            row = page.locator("#tail-body tr.new", has_text=fresh[:8]).first
+            row.wait_for()
+            assert "request." in row.inner_text() or "runtime." in row.inner_text()
+            page.locator("#tail-body tr.new", has_text="request.completed").first.wait_for()
+            page.screenshot(path=str(artifacts / "5-live-tail.png"), full_page=False)
+
+            for path, name in (("/telemetry/requests/", "6-requests"), ("/telemetry/sessions/", "7-sessions"),
+                               ("/telemetry/memory/?q=written&who=agent", "8-memory"),
+                               ("/telemetry/api-log/", "9-api-log")):
+                page.goto(f"{site.url}{path}")
+                page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert status(site, fresh) == "completed"
+    assert len(list(artifacts.glob("*.png"))) == 9
