@@ -57,7 +57,7 @@ def contains_unstorable(value: Any) -> bool:
 
 
 def unstorable_param_error(path_kwargs: dict[str, Any], query) -> ServiceError | None:
-    """A 400 for a NUL (or lone surrogate) in a path segment or query parameter, else None.
+    """A 422 VALIDATION_ERROR for a NUL (or lone surrogate) in a path segment or query value, else None.
 
     Without this check such ids crash the query on PostgreSQL (500) while SQLite answers;
     no id or filter of ours can contain one.
@@ -66,9 +66,9 @@ def unstorable_param_error(path_kwargs: dict[str, Any], query) -> ServiceError |
     locs += [["query", name] for name in query if contains_unstorable(name) or contains_unstorable(query.getlist(name))]
     if not locs:
         return None
-    return ServiceError("Path and query values must not contain NUL characters", code="INVALID_REQUEST", status=400,
-                        details={"errors": [{"loc": loc, "msg": "must not contain NUL characters",
-                                             "type": "null_characters_not_allowed"} for loc in locs]})
+    return ServiceError(f"{locs[0][-1]}: must not contain NUL characters", code="VALIDATION_ERROR", status=422,
+                        details={"errors": [{"loc": loc, "msg": "must not contain NUL characters", "type": "value_error"}
+                                            for loc in locs]})
 
 
 def validation_errors(detail: Any, loc: tuple = ("body",)) -> list[dict[str, Any]]:

@@ -59,11 +59,15 @@ def _release_connection() -> None:
     connection.close()
 
 
-def _fetch_request_events(request_id, cursor: int) -> tuple[list[RuntimeEvent], bool]:
+def _fetch_request_events(request_id, cursor: int, first: bool = False) -> tuple[list[RuntimeEvent], bool]:
     try:
         events = list(RuntimeEvent.objects.after(request_id, cursor)[:BATCH])
         finished = False
-        if events and events[-1].event_type in TERMINAL_EVENTS:
+        if not events and first:
+            # A client resuming at or past the end of a finished request has nothing left to get.
+            status = Request.objects.filter(pk=request_id).values_list("status", flat=True).first()
+            finished = status in Request.TERMINAL
+        elif events and events[-1].event_type in TERMINAL_EVENTS:
             # A resumed request has a later run: only its current terminal ends the stream.
             status = Request.objects.filter(pk=request_id).values_list("status", flat=True).first()
             finished = status in Request.TERMINAL
@@ -151,8 +155,12 @@ async def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
     poll = 0.05
     last_sent = time.monotonic()
     async with Doorbell([request_group(request_id)]) as bell:
+        first = True
         while True:
-            events, finished = await sync_to_async(_fetch_request_events)(request_id, cursor)
+            events, finished = await sync_to_async(_fetch_request_events)(request_id, cursor, first)
+            first = False
+            if finished and not events:
+                return
             for event in events:
                 cursor = event.seq
                 yield Frame(event)
@@ -203,13 +211,16 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
 RUN_TERMINAL_EVENTS = ("workflow.completed", "workflow.error")
 
 
-def _fetch_run_events(run_id: str, cursor: int):
+def _fetch_run_events(run_id: str, cursor: int, first: bool = False):
     from mash_runtime.models import WorkflowRun, WorkflowRunEvent
 
     try:
         events = list(WorkflowRunEvent.objects.filter(run_id=run_id, seq__gt=cursor).order_by("seq")[:BATCH])
         finished = False
-        if events and events[-1].event_type in RUN_TERMINAL_EVENTS:
+        if not events and first:
+            status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+            finished = status in WorkflowRun.TERMINAL
+        elif events and events[-1].event_type in RUN_TERMINAL_EVENTS:
             status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
             finished = status in WorkflowRun.TERMINAL
         return events, finished
@@ -233,8 +244,12 @@ async def run_frames(run_id: str, after: int = 0):
     poll = 0.05
     last_sent = time.monotonic()
     async with Doorbell([run_group(run_id)]) as bell:
+        first = True
         while True:
-            events, finished = await sync_to_async(_fetch_run_events)(run_id, cursor)
+            events, finished = await sync_to_async(_fetch_run_events)(run_id, cursor, first)
+            first = False
+            if finished and not events:
+                return
             for event in events:
                 cursor = event.seq
                 yield run_sse_frame(event)

@@ -27,7 +27,7 @@ def guarded(view):
         if authenticate_headers(request.headers, getattr(request, "user", None)) is None:
             return h2a_error("UNAUTHORIZED", "Missing or invalid API key", 401)
         if (nul := unstorable_param_error({"agent_id": agent_id, **kwargs}, request.GET)) is not None:
-            return h2a_error(nul.code, nul.message, nul.status)
+            return h2a_error("INVALID_REQUEST", nul.message, 400)
         if agent_id is not None:
             hosted = get_host().get(agent_id.strip())
             if hosted is None or hosted.role == "workflow":

@@ -209,3 +209,14 @@ def test_it_tails_telemetry_events(api, engine):
     assert set(events[0]) == {"event_id", "request_id", "request_seq", "trace_id", "app_id", "agent_id", "session_id",
                               "event_type", "loop_index", "step_key", "payload", "created_at"}
     assert [e["request_seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_it_closes_at_once_when_resuming_past_the_end_of_a_finished_request(engine, api):
+    from tests.api.conftest import parse_sse, read_stream
+
+    rid = engine.submit({"script": ["done"]})
+    engine.drain()
+    last = engine.events(rid)[-1].seq
+    for cursor in (last, last + 5):
+        body = read_stream(api.get(f"/api/v1/agent/primary/request/{rid}/events", HTTP_LAST_EVENT_ID=str(cursor)))
+        assert body == ""  # no frames, and the response ended instead of idling on keep-alives
