@@ -29,6 +29,8 @@ def agent_routes():
                  name=f"session-history{alias}"),
             path(f"{a}/sessions/<str:session_id>/signals", sessions.SessionSignalsView.as_view(),
                  name=f"session-signals{alias}"),
+            path(f"{a}/sessions/<str:session_id>/compact", sessions.CompactSessionView.as_view(),
+                 name=f"session-compact{alias}"),
             path(f"{a}/session/<str:session_id>/trace/<str:trace_id>/reasoning",
                  sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning{alias}"),
             path(f"{a}/sessions/<str:session_id>/trace/<str:trace_id>/reasoning",

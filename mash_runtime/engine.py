@@ -411,6 +411,9 @@ class RequestRunner:
                 ("request.completed", completed, f"terminal.{req.run_attempt}", None, ""),
             ])
             transaction.on_commit(lambda: after_terminal(req))
+            from mash_runtime.compaction import schedule_auto_compaction
+
+            schedule_auto_compaction(req, hosted, total)
         return True
 
 
@@ -422,16 +425,23 @@ def parked_request_is_ready(request_id, status: str) -> bool:
 
 def prepare_run(req: Request, hosted: HostedAgent):
     """Everything a run needs from the database and the spec, in one trip to the db thread."""
-    return build_agent(hosted), load_history(req, hosted.config.conversation_history_turns), load_checkpoints(req)
+    return build_agent(hosted, req), load_history(req, hosted.config.conversation_history_turns), load_checkpoints(req)
 
 
 def load_checkpoints(req: Request) -> dict[str, dict[str, Any]]:
     return dict(StepCheckpoint.objects.filter(request=req).values_list("step_key", "output"))
 
 
-def build_agent(hosted: HostedAgent) -> Agent:
-    """A fresh agent for one run: tools hold per-run state (a bash shell), so never share them."""
+def build_agent(hosted: HostedAgent, request: Request | None = None) -> Agent:
+    """A fresh agent for one run: tools hold per-run state (a bash shell), so never share them.
+
+    With `enable_runtime_tools()`, the memory tools are added, bound to `request` (its agent,
+    session and event stream)."""
     tools = hosted.spec.build_tools()
+    if hosted.spec.enable_runtime_tools():
+        from mash_runtime.runtime_tools import register_runtime_tools
+
+        register_runtime_tools(tools, hosted, request)
     suffix = ""
     host = get_host()
     if hosted.role == "primary" and host.subagent_ids:

@@ -2,60 +2,44 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mash_core.agent import AgentResult
 from mash_core.messages import HistoryTurn
+from mash_runtime import signals as _signals
 from mash_runtime.models import MemoryTurn, Request
 
 SUMMARY_USER_MESSAGE = "[Summary of the earlier conversation]"
 
 
 def load_history(req: Request, limit: int) -> list[HistoryTurn]:
-    """The last `limit` turns of the session before this request, after its newest summary."""
-    turns = MemoryTurn.objects.filter(session_id=req.session_id, created_at__lt=req.created_at)
-    summary = turns.filter(kind=MemoryTurn.Kind.SUMMARY).order_by("-created_at").first()
+    """The last `limit` turns of the session before this request, after its newest summary.
+
+    "Before" is session order (`session_seq`), not time: a turn is written when its
+    request completes, which is after a request queued behind it was submitted.
+    """
+    session_turns = MemoryTurn.objects.filter(session_id=req.session_id)
+    summary = session_turns.filter(kind=MemoryTurn.Kind.SUMMARY).order_by("-created_at").first()
+    earlier = session_turns.filter(kind=MemoryTurn.Kind.TURN, request__session_seq__lt=req.session_seq)
     if summary is not None:
-        turns = turns.filter(created_at__gt=summary.created_at)
+        earlier = earlier.filter(created_at__gt=summary.created_at)
     history: list[HistoryTurn] = []
     if summary is not None:
         history.append(HistoryTurn(SUMMARY_USER_MESSAGE, summary.agent_response))
     if limit > 0:
-        recent = list(
-            turns.filter(kind=MemoryTurn.Kind.TURN).order_by("-created_at").values_list("user_message", "agent_response")[:limit]
-        )
+        recent = list(earlier.order_by("-request__session_seq").values_list("user_message", "agent_response")[:limit])
         history.extend(HistoryTurn(u, a) for u, a in reversed(recent))
     return history
 
 
-def estimate_tokens(value: Any) -> int:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return max(1, len(text) // 4)
+# Signals live in `mash_runtime.signals` (a registry a host app can extend); these names
+# stay for callers that imported them from here.
+estimate_tokens = _signals.estimate_tokens
+SIGNAL_DEFINITIONS = _signals.LiveSignalDefinitions()
 
 
-SIGNAL_DEFINITIONS = {
-    "unused_tools": {
-        "name": "unused_tools",
-        "value_type": "list[str]",
-        "description": "Tools offered to the model in this turn that it never called.",
-    },
-    "unused_tool_tokens": {
-        "name": "unused_tool_tokens",
-        "value_type": "int",
-        "description": "Estimated input tokens spent sending the definitions of unused tools, over all LLM calls.",
-    },
-}
-
-
-def compute_signals(result: AgentResult) -> dict[str, Any]:
-    used = set(result.tools_used)
-    unused = [d for d in result.tool_definitions if d["name"] not in used]
-    per_call = sum(estimate_tokens(d) for d in unused)
-    return {
-        "unused_tools": [d["name"] for d in unused],
-        "unused_tool_tokens": per_call * max(1, result.llm_calls),
-    }
+def compute_signals(result: AgentResult, request: Request | None = None) -> dict[str, Any]:
+    return _signals.collect_signals(result, request=request)
 
 
 def build_turn(req: Request, result: AgentResult) -> MemoryTurn:
@@ -68,7 +52,7 @@ def build_turn(req: Request, result: AgentResult) -> MemoryTurn:
         user_message=req.message,
         agent_response=result.text,
         token_usage=result.usage.to_dict(),
-        signals=compute_signals(result),
+        signals=compute_signals(result, req),
         metadata={
             "request_id": str(req.pk),
             "steps": result.steps,

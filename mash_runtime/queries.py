@@ -9,9 +9,9 @@ from typing import Any
 from django.db.models import Count, Q
 
 from mash_runtime.host import HostedAgent, get_host
-from mash_runtime.memory import SIGNAL_DEFINITIONS
 from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, epoch
 from mash_runtime.services import NotFound, ServiceError
+from mash_runtime.signals import signal_definitions
 
 MAX_EVENTS_LIMIT = 20000
 
@@ -111,8 +111,8 @@ def session_signals(agent_id: str, session_id: str, limit: Any = None) -> dict[s
     )
     computed_at = epoch(turns[0].created_at) if turns else None
     definitions = {
-        name: {**definition, "computed_at": computed_at, "persisted": True}
-        for name, definition in SIGNAL_DEFINITIONS.items()
+        name: {"persisted": True, **definition, "computed_at": computed_at}
+        for name, definition in signal_definitions().items()
     }
     return {
         "agent_id": hosted.agent_id,
@@ -213,26 +213,16 @@ def telemetry_events(agent_id: str | None = None, session_id: str | None = None,
 
 
 def memory_search(q: Any, app_id: str | None = None, session_id: str | None = None, limit: Any = None) -> dict[str, Any]:
-    """Search turn text. `@user:` or `@agent:` picks the column (issue 7 replaces this with full-text search)."""
-    query = str(q or "").strip()
-    column = None
-    for prefix, field in (("@user:", "user_message"), ("@agent:", "agent_response")):
-        if query.lower().startswith(prefix):
-            column, query = field, query[len(prefix):].strip()
-    if column is None or not query:
-        raise ServiceError("q must start with @user: or @agent: followed by a search term",
-                           code="SEARCH_VALIDATION_ERROR")
-    n = parse_limit(limit, default=10, maximum=100)
-    qs = MemoryTurn.objects.filter(kind=MemoryTurn.Kind.TURN, **{f"{column}__icontains": query})
-    if app_id:
-        qs = qs.filter(agent__agent_id=app_id.strip())
-    if session_id:
-        qs = qs.filter(session__session_id=session_id.strip())
-    results = []
-    for turn in qs.select_related("session").order_by("-created_at")[:n]:
-        text = getattr(turn, column)
-        results.append({"turn_id": str(turn.turn_id), "session_id": turn.session.session_id,
-                        "similarity_score": 1.0, "preview": _preview(text)})
-    return {"results": results, "app_id": app_id or None, "session_id": session_id or None, "query": str(q),
-            "limit": n}
+    """Full-text search over memory turns (the telemetry route and page call this).
 
+    `q` must start with `@user:` or `@agent:` (400 SEARCH_VALIDATION_ERROR otherwise); see
+    `mash_runtime.memory_search` for the query language, ranking and score normalisation.
+    """
+    from mash_runtime.memory_search import SearchScope, get_search_service, parse_query
+
+    query = parse_query(q, require_prefix=True)
+    n = parse_limit(limit, default=10, maximum=100)
+    scope = SearchScope.resolve(app_id, session_id)
+    outcome = get_search_service().search(query, scope, n)
+    return {"results": [r.to_api() for r in outcome.results], "app_id": app_id or None,
+            "session_id": session_id or None, "query": str(q), "limit": n}

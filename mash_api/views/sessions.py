@@ -1,7 +1,10 @@
-"""Sessions, history, signals and reasoning traces."""
+"""Sessions, history, signals, compaction and reasoning traces."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
 
+from mash_api.errors import contains_unstorable
+from mash_api.serializers import StrictCharField
 from mash_api.views.base import ApiView, ok
 from mash_runtime import queries
 
@@ -37,3 +40,33 @@ class ReasoningTraceView(ApiView):
     @extend_schema(summary="One request's steps: model text, tool calls, tokens, durations")
     def get(self, request, agent_id, session_id, trace_id):
         return ok(queries.reasoning_trace(agent_id, session_id, trace_id))
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class CompactSessionSerializer(serializers.Serializer):
+    reason = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=64, default="manual")
+    session_total_tokens_reset = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=2**62,
+                                                    default=0)
+
+    def validate_reason(self, value):
+        if value is not None and contains_unstorable(value):
+            raise serializers.ValidationError("NUL and surrogate characters are not allowed.")
+        return value
+
+
+class CompactSessionView(ApiView):
+    @extend_schema(summary="Summarise the turns since the last checkpoint into a summary checkpoint turn",
+                   request=CompactSessionSerializer)
+    def post(self, request, agent_id, session_id):
+        queries.hosted_agent(agent_id)
+        body = self.body(CompactSessionSerializer)
+        from mash_runtime.compaction import compact_session
+
+        return ok(compact_session(agent_id.strip(), session_id.strip(), reason=(body["reason"] or "").strip() or "manual",
+                                  session_total_tokens_reset=body["session_total_tokens_reset"] or 0))

@@ -49,8 +49,9 @@ def play(request: LLMRequest):
 
 
 def structured_for(request: LLMRequest):
-    # The structured call's messages end with the instruction; the plan is the request's first user text.
-    for message in request.messages:
+    # The structured call's messages end with the instruction; the plan is the newest JSON user
+    # message (earlier ones belong to history turns of the session).
+    for message in reversed(request.messages):
         if message.role == "user" and message.text.startswith("{"):
             return parse(message.text).get("structured", {})
     return {}

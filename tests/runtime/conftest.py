@@ -39,6 +39,12 @@ class EngineHarness:
                 sweep()
             elif func == ADVANCE_RUN:
                 advance_run_task(*args)
+            elif func == "mash_runtime.compaction.compact_session_task":
+                from mash_runtime.compaction import compact_session_task
+
+                compact_session_task(*args)
+            else:
+                raise AssertionError(f"the harness does not know task {func}")
         assert not self.queue, "drain limit reached: tasks keep enqueueing each other"
         return outcomes
 

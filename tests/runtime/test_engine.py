@@ -418,3 +418,12 @@ def test_a_primary_with_subagents_gets_a_routing_block_and_the_delegate_tool(eng
     assert "## Subagents" in prompt and "- helper (Helper): Runs helper scripts" in prompt
     helper = build_agent(get_host().get("helper"))
     assert "InvokeSubagent" not in helper.tools and helper.system_prompt() == "You follow scripts."
+
+
+def test_a_request_queued_behind_another_sees_its_turn_in_history(engine):
+    first = engine.submit({"script": ["first answer"]}, session_id="q-hist")
+    second = engine.submit("what did you say?", session_id="q-hist")  # submitted before `first` ran
+    engine.drain()
+    loaded = [e for e in engine.events(second) if e.event_type == "runtime.context.loaded"][0]
+    assert loaded.payload["history_turns"] == 1
+    assert engine.request(first).status == engine.request(second).status == "completed"
