@@ -99,8 +99,23 @@ def requeue_stale(now) -> int:
     return count
 
 
+SWEEP_SCHEDULE = "mash-sweep"
+
+
+def ensure_schedule() -> None:
+    """The periodic sweep must exist: recreate it if a flush or an operator removed it."""
+    from django_q.models import Schedule
+
+    Schedule.objects.get_or_create(
+        name=SWEEP_SCHEDULE,
+        defaults={"func": "mash_runtime.sweeper.sweep", "schedule_type": Schedule.MINUTES, "minutes": 1,
+                  "repeats": -1},
+    )
+
+
 def sweep() -> dict[str, int]:
     close_old_connections()
+    ensure_schedule()
     now = timezone.now()
     from mash_runtime.workflow_engine import ADVANCE_RUN, stalled_runs
 
