@@ -198,7 +198,7 @@ async def idle_streams(base: str, count: int, daphne_pid: int) -> dict:
             await asyncio.wait_for(ready.wait(), timeout=180)
         except asyncio.TimeoutError:
             pass
-        await asyncio.sleep(2)
+        await asyncio.sleep(10)  # past the readers' first polls: measure the steady idle state
         held, rss_after = opened, rss_mib(daphne_pid)
         probe_started = time.perf_counter()
         async with httpx.AsyncClient(timeout=30) as probe:

@@ -28,10 +28,26 @@ BATCH = 500
 TERMINAL_EVENTS = ("request.completed", "request.error")
 
 
-def _poll_ceiling() -> float:
-    # A cross-process layer delivers doorbells, so its polls are only a safety net.
-    default = 2.0 if settings.REDIS_URL else 0.5
-    return float(getattr(settings, "MASH_STREAM_POLL_MAX", default))
+class Backoff:
+    """How long a reader waits for a doorbell before it reads the database anyway.
+
+    On the in-memory layer doorbells never cross processes, so the poll is the real
+    delivery path: start at 50 ms, back off to 0.5 s while nothing happens. With Redis
+    the doorbell is the fast path and the poll only guards against a lost one, so it
+    starts at 0.25 s and backs off to 5 s: a thousand idle streams stay cheap.
+    """
+
+    def __init__(self) -> None:
+        cross_process = bool(settings.REDIS_URL)
+        self.floor = 0.25 if cross_process else 0.05
+        self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 5.0 if cross_process else 0.5))
+        self.current = self.floor
+
+    def reset(self) -> None:
+        self.current = self.floor
+
+    def after_wait(self, rung: bool) -> None:
+        self.current = self.floor if rung else min(self.current * 1.5, self.ceiling)
 
 
 @dataclass
@@ -152,7 +168,7 @@ class Doorbell:
 async def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
     """Frames of one request after seq `after`, ending right after its terminal event."""
     cursor = after
-    poll = 0.05
+    backoff = Backoff()
     last_sent = time.monotonic()
     async with Doorbell([request_group(request_id)]) as bell:
         first = True
@@ -166,15 +182,15 @@ async def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
                 yield Frame(event)
             if events:
                 last_sent = time.monotonic()
-                poll = 0.05
+                backoff = Backoff()
                 if finished:
                     return
                 continue
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
-            rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
-            poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())
+            rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
+            backoff.after_wait(rung)
 
 
 async def tail_frames(agent_id: str | None = None, session_id: str | None = None,
@@ -190,7 +206,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
         filters["trace_id"] = trace_id
     groups = [agent_group(agent_id)] if agent_id else [ALL_EVENTS_GROUP]
     cursor: int | None = after_id
-    poll = 0.05
+    backoff = Backoff()
     last_sent = time.monotonic()
     async with Doorbell(groups) as bell:
         while True:
@@ -199,13 +215,13 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
                 yield Frame(event)
             if events:
                 last_sent = time.monotonic()
-                poll = 0.05
+                backoff = Backoff()
                 continue
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
-            rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
-            poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())
+            rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
+            backoff.after_wait(rung)
 
 
 RUN_TERMINAL_EVENTS = ("workflow.completed", "workflow.error")
@@ -241,7 +257,7 @@ async def run_frames(run_id: str, after: int = 0):
     from mash_runtime.doorbell import run_group
 
     cursor = after
-    poll = 0.05
+    backoff = Backoff()
     last_sent = time.monotonic()
     async with Doorbell([run_group(run_id)]) as bell:
         first = True
@@ -255,12 +271,12 @@ async def run_frames(run_id: str, after: int = 0):
                 yield run_sse_frame(event)
             if events:
                 last_sent = time.monotonic()
-                poll = 0.05
+                backoff = Backoff()
                 if finished:
                     return
                 continue
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield ": keep-alive\n\n"
-            rung = await bell.wait(min(poll, KEEPALIVE_SECONDS))
-            poll = 0.05 if rung else min(poll * 1.5, _poll_ceiling())
+            rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
+            backoff.after_wait(rung)
