@@ -165,32 +165,37 @@ class Doorbell:
         return True
 
 
-async def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
-    """Frames of one request after seq `after`, ending right after its terminal event."""
+async def _sequence_frames(fetch, group: str, after: int) -> AsyncIterator[Frame]:
+    """Rows numbered by `seq` after `after`, read with `fetch(cursor, first) -> (rows, finished)`;
+    ends right after the row that finishes the sequence (or at once when resumed past it)."""
     cursor = after
     backoff = Backoff()
     last_sent = time.monotonic()
-    async with Doorbell([request_group(request_id)]) as bell:
-        first = True
+    first = True
+    async with Doorbell([group]) as bell:
         while True:
-            events, finished = await sync_to_async(_fetch_request_events)(request_id, cursor, first)
+            events, finished = await sync_to_async(fetch)(cursor, first)
             first = False
-            if finished and not events:
-                return
             for event in events:
                 cursor = event.seq
                 yield Frame(event)
+            if finished:
+                return
             if events:
                 last_sent = time.monotonic()
-                backoff = Backoff()
-                if finished:
-                    return
+                backoff.reset()
                 continue
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
             rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
             backoff.after_wait(rung)
+
+
+def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
+    """Frames of one request after seq `after`, ending right after its terminal event."""
+    return _sequence_frames(lambda cursor, first: _fetch_request_events(request_id, cursor, first),
+                            request_group(request_id), after)
 
 
 async def tail_frames(agent_id: str | None = None, session_id: str | None = None,
@@ -215,7 +220,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
                 yield Frame(event)
             if events:
                 last_sent = time.monotonic()
-                backoff = Backoff()
+                backoff.reset()
                 continue
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
@@ -250,33 +255,9 @@ def run_sse_frame(event) -> str:
 
 
 async def run_frames(run_id: str, after: int = 0):
-    """Frames of a workflow run after seq `after`, ending right after its final workflow event.
-
-    Yields SSE text directly (keep-alives included): runs have one consumer format.
-    """
+    """SSE text of a workflow run after seq `after`, ending right after its final workflow event."""
     from mash_runtime.doorbell import run_group
 
-    cursor = after
-    backoff = Backoff()
-    last_sent = time.monotonic()
-    async with Doorbell([run_group(run_id)]) as bell:
-        first = True
-        while True:
-            events, finished = await sync_to_async(_fetch_run_events)(run_id, cursor, first)
-            first = False
-            if finished and not events:
-                return
-            for event in events:
-                cursor = event.seq
-                yield run_sse_frame(event)
-            if events:
-                last_sent = time.monotonic()
-                backoff = Backoff()
-                if finished:
-                    return
-                continue
-            if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                last_sent = time.monotonic()
-                yield ": keep-alive\n\n"
-            rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
-            backoff.after_wait(rung)
+    frames = _sequence_frames(lambda cursor, first: _fetch_run_events(run_id, cursor, first), run_group(run_id), after)
+    async for frame in frames:
+        yield run_sse_frame(frame.event) if frame.event is not None else ": keep-alive\n\n"

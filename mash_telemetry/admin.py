@@ -130,6 +130,20 @@ class HistoryAdmin(admin.ModelAdmin):
 ReadOnlyAdmin = HistoryAdmin  # the name the first version of this module used
 
 
+class RequestChildAdmin:
+    """For rows that belong to a request: a link to it, and a request id typed into search finds them."""
+
+    def get_search_results(self, request, queryset, search_term):
+        value = as_uuid(search_term)
+        if value is not None:
+            return queryset.filter(request_id=value), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="request", ordering="request_id")
+    def request_ref(self, obj):
+        return request_link(obj)
+
+
 class BigTableAdmin(HistoryAdmin):
     paginator = EstimatedCountPaginator
     list_per_page = 100
@@ -457,7 +471,7 @@ def request_link(obj) -> str:
 
 
 @admin.register(RuntimeEvent)
-class RuntimeEventAdmin(BigTableAdmin):
+class RuntimeEventAdmin(RequestChildAdmin, BigTableAdmin):
     list_display = ("id", "request_ref", "seq", "event_type", "agent_id", "session_id", "step_key", "when")
     list_filter = (EventFamilyFilter, EventTypeFilter, AgentIdFilter)
     search_fields = ("=session_id",)
@@ -475,10 +489,6 @@ class RuntimeEventAdmin(BigTableAdmin):
         if value is not None:
             return queryset.filter(Q(request_id=value) | Q(trace_id=value)), False
         return queryset.filter(Q(session_id=term) | Q(event_type__startswith=term)), False
-
-    @admin.display(description="request", ordering="request_id")
-    def request_ref(self, obj):
-        return request_link(obj)
 
     @admin.display(description="created", ordering="created_at")
     def when(self, obj):
@@ -500,7 +510,7 @@ class CheckpointKindFilter(FixedChoicesFilter):
 
 
 @admin.register(StepCheckpoint)
-class StepCheckpointAdmin(BigTableAdmin):
+class StepCheckpointAdmin(RequestChildAdmin, BigTableAdmin):
     list_display = ("id", "request_ref", "step_key", "kind", "duration_ms", "created_at")
     list_filter = (CheckpointKindFilter,)
     search_fields = ("=step_key",)
@@ -508,16 +518,6 @@ class StepCheckpointAdmin(BigTableAdmin):
     raw_id_fields = ("request",)
     fields = ("id", "request_ref", "step_key", "kind", "duration_ms", "created_at", "shown_output")
     readonly_fields = fields
-
-    def get_search_results(self, request, queryset, search_term):
-        value = as_uuid(search_term)
-        if value is not None:
-            return queryset.filter(request_id=value), False
-        return super().get_search_results(request, queryset, search_term)
-
-    @admin.display(description="request", ordering="request_id")
-    def request_ref(self, obj):
-        return request_link(obj)
 
     @admin.display(description="output")
     def shown_output(self, obj):
@@ -528,7 +528,7 @@ class StepCheckpointAdmin(BigTableAdmin):
 
 
 @admin.register(Interaction)
-class InteractionAdmin(OperatorActions, HistoryAdmin):
+class InteractionAdmin(RequestChildAdmin, OperatorActions, HistoryAdmin):
     list_display = ("interaction_id", "request_ref", "type", "status", "short_prompt", "shown_answer",
                     "created_at", "expires_at", "answer_link")
     list_filter = ("status", "type")
@@ -541,16 +541,6 @@ class InteractionAdmin(OperatorActions, HistoryAdmin):
               "answer_link")
     readonly_fields = fields
     ordering = ("-created_at",)
-
-    def get_search_results(self, request, queryset, search_term):
-        value = as_uuid(search_term)
-        if value is not None:
-            return queryset.filter(request_id=value), False
-        return super().get_search_results(request, queryset, search_term)
-
-    @admin.display(description="request", ordering="request_id")
-    def request_ref(self, obj):
-        return request_link(obj)
 
     @admin.display(description="prompt")
     def short_prompt(self, obj):
