@@ -86,7 +86,7 @@ class Command(BaseCommand):
                             help="run only the web process (workers run elsewhere: `mash qcluster`)")
 
     def handle(self, *args, **options):
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # URLs must stay on one line to be clickable
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "mash_project.settings")
         env["MASH_DATA_DIR"] = str(settings.DATA_DIR)
