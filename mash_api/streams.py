@@ -75,21 +75,24 @@ def _release_connection() -> None:
     connection.close()
 
 
-def _fetch_request_events(request_id, cursor: int, first: bool = False) -> tuple[list[RuntimeEvent], bool]:
+def _fetch_sequence(rows, owner, finished_statuses, final_events, first: bool) -> tuple[list, bool]:
+    """The next rows after a cursor, and whether the sequence is over: its owner (request or
+    run) has finished and either the last row read is a final event, or, on a stream's first
+    read, nothing is left past the cursor. A resumed owner has a later run, so a final event
+    alone never ends the stream."""
     try:
-        events = list(RuntimeEvent.objects.after(request_id, cursor)[:BATCH])
+        events = list(rows[:BATCH])
         finished = False
-        if not events and first:
-            # A client resuming at or past the end of a finished request has nothing left to get.
-            status = Request.objects.filter(pk=request_id).values_list("status", flat=True).first()
-            finished = status in Request.TERMINAL
-        elif events and events[-1].event_type in TERMINAL_EVENTS:
-            # A resumed request has a later run: only its current terminal ends the stream.
-            status = Request.objects.filter(pk=request_id).values_list("status", flat=True).first()
-            finished = status in Request.TERMINAL
+        if (not events and first) or (events and events[-1].event_type in final_events):
+            finished = owner.values_list("status", flat=True).first() in finished_statuses
         return events, finished
     finally:
         _release_connection()
+
+
+def _fetch_request_events(request_id, cursor: int, first: bool = False) -> tuple[list[RuntimeEvent], bool]:
+    return _fetch_sequence(RuntimeEvent.objects.after(request_id, cursor), Request.objects.filter(pk=request_id),
+                           Request.TERMINAL, TERMINAL_EVENTS, first)
 
 
 def _latest_event_id() -> int:
@@ -235,18 +238,9 @@ RUN_TERMINAL_EVENTS = ("workflow.completed", "workflow.error")
 def _fetch_run_events(run_id: str, cursor: int, first: bool = False):
     from mash_runtime.models import WorkflowRun, WorkflowRunEvent
 
-    try:
-        events = list(WorkflowRunEvent.objects.filter(run_id=run_id, seq__gt=cursor).order_by("seq")[:BATCH])
-        finished = False
-        if not events and first:
-            status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-            finished = status in WorkflowRun.TERMINAL
-        elif events and events[-1].event_type in RUN_TERMINAL_EVENTS:
-            status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-            finished = status in WorkflowRun.TERMINAL
-        return events, finished
-    finally:
-        _release_connection()
+    rows = WorkflowRunEvent.objects.filter(run_id=run_id, seq__gt=cursor).order_by("seq")
+    return _fetch_sequence(rows, WorkflowRun.objects.filter(pk=run_id), WorkflowRun.TERMINAL, RUN_TERMINAL_EVENTS,
+                           first)
 
 
 def run_sse_frame(event) -> str:
