@@ -241,6 +241,11 @@ class MashClient:
         return self.call("GET", f"/agent/{_seg(agent_id)}/sessions/{_seg(session_id)}/history", params=params).get(
             "turns", [])
 
+    def compact(self, agent_id: str, session_id: str, reason: str = "manual") -> dict[str, Any]:
+        """`{summary_text, turn_id}`: the session's turns since the last summary, summarised."""
+        return self.call("POST", f"/agent/{_seg(agent_id)}/sessions/{_seg(session_id)}/compact",
+                         json_body={"reason": reason})
+
     # -- requests --------------------------------------------------------------------------
 
     def submit(self, agent_id: str, message: str, session_id: str | None = None,

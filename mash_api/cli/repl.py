@@ -355,6 +355,16 @@ def cmd_history(repl: Repl, args: str) -> None:
     render_turns(repl.console, turns)
 
 
+def cmd_compact(repl: Repl, args: str) -> None:
+    from rich.markdown import Markdown
+
+    with repl.console.status("compacting the session…"):
+        result = repl.client.compact(repl.agent_id, repl.session_id)
+    repl.console.print(Text(f"Session compacted into turn {result.get('turn_id')}; history now starts from "
+                            "this summary.", style="green"))
+    repl.console.print(Markdown(str(result.get("summary_text", ""))))
+
+
 def cmd_use(repl: Repl, args: str) -> None:
     target = args.split()[0] if args.split() else ""
     if not target:
@@ -426,6 +436,7 @@ def default_commands() -> list[SlashCommand]:
         SlashCommand("/session", cmd_session, "Show the current session"),
         SlashCommand("/sessions", cmd_sessions, "List the current agent's sessions"),
         SlashCommand("/history", cmd_history, "Show the last N turns of this session", usage="/history [N]"),
+        SlashCommand("/compact", cmd_compact, "Summarise this session's turns into a checkpoint (resets its tokens)"),
         SlashCommand("/use", cmd_use, "Talk to another agent (a subagent uses its session for this REPL's session)",
                      usage="/use <agent>"),
         SlashCommand("/workflow", cmd_workflow, "list | run <id> [dedup_key] [--input JSON] (starts a run and "

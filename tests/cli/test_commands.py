@@ -137,7 +137,7 @@ def test_it_reports_an_unreachable_server_in_one_line(mash):
 
 
 def test_it_runs_the_repl_from_a_pipe(mash_server, cli_home):
-    script = "hello pipe\n/history\n/use helper\n/session\n/bogus\n/exit\n"
+    script = "hello pipe\n/history\n/compact\n/use helper\n/session\n/bogus\n/exit\n"
     done = subprocess.run([sys.executable, "-m", "mash_project.cli", "repl", "--session-id", "cli-pipe"], cwd=REPO,
                           env=client_env(cli_home, MASH_API_BASE_URL=mash_server.url), input=script,
                           capture_output=True, text=True, timeout=60)
@@ -145,6 +145,7 @@ def test_it_runs_the_repl_from_a_pipe(mash_server, cli_home):
     out = done.stdout
     assert "primary> hello pipe" in out and "echo: hello pipe" in out
     assert out.index("echo: hello pipe") < out.index("Turn 1")
+    assert "Session compacted into turn" in out and "Decisions" in out
     assert "Now talking to helper (subagent)" in out
     from mash_api.client import subagent_session_id
 
