@@ -32,14 +32,15 @@ class Backoff:
     """How long a reader waits for a doorbell before it reads the database anyway.
 
     On the in-memory layer doorbells never cross processes, so the poll is the real
-    delivery path: start at 50 ms, back off to 0.5 s while nothing happens. With Redis
+    delivery path: start at 20 ms, back off gently to 0.5 s while nothing happens. With Redis
     the doorbell is the fast path and the poll only guards against a lost one, so it
     starts at 0.25 s and backs off to 5 s: a thousand idle streams stay cheap.
     """
 
     def __init__(self) -> None:
         cross_process = bool(settings.REDIS_URL)
-        self.floor = 0.25 if cross_process else 0.05
+        self.floor = 0.25 if cross_process else 0.02
+        self.growth = 1.5 if cross_process else 1.3
         self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 5.0 if cross_process else 0.5))
         self.current = self.floor
 
@@ -47,7 +48,7 @@ class Backoff:
         self.current = self.floor
 
     def after_wait(self, rung: bool) -> None:
-        self.current = self.floor if rung else min(self.current * 1.5, self.ceiling)
+        self.current = self.floor if rung else min(self.current * self.growth, self.ceiling)
 
 
 @dataclass
