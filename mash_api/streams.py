@@ -58,17 +58,13 @@ class Frame:
     event: RuntimeEvent | None = None
 
 
-def event_data(event: RuntimeEvent) -> dict[str, Any]:
-    return event.wire_data()
-
-
 def sse_frame(event: RuntimeEvent) -> str:
-    data = json.dumps(event_data(event), separators=(",", ":"))  # ASCII-escaped, one line
+    data = json.dumps(event.wire_data(), separators=(",", ":"))  # ASCII-escaped, one line
     return f"id: {event.seq}\nevent: {event.stream_name}\ndata: {data}\n\n"
 
 
 def ws_message(event: RuntimeEvent) -> dict[str, Any]:
-    return {"id": event.seq, "event": event.stream_name, "data": event_data(event)}
+    return {"id": event.seq, "event": event.stream_name, "data": event.wire_data()}
 
 
 def _release_connection() -> None:

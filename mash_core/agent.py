@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 from mash_core.config import AgentConfig
 from mash_core.llm.base import LLMError, LLMProvider, LLMRequest, LLMResponse, TokenUsage
-from mash_core.messages import HistoryTurn, Message, TextBlock, ToolCallBlock, ToolResultBlock
+from mash_core.messages import HistoryTurn, Message, ToolCallBlock, ToolResultBlock
 from mash_core.skills import SkillRegistry, SkillTool
 from mash_core.structured import StructuredOutputError, normalize_schema, parse_json_object, validate_structured
 from mash_core.tools.ask_user import ASK_USER_TOOL_NAME, interaction_for_approval, interaction_for_ask_user

@@ -377,7 +377,7 @@ class RequestRunner:
         )
         # An answer (or the child's end) may have landed while we still held the lease, and its
         # enqueue found the request leased: look once more so the request cannot stall here.
-        if parked_request_is_ready(self.request.pk, status):
+        if parked_requests_ready(self.request.pk):
             enqueue_request(self.request.pk)
 
     def _complete(self, result: AgentResult, hosted: HostedAgent) -> bool:
@@ -417,10 +417,16 @@ class RequestRunner:
         return True
 
 
-def parked_request_is_ready(request_id, status: str) -> bool:
-    if status == Request.Status.AWAITING_INPUT:
-        return not Interaction.objects.filter(request_id=request_id, status=Interaction.Status.PENDING).exists()
-    return not Request.objects.filter(parent_id=request_id).exclude(status__in=Request.TERMINAL).exists()
+def parked_requests_ready(request_id=None) -> list:
+    """Parked requests (or just `request_id`) whose cause is gone: no pending question, no
+    unfinished child. One query per kind of parking, whatever the number of requests."""
+    pending = Interaction.objects.filter(request=OuterRef("pk"), status=Interaction.Status.PENDING)
+    running_child = Request.objects.filter(parent=OuterRef("pk")).exclude(status__in=Request.TERMINAL)
+    ready_input = Request.objects.filter(status=Request.Status.AWAITING_INPUT).exclude(Exists(pending))
+    ready_child = Request.objects.filter(status=Request.Status.AWAITING_SUBAGENT).exclude(Exists(running_child))
+    if request_id is not None:
+        ready_input, ready_child = ready_input.filter(pk=request_id), ready_child.filter(pk=request_id)
+    return [*ready_input.values_list("pk", flat=True), *ready_child.values_list("pk", flat=True)]
 
 
 def prepare_run(req: Request, hosted: HostedAgent):

@@ -272,10 +272,15 @@ def resume_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
             status=Request.Status.ACCEPTED, error="", error_code="", retryable=False, cancel_requested=False,
             finished_at=None, run_attempt=F("run_attempt") + 1, lease_owner="", lease_expires_at=None,
         )
-        if changed:
-            # Questions its end cut short are asked again by the resumed run.
-            Interaction.objects.filter(request=req, status=Interaction.Status.CANCELLED).delete()
-            enqueue_request_on_commit(req.pk)
+        if not changed:
+            # Someone else resumed or changed it between our read and this update.
+            req.refresh_from_db(fields=["status"])
+            current = API_STATUS[req.status]
+            return {"request_id": str(req.pk), "workflow_id": str(req.pk), "status": current,
+                    "message": f"Request is {current}; nothing to resume"}
+        # Questions its end cut short are asked again by the resumed run.
+        Interaction.objects.filter(request=req, status=Interaction.Status.CANCELLED).delete()
+        enqueue_request_on_commit(req.pk)
     return {"request_id": str(req.pk), "workflow_id": str(req.pk), "status": "resumed", "previous_status": previous,
             "message": "Request resumed from its last checkpoint"}
 

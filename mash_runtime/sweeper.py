@@ -16,7 +16,7 @@ from django.db import close_old_connections
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from mash_runtime.engine import parked_request_is_ready
+from mash_runtime.engine import parked_requests_ready
 from mash_runtime.models import Request
 from mash_runtime.queue import enqueue_request
 from mash_runtime.services import expire_interactions, finish_request
@@ -92,10 +92,9 @@ def requeue_stale(now) -> int:
     for pk in ready.values_list("pk", flat=True):
         enqueue_request(pk)
         count += 1
-    for pk, status in Request.objects.filter(status__in=Request.PARKED).values_list("pk", "status"):
-        if parked_request_is_ready(pk, status):
-            enqueue_request(pk)
-            count += 1
+    for pk in parked_requests_ready():
+        enqueue_request(pk)
+        count += 1
     return count
 
 

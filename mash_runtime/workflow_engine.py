@@ -17,6 +17,7 @@ from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from mash_core.errors import ConfigError
@@ -250,12 +251,11 @@ def on_request_terminal(req: Request) -> None:
 
 def stalled_runs() -> list[str]:
     """Running runs whose current task's request already ended (their advance was lost)."""
-    out = []
-    for run in WorkflowRun.objects.filter(status=WorkflowRun.Status.RUNNING):
-        task_run = WorkflowTaskRun.objects.select_related("request").filter(run=run, index=run.task_index).first()
-        if task_run is not None and task_run.request is not None and task_run.request.is_terminal:
-            out.append(run.pk)
-    return out
+    return list(
+        WorkflowTaskRun.objects.filter(
+            run__status=WorkflowRun.Status.RUNNING, index=F("run__task_index"), request__status__in=Request.TERMINAL
+        ).values_list("run_id", flat=True)
+    )
 
 
 # -- cancel, resume, reads ----------------------------------------------------------------

@@ -127,9 +127,6 @@ class HistoryAdmin(admin.ModelAdmin):
         return False
 
 
-ReadOnlyAdmin = HistoryAdmin  # the name the first version of this module used
-
-
 class RequestChildAdmin:
     """For rows that belong to a request: a link to it, and a request id typed into search finds them."""
 

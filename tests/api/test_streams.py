@@ -212,7 +212,7 @@ def test_it_tails_telemetry_events(api, engine):
 
 
 def test_it_closes_at_once_when_resuming_past_the_end_of_a_finished_request(engine, api):
-    from tests.api.conftest import parse_sse, read_stream
+    from tests.api.conftest import read_stream
 
     rid = engine.submit({"script": ["done"]})
     engine.drain()

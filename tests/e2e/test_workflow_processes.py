@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, wait_for
+from tests.e2e.conftest import wait_for
 from tests.e2e.test_serve import clean_env, free_port
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,6 @@ def stream_run(base, workflow_id, run_id):
     url = f"{base}/api/v1/workflow/{workflow_id}/runs/{quote(run_id, safe='')}/events"
     with httpx.stream("GET", url, timeout=httpx.Timeout(90, read=90)) as response:
         assert response.status_code == 200
-        name = None
         for line in response.iter_lines():
             if line.startswith("id: "):
                 frames.append({"id": int(line[4:])})

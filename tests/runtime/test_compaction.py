@@ -102,7 +102,7 @@ def session_total(session_id="s1") -> int:
 
 
 def test_auto_compaction_triggers_at_the_threshold(engine, tasks):
-    first, second = ask(engine, "first " + LONG[:394]), ask(engine, "second " + LONG[:393])
+    _first, second = ask(engine, "first " + LONG[:394]), ask(engine, "second " + LONG[:393])
     assert session_total() == 220 and tasks.compactions == []
     third = ask(engine, "third " + LONG[:394])
     assert session_total() == 330

@@ -427,3 +427,18 @@ def test_a_request_queued_behind_another_sees_its_turn_in_history(engine):
     loaded = [e for e in engine.events(second) if e.event_type == "runtime.context.loaded"][0]
     assert loaded.payload["history_turns"] == 1
     assert engine.request(first).status == engine.request(second).status == "completed"
+
+
+def test_the_sweeper_wakes_a_parked_request_whose_wake_up_was_lost(engine, tmp_path):
+    from mash_runtime.sweeper import sweep
+
+    waiting = engine.submit({"script": [{"tool_calls": [tool("write_file", path=str(tmp_path / "a"), text="x")]},
+                                        "ok"]}, session_id="w1")
+    still = engine.submit({"script": [{"tool_calls": [tool("write_file", path=str(tmp_path / "b"), text="x")]},
+                                      "ok"]}, session_id="w2")
+    engine.drain()
+    answer_interaction(waiting, pending_interaction(waiting).interaction_id, "approve")
+    engine.queue.clear()  # the answer's enqueue is lost
+    assert sweep()["requeued"] == 1  # only the answered one; the other still waits for a person
+    assert engine.drain() == ["completed"]
+    assert engine.request(waiting).status == "completed" and engine.request(still).status == "awaiting_input"
