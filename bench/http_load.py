@@ -52,6 +52,48 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds used so far) for every live process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return table
+
+
+def cpu_by_role(roots: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each role: a role's root processes and all their descendants,
+    PostgreSQL's and Redis's server processes, and this client."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    totals = {}
+    for role, pids in roots.items():
+        stack, seen = list(pids), 0.0
+        while stack:
+            pid = stack.pop()
+            if pid in table:
+                seen += table[pid][2]
+            stack.extend(children.get(pid, []))
+        totals[role] = seen
+    totals["postgres"] = sum(cpu for _, name, cpu in table.values() if name == "postgres")
+    totals["redis"] = sum(cpu for _, name, cpu in table.values() if name == "redis-server")
+    own = os.times()
+    totals["client"] = own.user + own.system
+    return totals
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -239,7 +281,13 @@ def main() -> None:
         with Progress(console=console, transient=True) as progress:
             for level in levels:
                 task = progress.add_task(f"{level} session(s)", total=max(1, args.requests // level) * level)
-                rows.append(asyncio.run(run_level(bases, level, args.requests, lambda: progress.advance(task))))
+                roots = {"web": [p.pid for p in servers.procs[:-1]], "worker": [servers.procs[-1].pid]}
+                before = cpu_by_role(roots)
+                row = asyncio.run(run_level(bases, level, args.requests, lambda: progress.advance(task)))
+                after = cpu_by_role(roots)
+                done = max(1, row["requests"] - row["no_terminal"])
+                row["cpu_ms_per_request"] = {k: (after[k] - before[k]) * 1000 / done for k in after}
+                rows.append(row)
         if args.idle:
             with console.status(f"opening {args.idle} idle streams"):
                 idle = asyncio.run(idle_streams(bases[0], args.idle, servers.procs[0].pid))
@@ -257,6 +305,14 @@ def main() -> None:
                       f"{r['p50_accept']:.1f}", f"{r['p50_first']:.1f}", f"{r['req_per_s']:.1f}", str(r["no_terminal"]))
     if rows:
         console.print(table)
+        cpu = Table(title="CPU ms per completed request, by process (2 cores = 2000 ms of CPU per second)")
+        roles = list(rows[0]["cpu_ms_per_request"])
+        for column in ("sessions", *roles, "total"):
+            cpu.add_column(column, justify="right")
+        for r in rows:
+            used = r["cpu_ms_per_request"]
+            cpu.add_row(str(r["sessions"]), *(f"{used[k]:.1f}" for k in roles), f"{sum(used.values()):.1f}")
+        console.print(cpu)
     if idle:
         console.print(f"idle streams: {idle['held']} of {idle['asked']} held by one daphne process; RSS "
                       f"{idle['rss_before_mib']:.0f} -> {idle['rss_after_mib']:.0f} MiB; /health took "

@@ -152,7 +152,10 @@ Q_CLUSTER = {
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,
-    "save_limit": 1000,
+    # Successful tasks are not stored: the Request row is the durable record, and django-q2
+    # scans every stored success under a lock to prune them (a fifth of a worker's CPU at load).
+    # Failed tasks are still stored for the admin.
+    "save_limit": -1,
     "label": "Queue",
     "poll": env.float("MASH_QUEUE_POLL", default=0.05),
 }

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -65,11 +66,28 @@ def lease_seconds() -> int:
 # -- the task ------------------------------------------------------------------------------
 
 
+_loops = threading.local()
+
+
+def _worker_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per worker thread, kept across tasks.
+
+    A fresh loop per task (asyncio.run) also meant a fresh Redis connection for the
+    doorbells on every request, with its handshake; that was a tenth of a worker's CPU.
+    Keyed by pid too: a forked worker must not reuse its parent's loop.
+    """
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed() or getattr(_loops, "pid", None) != os.getpid():
+        loop = asyncio.new_event_loop()
+        _loops.loop, _loops.pid = loop, os.getpid()
+    return loop
+
+
 def run_request_task(request_id: str) -> str:
     """django-q2 entry point (sync, as the worker calls it)."""
     close_old_connections()
     try:
-        return asyncio.run(run_request(request_id))
+        return _worker_loop().run_until_complete(run_request(request_id))
     finally:
         close_old_connections()
 
@@ -80,6 +98,7 @@ async def run_request(request_id: str) -> str:
         claimed = await db(claim_request)(request_id, owner)
         if isinstance(claimed, str):
             return claimed
+        await ring_for(claimed, claimed.claim_events)
         return await RequestRunner(claimed, owner).run()
     finally:
         await db(close_old_connections)()
@@ -96,26 +115,39 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
 
     The UPDATE only matches a request that is not finished, whose lease is free or
     expired, and that has no unfinished earlier request in its session: that last
-    condition is what runs a session's requests one at a time, in order.
+    condition is what runs a session's requests one at a time, in order. A request that
+    will run gets its `request.started` event in the same transaction (one commit less
+    per run); the caller rings for it (`req.claim_events`).
     """
     now = timezone.now()
-    changed = (
-        Request.objects.filter(pk=request_id)
-        .exclude(status__in=Request.TERMINAL)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-        .exclude(Exists(_blocking_earlier_requests()))
-        .update(
-            status=Request.Status.RUNNING,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds()),
-            started_at=Coalesce("started_at", now),
+    with transaction.atomic():
+        changed = (
+            Request.objects.filter(pk=request_id)
+            .exclude(status__in=Request.TERMINAL)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+            .exclude(Exists(_blocking_earlier_requests()))
+            .update(
+                status=Request.Status.RUNNING,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds()),
+                started_at=Coalesce("started_at", now),
+            )
         )
-    )
-    req = Request.objects.select_related("agent", "session", "parent").filter(pk=request_id).first()
-    if req is None:
-        return "missing"
-    if changed:
-        return req
+        req = Request.objects.select_related("agent", "session", "parent").filter(pk=request_id).first()
+        if req is None:
+            return "missing"
+        if changed:
+            # Started by this claim for the first time: no step ran before, so there are no
+            # checkpoints to load, and the stream holds only its first event, "accepted".
+            req.first_start = req.started_at == now
+            if req.first_start and req.last_seq == 1:
+                req._event_keys = {"accepted"}
+            req.claim_events = []
+            if not req.cancel_requested and get_host().get(req.agent.agent_id) is not None:
+                results = append_events(req, [("request.started", {**base_payload(req), "status": "started"},
+                                                f"started.{req.run_attempt}", None, "")], ring=False)
+                req.claim_events = [event for event, created in results if created]
+            return req
     if req.is_terminal:
         return "finished"
     if req.lease_owner and req.lease_expires_at and req.lease_expires_at >= now:
@@ -156,11 +188,15 @@ class DurableHooks(AgentHooks):
         """
         if not self.pending and not self.unsaved:
             return
+        steps, items = self.take()
+        created = await db(persist_run_progress)(self.request, steps, items)
+        await ring_for(self.request, created)
+
+    def take(self) -> tuple[list, list]:
+        """Hand over the unsaved steps and buffered events (the caller stores them)."""
         steps, self.unsaved = self.unsaved, []
         items, self.pending = self.pending, []
-        created = await db(persist_run_progress)(self.request, steps, items)
-        if created:
-            await doorbell.ring_async(self.request.pk, created[-1].agent_id, created[-1].seq)
+        return steps, items
 
     @property
     def request(self) -> Request:
@@ -202,17 +238,26 @@ class DurableHooks(AgentHooks):
         return ToolResult.from_dict(self.checkpoints[key])
 
 
+async def ring_for(req: Request, created: list) -> None:
+    if created:
+        await doorbell.ring_async(req.pk, created[-1].agent_id, created[-1].seq)
+
+
 def persist_run_progress(req: Request, steps: list[tuple[str, str, dict[str, Any]]], items: list[tuple]) -> list:
     with transaction.atomic():
-        if steps:
-            # A conflict means another worker stored the step first (it held the lease then); keep its row.
-            StepCheckpoint.objects.bulk_create(
-                [StepCheckpoint(request_id=req.pk, step_key=key, kind=kind, output=output,
-                                duration_ms=int(output.get("duration_ms", 0) or 0)) for key, kind, output in steps],
-                ignore_conflicts=True,
-            )
+        store_steps(req, steps)
         results = append_events(req, items, ring=False) if items else []
     return [event for event, created in results if created]
+
+
+def store_steps(req: Request, steps: list[tuple[str, str, dict[str, Any]]]) -> None:
+    if steps:
+        # A conflict means another worker stored the step first (it held the lease then); keep its row.
+        StepCheckpoint.objects.bulk_create(
+            [StepCheckpoint(request_id=req.pk, step_key=key, kind=kind, output=output,
+                            duration_ms=int(output.get("duration_ms", 0) or 0)) for key, kind, output in steps],
+            ignore_conflicts=True,
+        )
 
 
 def open_interaction(req: Request, key: str, spec: dict[str, Any]) -> Interaction:
@@ -300,20 +345,22 @@ class RequestRunner:
             return "failed"
         agent, history, checkpoints = await db(prepare_run)(req, hosted)
         hooks = DurableHooks(self, checkpoints)
-        hooks.pending.append(("request.started", {**base_payload(req), "status": "started"},
-                              f"started.{req.run_attempt}", None, ""))
         task = asyncio.create_task(
             agent.run(req.message, history=history, structured_output=req.structured_output, hooks=hooks)
         )
         heartbeat = asyncio.create_task(self.heartbeat(task))
+        succeeded = False
         try:
             try:
                 result: AgentResult = await task
+                succeeded = True
             finally:
-                # Buffered events go out before any outcome is written, so the terminal frame stays last.
                 heartbeat.cancel()
                 await agent.tools.aclose()
-                await hooks.flush()
+                # Buffered events go out before any outcome is written, so the terminal frame stays
+                # last; a completed run stores them in the completing transaction instead.
+                if not succeeded:
+                    await hooks.flush()
         except asyncio.CancelledError:
             if self.stop_reason == "cancel":
                 await db(self._finish)(Request.Status.CANCELLED, "Request cancelled", "cancelled", False)
@@ -334,8 +381,11 @@ class RequestRunner:
             logger.exception("request %s failed", req.pk)
             await db(self._finish)(Request.Status.FAILED, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", True)
             return "failed"
-        done = await db(self._complete)(result, hosted)
-        return "completed" if done else "lease_lost"
+        created = await db(self._complete)(result, hosted, *hooks.take())
+        if created is None:
+            return "lease_lost"
+        await ring_for(req, created)
+        return "completed"
 
     async def heartbeat(self, task: asyncio.Task) -> None:
         """Renew the lease and watch for cancel; interrupt the run when either says stop."""
@@ -380,7 +430,9 @@ class RequestRunner:
         if parked_requests_ready(self.request.pk):
             enqueue_request(self.request.pk)
 
-    def _complete(self, result: AgentResult, hosted: HostedAgent) -> bool:
+    def _complete(self, result: AgentResult, hosted: HostedAgent, steps: list, items: list) -> list | None:
+        """Store the last steps and events, the outcome, the memory turn and the terminal
+        event in one transaction; returns the new events, or None when the lease was lost."""
         req = self.request
         usage = result.usage
         now = timezone.now()
@@ -396,25 +448,29 @@ class RequestRunner:
                 response=response,
             )
             if not changed:
-                return False
+                return None
+            store_steps(req, steps)
             Session.objects.filter(pk=req.session_id).update(
                 session_total_tokens=F("session_total_tokens") + usage.total, last_activity_at=now
             )
-            total = Session.objects.values_list("session_total_tokens", flat=True).get(pk=req.session_id)
+            total, last_in_session = Session.objects.values_list("session_total_tokens", "last_request_seq").get(
+                pk=req.session_id)
             turn.session_total_tokens = total
             turn.save(force_insert=True)
             persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}
             completed = {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
                          "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total}
-            append_events(req, [
+            results = append_events(req, [
+                *items,
                 ("runtime.turn.persisted", persisted, "turn.persisted", None, "turn"),
                 ("request.completed", completed, f"terminal.{req.run_attempt}", None, ""),
-            ])
-            transaction.on_commit(lambda: after_terminal(req))
+            ], ring=False)
+            queued_behind = last_in_session > req.session_seq
+            transaction.on_commit(lambda: after_terminal(req, queued_behind=queued_behind))
             from mash_runtime.compaction import schedule_auto_compaction
 
             schedule_auto_compaction(req, hosted, total)
-        return True
+        return [event for event, created in results if created]
 
 
 def parked_requests_ready(request_id=None) -> list:
@@ -431,7 +487,8 @@ def parked_requests_ready(request_id=None) -> list:
 
 def prepare_run(req: Request, hosted: HostedAgent):
     """Everything a run needs from the database and the spec, in one trip to the db thread."""
-    return build_agent(hosted, req), load_history(req, hosted.config.conversation_history_turns), load_checkpoints(req)
+    checkpoints = {} if getattr(req, "first_start", False) else load_checkpoints(req)
+    return build_agent(hosted, req), load_history(req, hosted.config.conversation_history_turns), checkpoints
 
 
 def load_checkpoints(req: Request) -> dict[str, dict[str, Any]]:

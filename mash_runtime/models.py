@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 
 
 def new_interaction_id() -> str:
@@ -143,6 +143,22 @@ class Request(models.Model):
         return None
 
 
+def _reserve_seqs(request_id, count: int) -> int:
+    """Add `count` to the request's last_seq and return the new value, in one statement that
+    also takes the row lock until the transaction ends (PostgreSQL and SQLite >= 3.35)."""
+    quote = connection.ops.quote_name
+    field = Request._meta.get_field("last_seq").column
+    pk = Request._meta.pk
+    sql = (f"UPDATE {quote(Request._meta.db_table)} SET {quote(field)} = {quote(field)} + %s "
+           f"WHERE {quote(pk.column)} = %s RETURNING {quote(field)}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [count, pk.get_db_prep_value(request_id, connection)])
+        row = cursor.fetchone()
+    if row is None:
+        raise Request.DoesNotExist(f"request {request_id} does not exist")
+    return row[0]
+
+
 class RuntimeEventQuerySet(models.QuerySet):
     def after(self, request_id, seq: int) -> "RuntimeEventQuerySet":
         return self.filter(request_id=request_id, seq__gt=seq).order_by("seq")
@@ -203,20 +219,35 @@ class RuntimeEvent(models.Model):
     ) -> list[tuple["RuntimeEvent", bool]]:
         """Append events in order; items are (event_type, payload, dedupe_key, loop_index, step_key).
 
-        The request row is locked first (SELECT ... FOR UPDATE on PostgreSQL; SQLite's
-        IMMEDIATE transactions serialise writers anyway), so two appenders can never take
-        the same seq and the dedupe check cannot race another append. An item whose
-        dedupe key exists yields the stored row instead and takes no seq.
+        One UPDATE ... RETURNING both locks the request row and reserves the seqs, so two
+        appenders can never take the same seq and the dedupe check cannot race another
+        append. An item whose dedupe key exists yields the stored row instead and takes no
+        seq.
+
+        The dedupe check costs a query unless this `request` object already knows every
+        key of its stream: it learns them from one read (or from creating the request),
+        and keeps them while nobody else appends (the reserved range starting right after
+        the seq it last saw proves that). A run's own appends then take two statements.
         """
-        with transaction.atomic():
-            last = Request.objects.select_for_update().values_list("last_seq", flat=True).get(pk=request.pk)
-            keys = [item[2] for item in items if item[2] is not None]
-            existing = (
-                {e.dedupe_key: e for e in cls.objects.filter(request_id=request.pk, dedupe_key__in=keys)} if keys else {}
-            )
+        keys = [item[2] for item in items if item[2] is not None]
+        known: set[str] | None = getattr(request, "_event_keys", None)
+        with transaction.atomic(savepoint=False):
+            reserved_to = _reserve_seqs(request.pk, len(items))
+            first = reserved_to - len(items)
+            fast = (known is not None and first == request.last_seq and len(set(keys)) == len(keys)
+                    and not known.intersection(keys))
+            if fast:
+                existing: dict[str, RuntimeEvent] = {}
+            else:
+                stored = set(cls.objects.filter(request_id=request.pk, dedupe_key__isnull=False)
+                             .values_list("dedupe_key", flat=True))
+                dupes = stored.intersection(keys)
+                existing = ({e.dedupe_key: e for e in cls.objects.filter(request_id=request.pk, dedupe_key__in=dupes)}
+                            if dupes else {})
+                known = stored
             results: list[tuple[RuntimeEvent, bool]] = []
             new_rows: list[RuntimeEvent] = []
-            seq = last
+            seq = first
             for event_type, payload, dedupe_key, loop_index, step_key in items:
                 if dedupe_key is not None and dedupe_key in existing:
                     results.append((existing[dedupe_key], False))
@@ -236,13 +267,16 @@ class RuntimeEvent(models.Model):
                 )
                 if dedupe_key is not None:
                     existing[dedupe_key] = event
+                    known.add(dedupe_key)
                 new_rows.append(event)
                 results.append((event, True))
-            if new_rows:
+            if seq != reserved_to:  # duplicates took no seq: give the unused ones back (we hold the lock)
                 Request.objects.filter(pk=request.pk).update(last_seq=seq)
+            if new_rows:
                 # PostgreSQL and SQLite >= 3.35 return the new ids from one multi-row INSERT.
                 cls.objects.bulk_create(new_rows)
         request.last_seq = seq
+        request._event_keys = known
         return results
 
     def wire_data(self) -> dict[str, Any]:

@@ -118,6 +118,7 @@ def create_request(
         structured_output=structured_output,
         metadata=metadata or {},
     )
+    req._event_keys = set()  # a new stream: appends can skip the dedupe read (RuntimeEvent.append_many)
     append_event(req, "request.accepted", {**base_payload(req), "status": "accepted"}, dedupe_key="accepted")
     return req
 
@@ -221,15 +222,18 @@ def finish_request(
     return True
 
 
-def after_terminal(req: Request) -> None:
-    """Wake what waited on this request: the next one of its session, and a parent."""
+def after_terminal(req: Request, queued_behind: bool = True) -> None:
+    """Wake what waited on this request: the next one of its session, and a parent.
+
+    `queued_behind=False` says the session had no later request when this one ended.
+    """
     nxt = (
         Request.objects.filter(session_id=req.session_id, session_seq__gt=req.session_seq)
         .exclude(status__in=Request.TERMINAL)
         .order_by("session_seq")
         .values_list("pk", flat=True)
         .first()
-    )
+    ) if queued_behind else None
     if nxt is not None:
         enqueue_request(nxt)
     if req.parent_id:
