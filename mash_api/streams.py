@@ -147,55 +147,91 @@ class Doorbell:
                 except Exception:
                     pass
 
-    async def wait(self, timeout: float) -> bool:
-        """True when rung, False when the timeout passed."""
+    async def wait(self, timeout: float) -> list[dict]:
+        """The doorbells rung before the timeout passed (empty when none was)."""
         if self.channel is None:
             await asyncio.sleep(timeout)
-            return False
+            return []
         try:
-            await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+            rung = [await asyncio.wait_for(self.layer.receive(self.channel), timeout)]
         except asyncio.TimeoutError:
-            return False
-        # Drain doorbells that piled up: one database read answers them all.
+            return []
+        # Drain doorbells that piled up: they are answered together.
         try:
             while True:
-                await asyncio.wait_for(self.layer.receive(self.channel), 0)
+                rung.append(await asyncio.wait_for(self.layer.receive(self.channel), 0))
         except (asyncio.TimeoutError, Exception):
             pass
-        return True
+        return rung
 
 
-async def _sequence_frames(fetch, group: str, after: int) -> AsyncIterator[Frame]:
+def carried_frames(rung: list[dict], cursor: int) -> tuple[list[Frame], bool]:
+    """The events the doorbells carried that follow `cursor` without a gap, and whether
+    the database must still be read (a bell rang past them, or carried nothing)."""
+    carried: dict[int, dict] = {}
+    newest = cursor
+    for message in rung:
+        seq = message.get("seq")
+        if not isinstance(seq, int):
+            return [], True  # a bell that does not say how far: read
+        newest = max(newest, seq)
+        for fields in message.get("events") or ():
+            carried[fields["seq"]] = fields
+    frames = []
+    while cursor + 1 in carried:
+        cursor += 1
+        fields = carried[cursor]
+        frames.append(Frame(RuntimeEvent(**{**fields, "payload": json.loads(fields["payload"])})))
+    return frames, newest > cursor
+
+
+async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> AsyncIterator[Frame]:
     """Rows numbered by `seq` after `after`, read with `fetch(cursor, first) -> (rows, finished)`;
     ends right after the row that finishes the sequence (or at once when resumed past it)."""
     cursor = after
     backoff = Backoff()
     last_sent = time.monotonic()
     first = True
+    read = True
     async with Doorbell([group]) as bell:
         while True:
-            events, finished = await sync_to_async(fetch)(cursor, first)
-            first = False
-            for event in events:
-                cursor = event.seq
-                yield Frame(event)
-            if finished:
-                return
-            if events:
-                last_sent = time.monotonic()
-                backoff.reset()
-                continue
+            if read:
+                events, finished = await sync_to_async(fetch)(cursor, first)
+                first = False
+                for event in events:
+                    cursor = event.seq
+                    yield Frame(event)
+                if finished:
+                    return
+                if events:
+                    last_sent = time.monotonic()
+                    backoff.reset()
+                    if len(events) >= BATCH:
+                        continue  # more may be waiting; anything committed later rings
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
             rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
-            backoff.after_wait(rung)
+            backoff.after_wait(bool(rung))
+            # A caught-up reader sends what the doorbells carried; the database is read when
+            # they skipped something, carried nothing, or none rang (the fallback poll).
+            frames, read = carried_frames(rung, cursor) if rung else ([], True)
+            for frame in frames:
+                cursor = frame.event.seq
+                yield frame
+            if frames:
+                last_sent = time.monotonic()
+                backoff.reset()
+                # Carried events were committed a moment ago, the terminal one with its
+                # request's final state: no status read is needed to end the stream.
+                if frames[-1].event.event_type in final_events:
+                    return
 
 
 def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
     """Frames of one request after seq `after`, ending right after its terminal event."""
     return _sequence_frames(lambda cursor, first: _fetch_request_events(request_id, cursor, first),
-                            request_group(request_id), after)
+                            request_group(request_id), after, TERMINAL_EVENTS)
 
 
 async def tail_frames(agent_id: str | None = None, session_id: str | None = None,
@@ -226,7 +262,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
                 last_sent = time.monotonic()
                 yield Frame(None)
             rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
-            backoff.after_wait(rung)
+            backoff.after_wait(bool(rung))
 
 
 RUN_TERMINAL_EVENTS = ("workflow.completed", "workflow.error")

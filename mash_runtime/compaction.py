@@ -254,10 +254,10 @@ def should_compact(hosted: HostedAgent, session_total_tokens: int) -> bool:
 
 
 def enqueue_compaction(session_pk: int, reason: str = "auto") -> None:
-    from django_q.tasks import async_task
+    from mash_runtime.queue import enqueue
 
     try:
-        async_task(COMPACT_TASK, session_pk, reason, task_name=f"compact-session-{session_pk}")
+        enqueue(COMPACT_TASK, session_pk, reason, task_name=f"compact-session-{session_pk}")
     except Exception:
         # The next completed request over the threshold enqueues again.
         logger.exception("could not enqueue compaction of session %s", session_pk)

@@ -240,7 +240,7 @@ class DurableHooks(AgentHooks):
 
 async def ring_for(req: Request, created: list) -> None:
     if created:
-        await doorbell.ring_async(req.pk, created[-1].agent_id, created[-1].seq)
+        await doorbell.ring_async(req.pk, created[-1].agent_id, created[-1].seq, created)
 
 
 def persist_run_progress(req: Request, steps: list[tuple[str, str, dict[str, Any]]], items: list[tuple]) -> list:

@@ -43,7 +43,7 @@ def append_events(request: Request, items: list[EventItem], *, ring: bool = True
             _mirror_to_run(request, created)
         if created and ring:
             last = created[-1]
-            transaction.on_commit(lambda: doorbell.ring(request.pk, last.agent_id, last.seq))
+            transaction.on_commit(lambda: doorbell.ring(request.pk, last.agent_id, last.seq, created))
     return results
 
 

@@ -65,6 +65,37 @@ class Session(models.Model):
     def default_session_id(agent_id: str) -> str:
         return f"{agent_id}:default"
 
+    @classmethod
+    def take_next_request_seq(cls, agent: Agent, session_id: str) -> "Session":
+        """The session (made if new) with `last_request_seq` bumped for a new request.
+
+        The UPDATE locks the row until the transaction ends, so concurrent submits to one
+        session get distinct, increasing positions: that is the session's execution order.
+        One statement for a known session (UPDATE ... RETURNING).
+        """
+        from django.utils import timezone
+
+        quote = connection.ops.quote_name
+        seq, activity = (quote(cls._meta.get_field(f).column) for f in ("last_request_seq", "last_activity_at"))
+        sql = (f"UPDATE {quote(cls._meta.db_table)} SET {seq} = {seq} + 1, {activity} = %s "
+               f"WHERE {quote(cls._meta.get_field('agent').column)} = %s AND {quote('session_id')} = %s "
+               f"RETURNING {quote('id')}, {seq}")
+        now = timezone.now()
+        for _ in range(2):
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [cls._meta.get_field("last_activity_at").get_db_prep_value(now, connection),
+                                     agent.pk, session_id])
+                row = cursor.fetchone()
+            if row is not None:
+                # The columns not read here are deferred: reading one loads it.
+                session = cls.from_db(connection.alias, ["id", "agent_id", "session_id", "last_request_seq",
+                                                         "last_activity_at"],
+                                      [row[0], agent.pk, session_id, row[1], now])
+                session.agent = agent
+                return session
+            cls.objects.get_or_create(agent=agent, session_id=session_id)
+        raise RuntimeError(f"session {agent.agent_id}/{session_id} vanished while taking a request seq")
+
 
 class Request(models.Model):
     class Status(models.TextChoices):

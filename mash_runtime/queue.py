@@ -7,20 +7,45 @@ might have lost a task simply enqueues again.
 from __future__ import annotations
 
 import logging
+import os
 
 from django.db import transaction
 
 logger = logging.getLogger("mash_runtime.queue")
 
+_broker = (None, None)  # (pid, broker)
+
+
+def broker():
+    """This process's django-q2 broker, made once.
+
+    `async_task` makes a new broker per call unless given one, which for Redis means a new
+    client, a TCP connect and a handshake on every submit (a tenth of a POST's CPU).
+    Keyed by pid so a forked process never shares its parent's connection.
+    """
+    global _broker
+    pid, made = _broker
+    if made is None or pid != os.getpid():
+        from django_q.brokers import get_broker
+
+        made = get_broker()
+        _broker = (os.getpid(), made)
+    return made
+
 RUN_REQUEST = "mash_runtime.engine.run_request_task"
 SWEEP = "mash_runtime.sweeper.sweep"
 
 
-def enqueue_request(request_id) -> None:
+def enqueue(func: str, *args, task_name: str, **q_options) -> None:
+    """Hand `func(*args)` to the cluster through this process's broker (raises if the broker does)."""
     from django_q.tasks import async_task
 
+    async_task(func, *args, task_name=task_name, q_options={**q_options, "broker": broker()})
+
+
+def enqueue_request(request_id) -> None:
     try:
-        async_task(RUN_REQUEST, str(request_id), task_name=f"request-{request_id}", q_options={"ack_failure": True})
+        enqueue(RUN_REQUEST, str(request_id), task_name=f"request-{request_id}", ack_failure=True)
     except Exception:
         # The sweeper re-enqueues accepted requests nobody claimed, so a broker hiccup only delays.
         logger.exception("could not enqueue request %s; the sweeper will retry", request_id)
@@ -33,9 +58,7 @@ def enqueue_request_on_commit(request_id) -> None:
 
 
 def enqueue_sweep() -> None:
-    from django_q.tasks import async_task
-
     try:
-        async_task(SWEEP, task_name="mash-sweep")
+        enqueue(SWEEP, task_name="mash-sweep")
     except Exception:
         logger.exception("could not enqueue a sweep")

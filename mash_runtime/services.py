@@ -102,11 +102,7 @@ def create_request(
 ) -> Request:
     """Insert the request and its first event; the caller owns the transaction and the enqueue."""
     session_key = session_id or Session.default_session_id(agent.agent_id)
-    session, _ = Session.objects.get_or_create(agent=agent, session_id=session_key)
-    # The UPDATE locks the session row, so concurrent submits to one session get
-    # distinct, increasing positions: that is the session's execution order.
-    Session.objects.filter(pk=session.pk).update(last_request_seq=F("last_request_seq") + 1, last_activity_at=timezone.now())
-    session.refresh_from_db(fields=["last_request_seq"])
+    session = Session.take_next_request_seq(agent, session_key)
     req = Request.objects.create(
         id=request_id or uuid.uuid4(),
         agent=agent,

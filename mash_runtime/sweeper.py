@@ -120,10 +120,10 @@ def sweep() -> dict[str, int]:
 
     stalled = stalled_runs()
     if stalled:
-        from django_q.tasks import async_task
+        from mash_runtime.queue import enqueue
 
         for run_id in stalled:
-            async_task(ADVANCE_RUN, run_id, task_name=f"advance-{run_id}")
+            enqueue(ADVANCE_RUN, run_id, task_name=f"advance-{run_id}")
     result = {
         "runs_advanced": len(stalled),
         "recovered": recover_orphans(now),

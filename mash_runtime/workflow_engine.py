@@ -241,10 +241,10 @@ def _finish_run(run: WorkflowRun, status: str, *, output=None, error: str = "") 
 def on_request_terminal(req: Request) -> None:
     """Called after a request's terminal state committed: a task's end advances its run."""
     if req.workflow_run_id:
-        from django_q.tasks import async_task
+        from mash_runtime.queue import enqueue
 
         try:
-            async_task(ADVANCE_RUN, req.workflow_run_id, task_name=f"advance-{req.workflow_run_id}")
+            enqueue(ADVANCE_RUN, req.workflow_run_id, task_name=f"advance-{req.workflow_run_id}")
         except Exception:
             logger.exception("could not enqueue advance of run %s; the sweeper will", req.workflow_run_id)
 

@@ -17,3 +17,13 @@ def make_request(db):
         return Request.objects.create(agent=agent, session=session, session_seq=seq, message=message, **fields)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _api_log_written_inline(request):
+    """In-process tests read the API log right after a request, often from a short-lived
+    event loop (async_to_sync): write rows inline. Live servers in tests/e2e keep the
+    batched default, and tests/telemetry/test_middleware.py tests the batch writer itself.
+    (tests/core also runs without pytest-django, hence no `settings` argument.)"""
+    if request.config.pluginmanager.hasplugin("django"):
+        request.getfixturevalue("settings").MASH_API_LOG_FLUSH_SECONDS = 0

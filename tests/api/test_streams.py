@@ -220,3 +220,101 @@ def test_it_closes_at_once_when_resuming_past_the_end_of_a_finished_request(engi
     for cursor in (last, last + 5):
         body = read_stream(api.get(f"/api/v1/agent/primary/request/{rid}/events", HTTP_LAST_EVENT_ID=str(cursor)))
         assert body == ""  # no frames, and the response ended instead of idling on keep-alives
+
+
+# -- doorbells that carry their events -------------------------------------------------------
+
+
+def test_carried_frames_follow_the_cursor_without_gaps():
+    from mash_api.streams import carried_frames
+
+    def event(seq):
+        return {"id": seq, "seq": seq, "event_type": "runtime.x", "agent_id": "a", "session_id": "s",
+                "loop_index": None, "step_key": "", "created_at": 1.0, "request_id": UNKNOWN_RID,
+                "trace_id": UNKNOWN_RID, "payload": json.dumps({"n": seq})}
+
+    rung = [{"seq": 4, "events": [event(3), event(4)]}, {"seq": 2, "events": [event(2)]}]
+    frames, read = carried_frames(rung, 1)
+    assert [f.event.seq for f in frames] == [2, 3, 4] and read is False
+    assert frames[0].event.payload == {"n": 2}
+    # A bell past what it carried (too big to carry, or rung by an older writer): read.
+    frames, read = carried_frames([{"seq": 6, "events": [event(5)]}], 4)
+    assert [f.event.seq for f in frames] == [5] and read is True
+    # Carried events that do not follow the cursor are not sent out of order.
+    frames, read = carried_frames([{"seq": 9, "events": [event(9)]}], 4)
+    assert frames == [] and read is True
+    assert carried_frames([{"type": "mash.doorbell"}], 0) == ([], True)
+
+
+def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(engine, monkeypatch):
+    from mash_api import streams
+    from mash_runtime import doorbell
+    from mash_runtime.events import append_events
+    from mash_runtime.models import Request
+    from mash_runtime.services import create_request, finish_request, get_agent_row
+
+    class NoPoll(streams.Backoff):  # only doorbells may wake the reader in this test
+        def __init__(self):
+            super().__init__()
+            self.floor = self.current = self.ceiling = 60.0
+
+    reads = []
+    real_fetch = streams._fetch_request_events
+    monkeypatch.setattr(streams, "Backoff", NoPoll)
+    monkeypatch.setattr(streams, "_fetch_request_events", lambda *a: reads.append(a[1]) or real_fetch(*a))
+    req = create_request(get_agent_row("primary"), "hi", session_id="carry")
+
+    async def scenario():
+        frames = streams.request_frames(req.pk, 0)
+        seen = [(await frames.__anext__()).event.event_type]  # "accepted", from the one read
+
+        def append(items):
+            row = Request.objects.select_related("agent", "session").get(pk=req.pk)
+            return [event for event, created in append_events(row, items, ring=False) if created]
+
+        created = await sync_to_async(append)([("runtime.a", {"n": 1}, "a", 0, "s"), ("runtime.b", {"n": 2}, "b", 0, "s")])
+        await doorbell.ring_async(req.pk, "primary", created[-1].seq, created)
+        seen += [(await frames.__anext__()).event.event_type for _ in created]
+        # The terminal event rings from the committing thread (append_events' on_commit).
+        await sync_to_async(lambda: finish_request(Request.objects.get(pk=req.pk), Request.Status.FAILED,
+                                                  error="stop", error_code="TEST"))()
+        last = await frames.__anext__()
+        seen.append(last.event.event_type)
+        assert (last.event.payload["error"], last.event.payload["error_code"]) == ("stop", "TEST")
+        with pytest.raises(StopAsyncIteration):
+            await frames.__anext__()
+        return seen
+
+    assert async_to_sync(scenario)() == ["request.accepted", "runtime.a", "runtime.b", "request.error"]
+    assert reads == [0]  # one read at the start; everything after rode on the doorbells
+
+
+def test_a_bare_doorbell_makes_the_stream_read(engine, monkeypatch):
+    from mash_api import streams
+    from mash_runtime import doorbell
+    from mash_runtime.events import append_events
+    from mash_runtime.models import Request
+    from mash_runtime.services import create_request, get_agent_row
+
+    class NoPoll(streams.Backoff):
+        def __init__(self):
+            super().__init__()
+            self.floor = self.current = self.ceiling = 60.0
+
+    monkeypatch.setattr(streams, "Backoff", NoPoll)
+    req = create_request(get_agent_row("primary"), "hi", session_id="bare")
+
+    async def scenario():
+        frames = streams.request_frames(req.pk, 0)
+        await frames.__anext__()
+
+        def append():
+            row = Request.objects.select_related("agent", "session").get(pk=req.pk)
+            return [event for event, created in append_events(row, [("runtime.big", {"x": "y"}, None, 0, "")],
+                                                              ring=False) if created]
+
+        created = await sync_to_async(append)()
+        await doorbell.ring_async(req.pk, "primary", created[-1].seq)  # nothing carried
+        return (await frames.__anext__()).event.event_type
+
+    assert async_to_sync(scenario)() == "runtime.big"

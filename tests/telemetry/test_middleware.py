@@ -231,3 +231,38 @@ def test_it_releases_the_connection_before_a_stream_starts(transactional_db):
     ApiRequestLogMiddleware(view)(RequestFactory().get("/api/v1/agent/a/request/r/events"))
     assert connection.connection is None
     assert ApiRequestLog.objects.get().streaming is True
+
+
+def test_async_requests_are_logged_in_batches_after_their_responses(open_api, settings):
+    """With a flush window, rows are written after the responses, several in one INSERT."""
+    import asyncio
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from mash_telemetry.middleware import batch_writer
+
+    settings.MASH_API_LOG_FLUSH_SECONDS = 0.05
+
+    async def scenario():
+        client = AsyncClient()
+        for _ in range(3):
+            assert (await client.get("/api/v1/agent")).status_code == 200
+        assert len(batch_writer.buffer) == 3  # the responses went out before their rows
+        await asyncio.sleep(0.2)  # past the window: the drain task wrote them
+
+    with CaptureQueriesContext(connection) as queries:
+        async_to_sync(scenario)()
+    assert batch_writer.buffer == []
+    assert [(r.method, r.path, r.status_code) for r in rows()] == [("GET", "/api/v1/agent", 200)] * 3
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "mash_telemetry_apirequestlog"')]
+    assert len(inserts) == 1
+
+
+def test_the_batch_writer_writes_what_is_left_at_exit(db):
+    from mash_telemetry.middleware import BatchWriter
+
+    writer = BatchWriter()
+    writer.buffer.append({"method": "GET", "path": "/api/v1/x", "status_code": 200, "duration_ms": 1.0})
+    writer.write_now()
+    assert writer.buffer == [] and [r.path for r in rows()] == ["/api/v1/x"]
