@@ -44,6 +44,9 @@ from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_
 logger = logging.getLogger("mash_runtime.engine")
 
 HEARTBEAT_SECONDS = 0.5
+# How long buffered events may wait for the next checkpoint's transaction before they are
+# written alone (see DurableHooks.run_step).
+LINGER_SECONDS = 0.02
 db = sync_to_async  # thread-sensitive: every ORM call of a run shares one thread and connection
 
 
@@ -133,8 +136,9 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
                 started_at=Coalesce("started_at", now),
             )
         )
-        req = Request.objects.select_related("agent", "session", "parent").filter(pk=request_id).first()
-        if req is None:
+        try:
+            req = Request.objects.select_related("agent", "session", "parent").get(pk=request_id)
+        except Request.DoesNotExist:
             return "missing"
         if changed:
             # Started by this claim for the first time: no step ran before, so there are no
@@ -177,6 +181,8 @@ class DurableHooks(AgentHooks):
         self.checkpoints = checkpoints
         self.pending: list[tuple] = []
         self.unsaved: list[tuple[str, str, dict[str, Any]]] = []
+        self.lingering: asyncio.Task | None = None
+        self.lingering_asleep = False
 
     async def flush(self) -> None:
         """Store finished steps and buffered events in one transaction, then ring once.
@@ -192,6 +198,23 @@ class DurableHooks(AgentHooks):
         created = await db(persist_run_progress)(self.request, steps, items)
         await ring_for(self.request, created)
 
+    def flush_soon(self) -> None:
+        if self.lingering is None or self.lingering.done():
+            self.lingering = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        self.lingering_asleep = True
+        try:
+            await asyncio.sleep(LINGER_SECONDS)
+        finally:
+            self.lingering_asleep = False
+        await self.flush()
+
+    def stop_lingering(self) -> None:
+        # Only while it sleeps: a flush under way finishes (its write is queued ahead of ours).
+        if self.lingering is not None and self.lingering_asleep:
+            self.lingering.cancel()
+
     def take(self) -> tuple[list, list]:
         """Hand over the unsaved steps and buffered events (the caller stores them)."""
         steps, self.unsaved = self.unsaved, []
@@ -205,7 +228,12 @@ class DurableHooks(AgentHooks):
     async def run_step(self, key: str, kind: str, fn: StepFn) -> dict[str, Any]:
         if key in self.checkpoints:
             return self.checkpoints[key]
-        await self.flush()
+        if self.unsaved:
+            await self.flush()
+        elif self.pending:
+            # Events alone need no durability before the step, only visibility while it runs:
+            # written LINGER_SECONDS from now, or with the next checkpoint if the step is quick.
+            self.flush_soon()
         output = await fn()
         self.unsaved.append((key, kind, output))
         self.checkpoints[key] = output
@@ -356,6 +384,7 @@ class RequestRunner:
                 succeeded = True
             finally:
                 heartbeat.cancel()
+                hooks.stop_lingering()
                 await agent.tools.aclose()
                 # Buffered events go out before any outcome is written, so the terminal frame stays
                 # last; a completed run stores them in the completing transaction instead.

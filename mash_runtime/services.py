@@ -72,9 +72,10 @@ def get_request(request_id, agent_id: str | None = None) -> Request:
         pk = uuid.UUID(str(request_id).strip())
     except ValueError:
         raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
-    req = Request.objects.select_related("agent", "session").filter(pk=pk).first()
-    if req is None:
-        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND")
+    try:
+        req = Request.objects.select_related("agent", "session").get(pk=pk)
+    except Request.DoesNotExist:
+        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
     if agent_id is not None and req.agent.agent_id != agent_id:
         raise NotFound(f"Request '{request_id}' not found for agent '{agent_id}'", code="REQUEST_NOT_FOUND")
     return req

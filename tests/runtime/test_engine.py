@@ -442,3 +442,52 @@ def test_the_sweeper_wakes_a_parked_request_whose_wake_up_was_lost(engine, tmp_p
     assert sweep()["requeued"] == 1  # only the answered one; the other still waits for a person
     assert engine.drain() == ["completed"]
     assert engine.request(waiting).status == "completed" and engine.request(still).status == "awaiting_input"
+
+
+def test_events_before_a_quick_step_share_its_checkpoint_transaction(engine):
+    """Events buffered before a step need no commit of their own when the step is quick:
+    they go out with that step's checkpoint, so a one-answer run commits twice (claim, end)."""
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from mash_runtime.doorbell import request_group
+
+    layer = get_channel_layer()
+    rid = engine.submit({"script": ["quick"]})
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(request_group(rid), channel)
+    engine.drain()
+
+    async def rings():
+        seen = []
+        while True:
+            try:
+                seen.append((await asyncio.wait_for(layer.receive(channel), 0.5))["seq"])
+            except asyncio.TimeoutError:
+                return seen
+
+    events = engine.events(rid)
+    assert [e.event_type for e in events][:3] == ["request.accepted", "request.started", "runtime.context.loaded"]
+    assert async_to_sync(rings)() == [2, events[-1].seq]  # started (with the claim), then everything else
+
+
+def test_events_before_a_slow_step_are_written_while_it_runs(engine):
+    import threading
+    import time
+
+    from mash_runtime.models import RuntimeEvent, StepCheckpoint
+
+    rid = engine.submit({"script": [{"text": "slow", "delay": 1.0}]})
+    worker = threading.Thread(target=engine.drain)
+    worker.start()
+    try:
+        while not RuntimeEvent.objects.filter(request_id=rid, event_type="runtime.context.loaded").exists():
+            assert worker.is_alive(), "the run ended before its first events were written"
+            time.sleep(0.01)
+        # Seen while the model was still answering: its step has no checkpoint yet.
+        assert not StepCheckpoint.objects.filter(request_id=rid, step_key="plan.0").exists()
+    finally:
+        worker.join()
+    assert engine.request(rid).status == "completed"
