@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -22,6 +23,8 @@ from django.db import connection
 
 from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
 from mash_runtime.models import Request, RuntimeEvent
+
+logger = logging.getLogger("mash_api.streams")
 
 KEEPALIVE_SECONDS = 15.0
 BATCH = 500
@@ -53,9 +56,18 @@ class Backoff:
 
 @dataclass
 class Frame:
-    """One stream item: an event, or a keep-alive when `event` is None."""
+    """One stream item: an event, or a keep-alive when `event` is None. `more` says another
+    frame of the same batch follows at once, so a writer may send them together."""
 
     event: RuntimeEvent | None = None
+    more: bool = False
+
+
+def batch(events) -> list[Frame]:
+    frames = [Frame(event, more=True) for event in events]
+    if frames:
+        frames[-1].more = False
+    return frames
 
 
 def sse_frame(event: RuntimeEvent) -> str:
@@ -121,25 +133,64 @@ def _fetch_tail(cursor: int | None, filters: dict[str, str]) -> tuple[list[Runti
         _release_connection()
 
 
+_listening: set[int] = set()  # event loops (by id) with a standing subscription
+
+
+async def _keep_listening(layer) -> None:
+    """channels_redis's pubsub reader naps 0.1 s at a time while nothing is subscribed, so
+    the first stream after a quiet spell got its doorbells up to 0.1 s late. One channel
+    that stays subscribed for the life of the loop keeps the reader reading."""
+    loop_id = id(asyncio.get_running_loop())
+    if loop_id not in _listening:
+        await layer.new_channel(prefix="standing.")
+        _listening.add(loop_id)
+
+
 class Doorbell:
-    """A channel-layer subscription used only as a wake-up signal."""
+    """A channel-layer subscription used only as a wake-up signal.
+
+    One task receives from the layer for the bell's whole life and hands messages over
+    through a local queue. Waiting with a timeout directly on `layer.receive` would
+    cancel it at every timeout, and channels_redis treats a cancelled receive as the
+    consumer leaving: it unsubscribes the channel (a round trip now, another to
+    subscribe again at the next wait, and doorbells rung in between are dropped).
+    """
 
     def __init__(self, groups: list[str]):
         self.groups = groups
         self.layer = get_channel_layer()
         self.channel: str | None = None
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.receiver: asyncio.Task | None = None
 
     async def __aenter__(self) -> "Doorbell":
         if self.layer is not None:
             try:
+                await _keep_listening(self.layer)
                 self.channel = await self.layer.new_channel()
                 for group in self.groups:
                     await self.layer.group_add(group, self.channel)
+                self.receiver = asyncio.get_running_loop().create_task(self._receive())
             except Exception:
                 self.channel = None  # no doorbell: the poll alone keeps the stream correct
         return self
 
+    async def _receive(self) -> None:
+        try:
+            while True:
+                self.inbox.put_nowait(await self.layer.receive(self.channel))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the layer failed: the stream goes on polling
+            logger.warning("doorbell receiver stopped", exc_info=True)
+
     async def __aexit__(self, *exc) -> None:
+        if self.receiver is not None:
+            self.receiver.cancel()  # the layer drops the channel's own subscription on this
+            try:
+                await self.receiver
+            except BaseException:
+                pass
         if self.layer is not None and self.channel is not None:
             for group in self.groups:
                 try:
@@ -149,19 +200,16 @@ class Doorbell:
 
     async def wait(self, timeout: float) -> list[dict]:
         """The doorbells rung before the timeout passed (empty when none was)."""
-        if self.channel is None:
+        if self.receiver is None or self.receiver.done():
             await asyncio.sleep(timeout)
             return []
         try:
-            rung = [await asyncio.wait_for(self.layer.receive(self.channel), timeout)]
+            rung = [await asyncio.wait_for(self.inbox.get(), timeout)]
         except asyncio.TimeoutError:
             return []
-        # Drain doorbells that piled up: they are answered together.
-        try:
-            while True:
-                rung.append(await asyncio.wait_for(self.layer.receive(self.channel), 0))
-        except (asyncio.TimeoutError, Exception):
-            pass
+        # Take the doorbells that piled up too: they are answered together.
+        while not self.inbox.empty():
+            rung.append(self.inbox.get_nowait())
         return rung
 
 
@@ -177,12 +225,12 @@ def carried_frames(rung: list[dict], cursor: int) -> tuple[list[Frame], bool]:
         newest = max(newest, seq)
         for fields in message.get("events") or ():
             carried[fields["seq"]] = fields
-    frames = []
+    events = []
     while cursor + 1 in carried:
         cursor += 1
         fields = carried[cursor]
-        frames.append(Frame(RuntimeEvent(**{**fields, "payload": json.loads(fields["payload"])})))
-    return frames, newest > cursor
+        events.append(RuntimeEvent(**{**fields, "payload": json.loads(fields["payload"])}))
+    return batch(events), newest > cursor
 
 
 async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> AsyncIterator[Frame]:
@@ -198,9 +246,9 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
             if read:
                 events, finished = await sync_to_async(fetch)(cursor, first)
                 first = False
-                for event in events:
-                    cursor = event.seq
-                    yield Frame(event)
+                for frame in batch(events):
+                    cursor = frame.event.seq
+                    yield frame
                 if finished:
                     return
                 if events:

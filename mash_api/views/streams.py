@@ -38,24 +38,39 @@ def event_stream_response(body) -> StreamingHttpResponse:
 
 
 async def sse_body(frames):
+    # Frames of one batch go out as one chunk: one write (and one packet) instead of one each.
+    pending = []
     async for frame in frames:
-        yield sse_frame(frame.event) if frame.event is not None else ": keep-alive\n\n"
+        pending.append(sse_frame(frame.event) if frame.event is not None else ": keep-alive\n\n")
+        if not frame.more:
+            yield "".join(pending)
+            pending = []
+    if pending:
+        yield "".join(pending)
 
 
 async def open_request_stream(request, agent_id: str, request_id: str):
     """Validate everything before the first byte, so errors are still JSON with a status."""
     if request.method != "GET":
         return None, error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
-    if not await authorized(request):
-        return None, error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
-    if (nul := unstorable_param_error({"agent_id": agent_id, "request_id": request_id}, request.GET)) is not None:
-        return None, error_json(nul.code, nul.message, nul.status, nul.details)
-    try:
-        req = await sync_to_async(get_request)(request_id, agent_id.strip())
-        after = parse_cursor(request)
-    except ServiceError as exc:
-        return None, error_json(exc.code, exc.message, exc.status, exc.details)
-    return request_frames(req.pk, after), None
+    user = await request.auser()
+
+    def check():  # one trip to a thread for the key and the request lookups
+        if authenticate_headers(request.headers, user) is None:
+            return None, error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
+        if (nul := unstorable_param_error({"agent_id": agent_id, "request_id": request_id}, request.GET)) is not None:
+            return None, error_json(nul.code, nul.message, nul.status, nul.details)
+        try:
+            req = get_request(request_id, agent_id.strip())
+            after = parse_cursor(request)
+        except ServiceError as exc:
+            return None, error_json(exc.code, exc.message, exc.status, exc.details)
+        return req.pk, after
+
+    found, detail = await sync_to_async(check)()
+    if found is None:
+        return None, detail
+    return request_frames(found, detail), None
 
 
 @csrf_exempt  # a POST here is a wrong method (405 envelope), not a CSRF failure page
