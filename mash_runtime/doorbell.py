@@ -11,8 +11,10 @@ reader that sees a gap reads the database as usual (mash_api.streams).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 
 from asgiref.sync import async_to_sync
 
@@ -78,14 +80,74 @@ async def ring_async(request_id, agent_id: str, seq: int, events=()) -> None:
         return
     message = {"type": MESSAGE_TYPE, "request_id": str(request_id), "agent_id": agent_id, "seq": seq}
     carried = carried_events(events) if events else None
-    # Tails filter across requests and read the database anyway: they get the bare ring.
-    rings = [(request_group(request_id), {**message, "events": carried} if carried else message),
-             (agent_group(agent_id), message), (ALL_EVENTS_GROUP, message)]
-    for group, sent in rings:
+    try:
+        await layer.group_send(request_group(request_id), {**message, "events": carried} if carried else message)
+    except Exception:  # a doorbell is an optimisation; the reader polls anyway
+        logger.warning("doorbell for %s failed", request_id, exc_info=True)
+    # Tails filter across requests and read the database anyway: a bare ring, throttled.
+    for group in (agent_group(agent_id), ALL_EVENTS_GROUP):
+        await _tail_bells().ring(layer, group, message)
+
+
+TAIL_RING_SECONDS = 0.1
+
+
+class TailBells:
+    """Rings for tails (an agent's group, all events), at most one per group per
+    TAIL_RING_SECONDS: a tail wakes, then reads everything new, so ringing it for every
+    commit of every request was two publishes per commit for nothing. A ring that comes
+    too soon is sent when the interval ends, so a tail learns of a commit within it."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.held: dict[str, tuple[object, dict]] = {}
+        self.timers: dict[str, asyncio.Task] = {}
+
+    async def ring(self, layer, group: str, message: dict) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.last.get(group, float("-inf")) + TAIL_RING_SECONDS - loop.time()
+        if wait <= 0 and group not in self.timers:
+            await self._send(layer, group, message)
+            return
+        self.held[group] = (layer, message)
+        if group not in self.timers:
+            self.timers[group] = loop.create_task(self._send_later(group, max(wait, 0.0)))
+
+    async def _send_later(self, group: str, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.timers.pop(group, None)
+        layer, message = self.held.pop(group)
+        await self._send(layer, group, message)
+
+    async def _send(self, layer, group: str, message: dict) -> None:
+        self.last[group] = asyncio.get_running_loop().time()
         try:
-            await layer.group_send(group, sent)
-        except Exception:  # a doorbell is an optimisation; the reader polls anyway
-            logger.warning("doorbell for %s on %s failed", request_id, group, exc_info=True)
+            await layer.group_send(group, message)
+        except Exception:
+            logger.warning("doorbell on %s failed", group, exc_info=True)
+
+    async def flush(self) -> None:
+        """Send held rings now (a worker calls this before its loop goes idle)."""
+        for group, timer in list(self.timers.items()):
+            timer.cancel()
+            self.timers.pop(group, None)
+            layer, message = self.held.pop(group)
+            await self._send(layer, group, message)
+
+
+_bells: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TailBells]" = weakref.WeakKeyDictionary()
+
+
+def _tail_bells() -> TailBells:
+    loop = asyncio.get_running_loop()
+    bells = _bells.get(loop)
+    if bells is None:
+        bells = _bells[loop] = TailBells()
+    return bells
+
+
+async def flush_tail_rings() -> None:
+    await _tail_bells().flush()
 
 
 def ring(request_id, agent_id: str, seq: int, events=()) -> None:

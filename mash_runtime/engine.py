@@ -104,6 +104,8 @@ async def run_request(request_id: str) -> str:
         await ring_for(claimed, claimed.claim_events)
         return await RequestRunner(claimed, owner).run()
     finally:
+        # The loop idles between tasks: rings held back for tails must go out now.
+        await doorbell.flush_tail_rings()
         await db(close_old_connections)()
 
 
@@ -137,7 +139,7 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
             )
         )
         try:
-            req = Request.objects.select_related("agent", "session", "parent").get(pk=request_id)
+            req = Request.objects.select_related("agent", "session").get(pk=request_id)
         except Request.DoesNotExist:
             return "missing"
         if changed:

@@ -6,6 +6,7 @@ stay thin.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import uuid
@@ -60,11 +61,31 @@ def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
     hosted = host.get(agent_id)
     if hosted is None or (hosted.role == "workflow" and not include_workflow):
         raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
-    agent = Agent.objects.filter(agent_id=agent_id).first()
-    if agent is None or agent.role != hosted.role or not agent.active:
-        host.sync_agents()
-        agent = Agent.objects.get(agent_id=agent_id)
-    return agent
+    agent = host.agent_rows.get(agent_id)
+    if agent is None:
+        agent = Agent.objects.filter(agent_id=agent_id).first()
+        if agent is None or agent.role != hosted.role or not agent.active:
+            host.sync_agents()
+            agent = Agent.objects.get(agent_id=agent_id)
+        # Only this host's sync changes its agents' rows (and forgets these), so a row read
+        # once serves every later submit of this process: one query less per request.
+        host.agent_rows[agent_id] = agent
+    return copy.copy(agent)  # callers may change their copy; the cached row stays as read
+
+
+def stream_target(request_id, agent_id: str) -> uuid.UUID:
+    """The pk of `agent_id`'s request `request_id`, or NotFound: the one check a stream needs."""
+    try:
+        pk = uuid.UUID(str(request_id).strip())
+    except ValueError:
+        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
+    owner = Request.objects.filter(pk=pk).values_list("agent__agent_id", flat=True)
+    found = list(owner[:1])
+    if not found:
+        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND")
+    if found[0] != agent_id:
+        raise NotFound(f"Request '{request_id}' not found for agent '{agent_id}'", code="REQUEST_NOT_FOUND")
+    return pk
 
 
 def get_request(request_id, agent_id: str | None = None) -> Request:

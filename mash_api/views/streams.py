@@ -9,7 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 from mash_api.auth import authenticate_headers
 from mash_api.errors import Unauthorized, error_json, unstorable_param_error
 from mash_api.streams import request_frames, sse_frame, tail_frames
-from mash_runtime.services import ServiceError, get_request
+from mash_runtime.services import ServiceError, stream_target
 
 
 async def authorized(request) -> bool:
@@ -61,11 +61,11 @@ async def open_request_stream(request, agent_id: str, request_id: str):
         if (nul := unstorable_param_error({"agent_id": agent_id, "request_id": request_id}, request.GET)) is not None:
             return None, error_json(nul.code, nul.message, nul.status, nul.details)
         try:
-            req = get_request(request_id, agent_id.strip())
+            pk = stream_target(request_id, agent_id.strip())
             after = parse_cursor(request)
         except ServiceError as exc:
             return None, error_json(exc.code, exc.message, exc.status, exc.details)
-        return req.pk, after
+        return pk, after
 
     found, detail = await sync_to_async(check)()
     if found is None:
