@@ -23,7 +23,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -481,11 +481,7 @@ class RequestRunner:
             if not changed:
                 return None
             store_steps(req, steps)
-            Session.objects.filter(pk=req.session_id).update(
-                session_total_tokens=F("session_total_tokens") + usage.total, last_activity_at=now
-            )
-            total, last_in_session = Session.objects.values_list("session_total_tokens", "last_request_seq").get(
-                pk=req.session_id)
+            total, last_in_session = Session.add_tokens(req.session_id, usage.total, now)
             turn.session_total_tokens = total
             turn.save(force_insert=True)
             persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}

@@ -42,8 +42,6 @@ class AgentHost:
         self.agents = agents
         self.primary_agent_id = primary_agent_id
         self.workflows = workflows
-        # Agent rows by agent_id as last read (services.get_agent_row); a sync forgets them.
-        self.agent_rows: dict = {}
 
     @property
     def subagent_ids(self) -> list[str]:
@@ -60,7 +58,6 @@ class AgentHost:
         """Make the Agent rows match this host; agents no longer defined stay, marked inactive."""
         from mash_runtime.models import Agent
 
-        self.agent_rows.clear()
         for hosted in self.agents.values():
             Agent.objects.update_or_create(
                 agent_id=hosted.agent_id,
@@ -206,8 +203,6 @@ def set_host(host: AgentHost | None) -> None:
     with _host_lock:
         _host = host
         _synced = False
-        if host is not None:
-            host.agent_rows.clear()  # the database behind it may be a new one
 
 
 _synced = False

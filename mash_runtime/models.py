@@ -96,6 +96,19 @@ class Session(models.Model):
             cls.objects.get_or_create(agent=agent, session_id=session_id)
         raise RuntimeError(f"session {agent.agent_id}/{session_id} vanished while taking a request seq")
 
+    @classmethod
+    def add_tokens(cls, pk: int, tokens: int, now) -> tuple[int, int]:
+        """Add a finished request's tokens; returns (session_total_tokens, last_request_seq)
+        as of this update, in one statement."""
+        quote = connection.ops.quote_name
+        total, seq, activity = (quote(cls._meta.get_field(f).column)
+                                for f in ("session_total_tokens", "last_request_seq", "last_activity_at"))
+        sql = (f"UPDATE {quote(cls._meta.db_table)} SET {total} = {total} + %s, {activity} = %s "
+               f"WHERE {quote('id')} = %s RETURNING {total}, {seq}")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [tokens, cls._meta.get_field("last_activity_at").get_db_prep_value(now, connection), pk])
+            return tuple(cursor.fetchone())
+
 
 class Request(models.Model):
     class Status(models.TextChoices):
@@ -199,10 +212,12 @@ class RuntimeEvent(models.Model):
     """One frame of a request's stream, numbered by `seq` from 1 without gaps."""
 
     id = models.BigAutoField(primary_key=True)
-    request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: uniq_event_seq (request, seq) serves every lookup by request,
+    # and each index is maintained on every one of the many inserts this table takes.
+    request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.PositiveIntegerField()
-    event_type = models.CharField(max_length=100, db_index=True)
-    agent_id = models.CharField(max_length=64, db_index=True)
+    event_type = models.CharField(max_length=100, db_index=True)  # its LIKE index serves prefix filters
+    agent_id = models.CharField(max_length=64)
     session_id = models.CharField(max_length=200)
     trace_id = models.UUIDField()
     loop_index = models.IntegerField(null=True, blank=True)
@@ -221,6 +236,9 @@ class RuntimeEvent(models.Model):
             models.UniqueConstraint(fields=["request", "seq"], name="uniq_event_seq"),
             models.UniqueConstraint(fields=["request", "dedupe_key"], name="uniq_event_dedupe"),
         ]
+        # A plain index: agent ids are matched exactly, never by prefix (db_index would add
+        # a second, LIKE index on PostgreSQL).
+        indexes = [models.Index(fields=["agent_id"], name="event_agent")]
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.seq} {self.event_type}"

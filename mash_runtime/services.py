@@ -6,7 +6,6 @@ stay thin.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import uuid
@@ -61,16 +60,11 @@ def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
     hosted = host.get(agent_id)
     if hosted is None or (hosted.role == "workflow" and not include_workflow):
         raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
-    agent = host.agent_rows.get(agent_id)
-    if agent is None:
-        agent = Agent.objects.filter(agent_id=agent_id).first()
-        if agent is None or agent.role != hosted.role or not agent.active:
-            host.sync_agents()
-            agent = Agent.objects.get(agent_id=agent_id)
-        # Only this host's sync changes its agents' rows (and forgets these), so a row read
-        # once serves every later submit of this process: one query less per request.
-        host.agent_rows[agent_id] = agent
-    return copy.copy(agent)  # callers may change their copy; the cached row stays as read
+    agent = Agent.objects.filter(agent_id=agent_id).first()
+    if agent is None or agent.role != hosted.role or not agent.active:
+        host.sync_agents()
+        agent = Agent.objects.get(agent_id=agent_id)
+    return agent
 
 
 def stream_target(request_id, agent_id: str) -> uuid.UUID:
