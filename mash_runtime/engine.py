@@ -36,7 +36,7 @@ from mash_runtime import doorbell
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import build_turn, load_history
-from mash_runtime.models import Interaction, Request, Session, StepCheckpoint
+from mash_runtime.models import Interaction, Request, Session, StepCheckpoint, insert_rows
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
 from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_block
@@ -283,7 +283,7 @@ def persist_run_progress(req: Request, steps: list[tuple[str, str, dict[str, Any
 def store_steps(req: Request, steps: list[tuple[str, str, dict[str, Any]]]) -> None:
     if steps:
         # A conflict means another worker stored the step first (it held the lease then); keep its row.
-        StepCheckpoint.objects.bulk_create(
+        insert_rows(
             [StepCheckpoint(request_id=req.pk, step_key=key, kind=kind, output=output,
                             duration_ms=int(output.get("duration_ms", 0) or 0)) for key, kind, output in steps],
             ignore_conflicts=True,

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
-from mash_runtime.events import append_event, base_payload
+from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
 from mash_runtime.models import Agent, Interaction, Request, Session
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
@@ -60,7 +60,10 @@ def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
     hosted = host.get(agent_id)
     if hosted is None or (hosted.role == "workflow" and not include_workflow):
         raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
-    agent = Agent.objects.filter(agent_id=agent_id).first()
+    try:
+        agent = Agent.objects.get(agent_id=agent_id)
+    except Agent.DoesNotExist:
+        agent = None
     if agent is None or agent.role != hosted.role or not agent.active:
         host.sync_agents()
         agent = Agent.objects.get(agent_id=agent_id)
@@ -131,7 +134,10 @@ def create_request(
         metadata=metadata or {},
     )
     req._event_keys = set()  # a new stream: appends can skip the dedupe read (RuntimeEvent.append_many)
-    append_event(req, "request.accepted", {**base_payload(req), "status": "accepted"}, dedupe_key="accepted")
+    # No doorbell: nobody can follow a request before its id is returned, and tails pick the
+    # event up with the next ring (the claim's, a few ms later) or their own poll.
+    append_events(req, [("request.accepted", {**base_payload(req), "status": "accepted"}, "accepted", None, "")],
+                  ring=False)
     return req
 
 
