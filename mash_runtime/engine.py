@@ -98,7 +98,7 @@ def run_request_task(request_id: str) -> str:
 async def run_request(request_id: str) -> str:
     owner = new_lease_owner()
     try:
-        claimed = await db(claim_request)(request_id, owner)
+        claimed = await db(claim_and_prepare)(request_id, owner)
         if isinstance(claimed, str):
             return claimed
         await ring_for(claimed, claimed.claim_events)
@@ -106,7 +106,20 @@ async def run_request(request_id: str) -> str:
     finally:
         # The loop idles between tasks: rings held back for tails must go out now.
         await doorbell.flush_tail_rings()
-        await db(close_old_connections)()
+
+
+def claim_and_prepare(request_id: str, owner: str) -> Request | str:
+    """The claim and what the run needs from the database, in one trip to the db thread."""
+    # The db thread's connection, checked here rather than after each task: dropped if it
+    # broke or outlived CONN_MAX_AGE, as Django does at the start of a web request.
+    close_old_connections()
+    claimed = claim_request(request_id, owner)
+    if isinstance(claimed, str):
+        return claimed
+    hosted = get_host().get(claimed.agent.agent_id)
+    if hosted is not None and not claimed.cancel_requested:
+        claimed.prepared = prepare_run(claimed, hosted)
+    return claimed
 
 
 def _blocking_earlier_requests():
@@ -373,7 +386,8 @@ class RequestRunner:
             await db(self._finish)(Request.Status.FAILED, f"Agent '{req.agent.agent_id}' is not defined by this host",
                                    "AGENT_NOT_FOUND", False)
             return "failed"
-        agent, history, checkpoints = await db(prepare_run)(req, hosted)
+        prepared = getattr(req, "prepared", None) or await db(prepare_run)(req, hosted)
+        agent, history, checkpoints = prepared
         hooks = DurableHooks(self, checkpoints)
         task = asyncio.create_task(
             agent.run(req.message, history=history, structured_output=req.structured_output, hooks=hooks)
