@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from mash_runtime.models import insert_rows
 from mash_telemetry.models import ApiRequestLog, clean_text, clip_body, redact_headers
 
 logger = logging.getLogger("mash_telemetry")
@@ -124,7 +125,7 @@ def save_entries(entries: list[dict[str, Any]]) -> None:
     """Write a batch in one INSERT; if that fails, row by row, so one bad row loses only itself."""
     try:
         with transaction.atomic():
-            ApiRequestLog.objects.bulk_create([ApiRequestLog(**entry) for entry in entries])
+            insert_rows([ApiRequestLog(**entry) for entry in entries])
     except Exception:
         for entry in entries:
             save_entry({**entry, "streaming": False})
