@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -36,19 +37,25 @@ class Backoff:
 
     On the in-memory layer doorbells never cross processes, so the poll is the real
     delivery path: start at 20 ms, back off gently to 0.5 s while nothing happens. With Redis
-    the doorbell is the fast path and the poll only guards against a lost one, so it
-    starts at 0.25 s and backs off to 5 s: a thousand idle streams stay cheap.
+    the doorbell is the delivery path and the poll only covers a lost one (a Redis
+    reconnect), so it starts at 0.25 s and backs off to 15 s, the keep-alive interval: a
+    thousand idle streams then cost about a hundred reads a second, not two hundred.
     """
 
     def __init__(self) -> None:
         cross_process = bool(settings.REDIS_URL)
         self.floor = 0.25 if cross_process else 0.02
         self.growth = 1.5 if cross_process else 1.3
-        self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 5.0 if cross_process else 0.5))
+        self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 15.0 if cross_process else 0.5))
         self.current = self.floor
 
     def reset(self) -> None:
         self.current = self.floor
+
+    def next_wait(self) -> float:
+        # +-25% jitter: streams opened together would otherwise poll together forever,
+        # and a thousand reads arriving at once stall everything else the process serves.
+        return min(self.current * random.uniform(0.75, 1.25), KEEPALIVE_SECONDS)
 
     def after_wait(self, rung: bool) -> None:
         self.current = self.floor if rung else min(self.current * self.growth, self.ceiling)
@@ -259,7 +266,7 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
-            rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
+            rung = await bell.wait(backoff.next_wait())
             backoff.after_wait(bool(rung))
             # A caught-up reader sends what the doorbells carried; the database is read when
             # they skipped something, carried nothing, or none rang (the fallback poll).
@@ -309,7 +316,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
-            rung = await bell.wait(min(backoff.current, KEEPALIVE_SECONDS))
+            rung = await bell.wait(backoff.next_wait())
             backoff.after_wait(bool(rung))
 
 
