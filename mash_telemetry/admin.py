@@ -66,6 +66,16 @@ def json_block(value) -> str:
     return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>', pretty(value))
 
 
+def json_display(field: str, description: str):
+    """An admin display column showing JSON field `field` as an indented block."""
+
+    @admin.display(description=description)
+    def shown(self, obj):
+        return json_block(getattr(obj, field))
+
+    return shown
+
+
 def clip(text, limit: int = 80) -> str:
     flat = " ".join(str(text or "").split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -183,13 +193,8 @@ class AgentAdmin(admin.ModelAdmin):
     def tokens(self, obj):
         return f"{obj.token_total:,}"
 
-    @admin.display(description="metadata")
-    def shown_metadata(self, obj):
-        return json_block(obj.metadata)
-
-    @admin.display(description="config")
-    def shown_config(self, obj):
-        return json_block(obj.config)
+    shown_metadata = json_display("metadata", "metadata")
+    shown_config = json_display("config", "config")
 
     @admin.display(description="records")
     def related(self, obj):
@@ -383,17 +388,13 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
             links.append(("memory turn", change_url(MemoryTurn, turn)))
         return format_html_join(" · ", '<a href="{1}">{0}</a>', links)
 
-    @admin.display(description="response")
-    def shown_response(self, obj):
-        return json_block(obj.response)
+    shown_response = json_display("response", "response")
 
     @admin.display(description="structured output schema")
     def structured_schema(self, obj):
         return json_block(obj.structured_output) if obj.structured_output is not None else "–"
 
-    @admin.display(description="metadata")
-    def shown_metadata(self, obj):
-        return json_block(obj.metadata)
+    shown_metadata = json_display("metadata", "metadata")
 
     @admin.action(description="Cancel selected requests", permissions=["operate"])
     def cancel_selected(self, request, queryset):
@@ -494,9 +495,7 @@ class RuntimeEventAdmin(RequestChildAdmin, BigTableAdmin):
         moment = epoch(obj.created_at)
         return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if moment else "–"
 
-    @admin.display(description="payload")
-    def shown_payload(self, obj):
-        return json_block(obj.payload)
+    shown_payload = json_display("payload", "payload")
 
 
 class CheckpointKindFilter(FixedChoicesFilter):
@@ -516,9 +515,7 @@ class StepCheckpointAdmin(RequestChildAdmin, BigTableAdmin):
     fields = ("id", "request_ref", "step_key", "kind", "duration_ms", "created_at", "shown_output")
     readonly_fields = fields
 
-    @admin.display(description="output")
-    def shown_output(self, obj):
-        return json_block(obj.output)
+    shown_output = json_display("output", "output")
 
 
 # -- interactions ---------------------------------------------------------------------------------
@@ -556,17 +553,9 @@ class InteractionAdmin(RequestChildAdmin, OperatorActions, HistoryAdmin):
         return format_html('<a class="button" href="{}">answer</a>',
                            reverse("admin:mash_runtime_interaction_answer", args=[obj.pk]))
 
-    @admin.display(description="schema")
-    def shown_schema(self, obj):
-        return json_block(obj.schema)
-
-    @admin.display(description="default answer (on timeout)")
-    def shown_default(self, obj):
-        return json_block(obj.default_response)
-
-    @admin.display(description="response")
-    def shown_response(self, obj):
-        return json_block(obj.response)
+    shown_schema = json_display("schema", "schema")
+    shown_default = json_display("default_response", "default answer (on timeout)")
+    shown_response = json_display("response", "response")
 
     def get_urls(self):
         return [
@@ -670,17 +659,9 @@ class MemoryTurnAdmin(HistoryAdmin):
             return ""
         return format_html('<a href="{}">trace</a>', reverse("telemetry:request", args=[obj.request_id]))
 
-    @admin.display(description="token usage")
-    def shown_usage(self, obj):
-        return json_block(obj.token_usage)
-
-    @admin.display(description="signals")
-    def shown_signals(self, obj):
-        return json_block(obj.signals)
-
-    @admin.display(description="metadata")
-    def shown_metadata(self, obj):
-        return json_block(obj.metadata)
+    shown_usage = json_display("token_usage", "token usage")
+    shown_signals = json_display("signals", "signals")
+    shown_metadata = json_display("metadata", "metadata")
 
 
 # -- workflows (registered when the runtime defines them) -------------------------------------------
