@@ -55,7 +55,7 @@ class Backoff:
     def next_wait(self) -> float:
         # +-25% jitter: streams opened together would otherwise poll together forever,
         # and a thousand reads arriving at once stall everything else the process serves.
-        return min(self.current * random.uniform(0.75, 1.25), KEEPALIVE_SECONDS)
+        return self.current * random.uniform(0.75, 1.25)
 
     def after_wait(self, rung: bool) -> None:
         self.current = self.floor if rung else min(self.current * self.growth, self.ceiling)
@@ -266,7 +266,7 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
-            rung = await bell.wait(backoff.next_wait())
+            rung = await bell.wait(min(backoff.next_wait(), KEEPALIVE_SECONDS - (time.monotonic() - last_sent)))
             backoff.after_wait(bool(rung))
             # A caught-up reader sends what the doorbells carried; the database is read when
             # they skipped something, carried nothing, or none rang (the fallback poll).
@@ -316,7 +316,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 yield Frame(None)
-            rung = await bell.wait(backoff.next_wait())
+            rung = await bell.wait(min(backoff.next_wait(), KEEPALIVE_SECONDS - (time.monotonic() - last_sent)))
             backoff.after_wait(bool(rung))
 
 

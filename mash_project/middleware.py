@@ -5,8 +5,9 @@ hops per middleware per request, fourteen for the stack in settings. Measured un
 daphne that was about 3.4 ms of CPU on every request, more than the API view itself
 (bench/README.md). These hooks do no I/O (the session and the user are loaded lazily,
 by whoever reads them), so here they run inline. The exceptions are the hooks that may
-write: the session save (a modified session, or SESSION_SAVE_EVERY_REQUEST), messages
-that have something to store, and CSRF kept in the session; those still take the hop.
+do I/O: the session save (a modified session, or SESSION_SAVE_EVERY_REQUEST), messages
+that have something to store, CSRF kept in the session, and the CSRF check of an unsafe
+request (it may parse a form body and render a failure page); those still take the hop.
 
 Each class subclasses its Django original, so Django's checks, `isinstance` tests and
 settings all see the stock middleware. Sync mode (WSGI, the test client) is unchanged.
@@ -69,7 +70,9 @@ class CsrfViewMiddleware(InlineHooks, csrf.CsrfViewMiddleware):
         return settings.CSRF_USE_SESSIONS
 
     async def aprocess_view(self, request, callback, callback_args, callback_kwargs):
-        if settings.CSRF_USE_SESSIONS:
+        # An unsafe method gets its token checked against the form body (which may be parsed
+        # from a temporary file) and a failure page rendered: I/O, so it takes the hop.
+        if settings.CSRF_USE_SESSIONS or request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
             return await sync_to_async(super().process_view, thread_sensitive=True)(
                 request, callback, callback_args, callback_kwargs)
         return super().process_view(request, callback, callback_args, callback_kwargs)

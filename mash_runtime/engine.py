@@ -35,7 +35,7 @@ from mash_runtime import doorbell
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import build_turn, load_history
-from mash_runtime.models import Interaction, Request, Session, StepCheckpoint, insert_rows
+from mash_runtime.models import Interaction, Request, RuntimeEvent, Session, StepCheckpoint, insert_rows
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
 from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_block
@@ -170,8 +170,8 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
             # Started by this claim for the first time: no step ran before, so there are no
             # checkpoints to load, and the stream holds only its first event, "accepted".
             req.first_start = req.started_at == now
-            if req.first_start and req.last_seq == 1:
-                req._event_keys = {"accepted"}
+            # The run appends through this object: let it keep its stream's keys.
+            req._event_keys = {"accepted"} if req.first_start and req.last_seq == 1 else RuntimeEvent.stream_keys(req.pk)
             req.claim_events = []
             if not req.cancel_requested and get_host().get(req.agent.agent_id) is not None:
                 results = append_events(req, [("request.started", {**base_payload(req), "status": "started"},
@@ -218,6 +218,8 @@ class DurableHooks(AgentHooks):
         step, exactly as if it had crashed before storing), frames keep their order, and
         a crash loses only events that the replay emits again under the same dedupe keys.
         """
+        if self.lingering is not None and self.lingering is not asyncio.current_task():
+            await self.settle()
         if not self.pending and not self.unsaved:
             return
         steps, items = self.take()
@@ -236,10 +238,19 @@ class DurableHooks(AgentHooks):
             self.lingering_asleep = False
         await self.flush()
 
-    def stop_lingering(self) -> None:
-        # Only while it sleeps: a flush under way finishes (its write is queued ahead of ours).
-        if self.lingering is not None and self.lingering_asleep:
-            self.lingering.cancel()
+    async def settle(self) -> None:
+        """End a delayed flush before the run writes anything itself: one still asleep is
+        cancelled (its events stay buffered for the caller); one under way is awaited, so
+        its write lands first and a failure fails the run instead of losing what it took."""
+        lingering, self.lingering = self.lingering, None
+        if lingering is None or lingering.done():
+            if lingering is not None and not lingering.cancelled():
+                lingering.result()
+            return
+        if self.lingering_asleep:
+            lingering.cancel()
+            return
+        await lingering
 
     def take(self) -> tuple[list, list]:
         """Hand over the unsaved steps and buffered events (the caller stores them)."""
@@ -411,8 +422,8 @@ class RequestRunner:
                 succeeded = True
             finally:
                 heartbeat.cancel()
-                hooks.stop_lingering()
                 await agent.tools.aclose()
+                await hooks.settle()
                 # Buffered events go out before any outcome is written, so the terminal frame stays
                 # last; a completed run stores them in the completing transaction instead.
                 if not succeeded:

@@ -37,8 +37,7 @@ def append_events(request: Request, items: list[EventItem], *, ring: bool = True
         results = RuntimeEvent.append_many(request, items)
         created = [event for event, was_created in results if was_created]
         if created and request.parent_id:
-            for event in created:
-                _mirror_to_parent(request, event)
+            _mirror_to_parent(request, created)
         if created and request.workflow_run_id:
             _mirror_to_run(request, created)
         if created and ring:
@@ -74,28 +73,27 @@ def _mirror_to_run(request: Request, events: list[RuntimeEvent]) -> None:
         transaction.on_commit(lambda: doorbell.ring_run(run_id))
 
 
-def _mirror_to_parent(child: Request, event: RuntimeEvent) -> None:
-    parent = Request.objects.select_related("agent", "session", "parent").get(pk=child.parent_id)
-    data = {
-        "agent_id": child.agent.agent_id,
-        "primary_session_id": parent.session.session_id,
-        "subagent_session_id": child.session.session_id,
-        "request_id": str(child.pk),
-        "event": event.event_type,
-        "data": event.payload,
-    }
-    append_event(
-        parent,
-        f"subagent.{event.event_type}",
-        data,
-        dedupe_key=f"sub:{child.pk}:{event.seq}",
-        loop_index=event.loop_index,
-        step_key=event.step_key,
-    )
-    # A child's question is the parent's question too: surface it as a first-class
-    # interaction frame so a client that only follows the parent can answer it.
-    if event.event_type in ("request.interaction.create", "request.interaction.ack"):
-        surfaced = {**base_payload(parent), **{k: v for k, v in event.payload.items() if k not in ("request_id", "agent_id", "session_id")}}
-        surfaced["subagent_request_id"] = str(child.pk)
-        surfaced["subagent_id"] = child.agent.agent_id
-        append_event(parent, event.event_type, surfaced, dedupe_key=f"sub:{child.pk}:{event.seq}:surfaced")
+def _mirror_to_parent(child: Request, events: list[RuntimeEvent]) -> None:
+    """One append to the parent for a batch of the child's events (one parent read)."""
+    parent = Request.objects.select_related("agent", "session").get(pk=child.parent_id)
+    items: list[EventItem] = []
+    for event in events:
+        data = {
+            "agent_id": child.agent.agent_id,
+            "primary_session_id": parent.session.session_id,
+            "subagent_session_id": child.session.session_id,
+            "request_id": str(child.pk),
+            "event": event.event_type,
+            "data": event.payload,
+        }
+        items.append((f"subagent.{event.event_type}", data, f"sub:{child.pk}:{event.seq}", event.loop_index,
+                      event.step_key))
+        # A child's question is the parent's question too: surface it as a first-class
+        # interaction frame so a client that only follows the parent can answer it.
+        if event.event_type in ("request.interaction.create", "request.interaction.ack"):
+            surfaced = {**base_payload(parent), **{k: v for k, v in event.payload.items()
+                                                   if k not in ("request_id", "agent_id", "session_id")}}
+            surfaced["subagent_request_id"] = str(child.pk)
+            surfaced["subagent_id"] = child.agent.agent_id
+            items.append((event.event_type, surfaced, f"sub:{child.pk}:{event.seq}:surfaced", None, ""))
+    append_events(parent, items)

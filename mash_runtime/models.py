@@ -197,8 +197,13 @@ def insert_rows(objs: list[models.Model], *, ignore_conflicts: bool = False) -> 
     if not objs:
         return
     meta = objs[0]._meta
-    quote = connection.ops.quote_name
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
+    size = max(1, connection.ops.bulk_batch_size(fields, objs))  # SQLite caps a statement's parameters
+    if len(objs) > size:
+        for start in range(0, len(objs), size):
+            insert_rows(objs[start:start + size], ignore_conflicts=ignore_conflicts)
+        return
+    quote = connection.ops.quote_name
     params: list[Any] = []
     for obj in objs:
         params.extend(f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields)
@@ -304,10 +309,11 @@ class RuntimeEvent(models.Model):
         append. An item whose dedupe key exists yields the stored row instead and takes no
         seq.
 
-        The dedupe check costs a query unless this `request` object already knows every
-        key of its stream: it learns them from one read (or from creating the request),
-        and keeps them while nobody else appends (the reserved range starting right after
-        the seq it last saw proves that). A run's own appends then take two statements.
+        The dedupe check costs a query (for the keys the items bring) unless this
+        `request` object knows every key of its stream (`_event_keys`, set when the request
+        is created or claimed): then it checks in memory while nobody else appends (the
+        reserved range starting right after the seq it last saw proves that), and relearns
+        them when someone did. A run's own appends take two statements.
         """
         keys = [item[2] for item in items if item[2] is not None]
         known: set[str] | None = getattr(request, "_event_keys", None)
@@ -316,15 +322,16 @@ class RuntimeEvent(models.Model):
             first = reserved_to - len(items)
             fast = (known is not None and first == request.last_seq and len(set(keys)) == len(keys)
                     and not known.intersection(keys))
-            if fast:
-                existing: dict[str, RuntimeEvent] = {}
+            existing: dict[str, RuntimeEvent] = {}
+            if not fast and known is not None:
+                # An object that keeps its keys (a run's) relearns them all, once per foreign append.
+                known = cls.stream_keys(request.pk)
+                dupes = known.intersection(keys)
             else:
-                stored = set(cls.objects.filter(request_id=request.pk, dedupe_key__isnull=False)
-                             .values_list("dedupe_key", flat=True))
-                dupes = stored.intersection(keys)
-                existing = ({e.dedupe_key: e for e in cls.objects.filter(request_id=request.pk, dedupe_key__in=dupes)}
-                            if dupes else {})
-                known = stored
+                # Anyone else (a service, a mirror) looks up only the keys it brings.
+                dupes = set(keys) if not fast else set()
+            if dupes:
+                existing = {e.dedupe_key: e for e in cls.objects.filter(request_id=request.pk, dedupe_key__in=dupes)}
             results: list[tuple[RuntimeEvent, bool]] = []
             new_rows: list[RuntimeEvent] = []
             seq = first
@@ -347,7 +354,8 @@ class RuntimeEvent(models.Model):
                 )
                 if dedupe_key is not None:
                     existing[dedupe_key] = event
-                    known.add(dedupe_key)
+                    if known is not None:
+                        known.add(dedupe_key)
                 new_rows.append(event)
                 results.append((event, True))
             if seq != reserved_to:  # duplicates took no seq: give the unused ones back (we hold the lock)
@@ -357,6 +365,12 @@ class RuntimeEvent(models.Model):
         request.last_seq = seq
         request._event_keys = known
         return results
+
+    @classmethod
+    def stream_keys(cls, request_id) -> set[str]:
+        """Every dedupe key of a request's stream."""
+        return set(cls.objects.filter(request_id=request_id, dedupe_key__isnull=False)
+                   .values_list("dedupe_key", flat=True))
 
     def wire_data(self) -> dict[str, Any]:
         """The `data` of this event's stream frame: request events carry their payload as is;

@@ -70,32 +70,34 @@ def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
     return agent
 
 
-def stream_target(request_id, agent_id: str) -> uuid.UUID:
-    """The pk of `agent_id`'s request `request_id`, or NotFound: the one check a stream needs."""
+def _request_pk(request_id) -> uuid.UUID:
     try:
-        pk = uuid.UUID(str(request_id).strip())
+        return uuid.UUID(str(request_id).strip())
     except ValueError:
         raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
-    owner = Request.objects.filter(pk=pk).values_list("agent__agent_id", flat=True)
-    found = list(owner[:1])
-    if not found:
+
+
+def _check_owner(request_id, found_agent_id: str | None, agent_id: str | None) -> None:
+    if found_agent_id is None:
         raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND")
-    if found[0] != agent_id:
+    if agent_id is not None and found_agent_id != agent_id:
         raise NotFound(f"Request '{request_id}' not found for agent '{agent_id}'", code="REQUEST_NOT_FOUND")
+
+
+def stream_target(request_id, agent_id: str) -> uuid.UUID:
+    """The pk of `agent_id`'s request `request_id`, or NotFound: the one check a stream needs."""
+    pk = _request_pk(request_id)
+    found = list(Request.objects.filter(pk=pk).values_list("agent__agent_id", flat=True)[:1])
+    _check_owner(request_id, found[0] if found else None, agent_id)
     return pk
 
 
 def get_request(request_id, agent_id: str | None = None) -> Request:
     try:
-        pk = uuid.UUID(str(request_id).strip())
-    except ValueError:
-        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
-    try:
-        req = Request.objects.select_related("agent", "session").get(pk=pk)
+        req = Request.objects.select_related("agent", "session").get(pk=_request_pk(request_id))
     except Request.DoesNotExist:
-        raise NotFound(f"Request '{request_id}' not found", code="REQUEST_NOT_FOUND") from None
-    if agent_id is not None and req.agent.agent_id != agent_id:
-        raise NotFound(f"Request '{request_id}' not found for agent '{agent_id}'", code="REQUEST_NOT_FOUND")
+        req = None
+    _check_owner(request_id, req.agent.agent_id if req is not None else None, agent_id)
     return req
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import time
 from typing import Any
@@ -155,8 +156,11 @@ class BatchWriter:
 
     def add(self, entry: dict[str, Any], delay: float) -> None:
         self.buffer.append(entry)
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._drain(delay))
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            # A context of its own: the request's would tie the write to that request's
+            # (finished) thread and start a new thread for every batch.
+            self.task = loop.create_task(self._drain(delay), context=contextvars.Context())
 
     async def _drain(self, delay: float) -> None:
         await asyncio.sleep(delay)  # gather what the next requests add

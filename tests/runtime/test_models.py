@@ -115,3 +115,21 @@ def test_it_names_stream_events_for_the_wire(make_request):
     data = think.to_dict()
     assert data["request_seq"] == 2 and data["event_type"] == "runtime.llm.think.completed"
     assert isinstance(data["created_at"], float)
+
+
+def test_insert_rows_splits_what_one_statement_cannot_hold(make_request):
+    from django.db import connection
+
+    from mash_runtime.models import insert_rows
+
+    req = make_request()
+    fields = [f for f in RuntimeEvent._meta.concrete_fields if f is not RuntimeEvent._meta.auto_field]
+    size = connection.ops.bulk_batch_size(fields, [None] * 100_000)
+    if size >= 100_000:
+        pytest.skip("this database puts no cap on a statement's parameters")
+    count = size + 5  # one batch more than fits
+    rows = [RuntimeEvent(request=req, seq=i + 1, event_type="e", agent_id="a", session_id="s", trace_id=req.trace_id,
+                         payload={"i": i}) for i in range(count)]
+    insert_rows(rows)
+    assert RuntimeEvent.objects.filter(request=req).count() == count
+    assert all(row.pk for row in rows) and len({row.pk for row in rows}) == count
