@@ -208,7 +208,7 @@ class DurableHooks(AgentHooks):
         self.pending: list[tuple] = []
         self.unsaved: list[tuple[str, str, dict[str, Any]]] = []
         self.lingering: asyncio.Task | None = None
-        self.lingering_asleep = False
+        self.lingering_writes = False
 
     async def flush(self) -> None:
         """Store finished steps and buffered events in one transaction, then ring once.
@@ -228,14 +228,12 @@ class DurableHooks(AgentHooks):
 
     def flush_soon(self) -> None:
         if self.lingering is None or self.lingering.done():
+            self.lingering_writes = False
             self.lingering = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        self.lingering_asleep = True
-        try:
-            await asyncio.sleep(LINGER_SECONDS)
-        finally:
-            self.lingering_asleep = False
+        await asyncio.sleep(LINGER_SECONDS)
+        self.lingering_writes = True
         await self.flush()
 
     async def settle(self) -> None:
@@ -247,9 +245,10 @@ class DurableHooks(AgentHooks):
             if lingering is not None and not lingering.cancelled():
                 lingering.result()
             return
-        if self.lingering_asleep:
+        if not self.lingering_writes:  # not started yet, or still asleep
             lingering.cancel()
             return
+        self.lingering_writes = False
         await lingering
 
     def take(self) -> tuple[list, list]:

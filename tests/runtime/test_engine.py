@@ -491,3 +491,20 @@ def test_events_before_a_slow_step_are_written_while_it_runs(engine):
     finally:
         worker.join()
     assert engine.request(rid).status == "completed"
+
+
+def test_a_quick_run_never_waits_for_the_linger(engine, monkeypatch, tmp_path):
+    """The delayed flush is cancelled, not awaited, when the run writes first: with a linger
+    far longer than the test, a quick run must still finish (and write no extra batch)."""
+    import threading
+
+    from mash_runtime import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LINGER_SECONDS", 600)
+    out = tmp_path / "out.txt"
+    rid = engine.submit({"script": [{"tool_calls": [tool("append_line", path=str(out), line="one")]}, "quick"]})
+    worker = threading.Thread(target=engine.drain, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the run waited for the delayed flush"
+    assert engine.request(rid).status == "completed"
