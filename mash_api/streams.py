@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -153,61 +154,118 @@ async def _keep_listening(layer) -> None:
         _listening.add(loop_id)
 
 
-class Doorbell:
-    """A channel-layer subscription used only as a wake-up signal.
+class _Bells:
+    """Every doorbell of one event loop's streams, received on one channel.
 
-    One task receives from the layer for the bell's whole life and hands messages over
-    through a local queue. Waiting with a timeout directly on `layer.receive` would
-    cancel it at every timeout, and channels_redis treats a cancelled receive as the
-    consumer leaving: it unsubscribes the channel (a round trip now, another to
-    subscribe again at the next wait, and doorbells rung in between are dropped).
+    A stream used to take a channel of its own (a Redis SUBSCRIBE when it opened, an
+    UNSUBSCRIBE when it closed, and a task receiving on it) besides joining its group
+    (another pair). Here one channel joins each group that has listeners in this
+    process (channels_redis subscribes a group once per process, however many channels
+    join it), and one task hands each message to the listeners of the group it names
+    (mash_runtime.doorbell). The channel goes when the last listener leaves: the
+    standing subscription (`_keep_listening`) keeps the layer's reader awake meanwhile.
+
+    One task receives for the channel's whole life: waiting with a timeout directly on
+    `layer.receive` would cancel it at every timeout, and channels_redis treats a
+    cancelled receive as the consumer leaving (it unsubscribes the channel, and
+    doorbells rung before the next receive are dropped).
     """
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.channel: asyncio.Task | None = None  # resolves to the channel's name
+        self.receiver: asyncio.Task | None = None
+        self.listeners: dict[str, set[asyncio.Queue]] = {}
+
+    async def join(self, group: str, inbox: asyncio.Queue) -> None:
+        if self.channel is None:
+            await _keep_listening(self.layer)
+            if self.channel is None:
+                self.channel = asyncio.get_running_loop().create_task(self.layer.new_channel(prefix="bells."))
+                self.receiver = asyncio.get_running_loop().create_task(self._receive(self.channel))
+        channel = await self.channel
+        listeners = self.listeners.setdefault(group, set())
+        listeners.add(inbox)
+        if len(listeners) == 1:
+            await self.layer.group_add(group, channel)
+
+    async def leave(self, group: str, inbox: asyncio.Queue) -> None:
+        listeners = self.listeners.get(group)
+        if listeners is None or inbox not in listeners:
+            return
+        listeners.discard(inbox)
+        if not listeners:
+            del self.listeners[group]
+            channel, receiver = self.channel, self.receiver
+            if not self.listeners:
+                self.channel = self.receiver = None
+                receiver.cancel()  # the layer drops the channel on this
+            try:
+                await self.layer.group_discard(group, await channel)
+            except Exception:
+                pass
+
+    async def _receive(self, channel_task: asyncio.Task) -> None:
+        try:
+            channel = await channel_task
+            while True:
+                message = await self.layer.receive(channel)
+                group = message.get("group") or (request_group(message["request_id"]) if "request_id" in message
+                                                 else None)
+                for inbox in self.listeners.get(group, ()):
+                    inbox.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the layer failed: streams go on polling, and a new listener starts afresh
+            logger.warning("doorbell receiver stopped", exc_info=True)
+            if self.receiver is asyncio.current_task():
+                self.channel = self.receiver = None
+                self.listeners.clear()
+
+
+_bells: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bells]" = weakref.WeakKeyDictionary()
+
+
+def _loop_bells(layer) -> _Bells:
+    loop = asyncio.get_running_loop()
+    bells = _bells.get(loop)
+    if bells is None or bells.layer is not layer:
+        bells = _bells[loop] = _Bells(layer)
+    return bells
+
+
+class Doorbell:
+    """A stream's wake-up signal: the doorbells of its groups, through the loop's `_Bells`."""
 
     def __init__(self, groups: list[str]):
         self.groups = groups
         self.layer = get_channel_layer()
-        self.channel: str | None = None
+        self.bells: _Bells | None = None
         self.inbox: asyncio.Queue = asyncio.Queue()
-        self.receiver: asyncio.Task | None = None
 
     async def __aenter__(self) -> "Doorbell":
         if self.layer is not None:
+            bells = _loop_bells(self.layer)
             try:
-                await _keep_listening(self.layer)
-                self.channel = await self.layer.new_channel()
                 for group in self.groups:
-                    await self.layer.group_add(group, self.channel)
-                self.receiver = asyncio.get_running_loop().create_task(self._receive())
-            except Exception:
-                self.channel = None  # no doorbell: the poll alone keeps the stream correct
+                    await bells.join(group, self.inbox)
+                self.bells = bells
+            except Exception:  # no doorbell: the poll alone keeps the stream correct
+                for group in self.groups:
+                    await bells.leave(group, self.inbox)
         return self
 
-    async def _receive(self) -> None:
-        try:
-            while True:
-                self.inbox.put_nowait(await self.layer.receive(self.channel))
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the layer failed: the stream goes on polling
-            logger.warning("doorbell receiver stopped", exc_info=True)
-
     async def __aexit__(self, *exc) -> None:
-        if self.receiver is not None:
-            self.receiver.cancel()  # the layer drops the channel's own subscription on this
-            try:
-                await self.receiver
-            except BaseException:
-                pass
-        if self.layer is not None and self.channel is not None:
+        if self.bells is not None:
             for group in self.groups:
                 try:
-                    await self.layer.group_discard(group, self.channel)
+                    await self.bells.leave(group, self.inbox)
                 except Exception:
                     pass
 
     async def wait(self, timeout: float) -> list[dict]:
         """The doorbells rung before the timeout passed (empty when none was)."""
-        if self.receiver is None or self.receiver.done():
+        if self.bells is None or self.bells.receiver is None or self.bells.receiver.done():
             await asyncio.sleep(timeout)
             return []
         try:

@@ -4,6 +4,9 @@ The database is the source of truth; a doorbell only wakes readers early. Losing
 (or having no cross-process layer at all, as with the in-memory default) delays a
 frame until the reader's fallback poll, never loses it. So ringing never raises.
 
+Every doorbell names the group it was rung for (`group`): a web process receives all
+of its streams' doorbells on one channel and sorts them by that (mash_api.streams).
+
 A request's doorbell also carries the events that were just committed (when they are
 small), so a reader that is caught up sends them on without reading the database; a
 reader that sees a gap reads the database as usual (mash_api.streams).
@@ -47,7 +50,8 @@ def ring_run(run_id: str) -> None:
     try:
         layer = get_channel_layer()
         if layer is not None:
-            async_to_sync(layer.group_send)(run_group(run_id), {"type": MESSAGE_TYPE, "run_id": run_id})
+            group = run_group(run_id)
+            async_to_sync(layer.group_send)(group, {"type": MESSAGE_TYPE, "group": group, "run_id": run_id})
     except Exception:
         logger.warning("doorbell for run %s failed", run_id, exc_info=True)
 
@@ -81,7 +85,8 @@ async def ring_async(request_id, agent_id: str, seq: int, events=()) -> None:
     message = {"type": MESSAGE_TYPE, "request_id": str(request_id), "agent_id": agent_id, "seq": seq}
     carried = carried_events(events) if events else None
     try:
-        await layer.group_send(request_group(request_id), {**message, "events": carried} if carried else message)
+        group = request_group(request_id)
+        await layer.group_send(group, {**message, "group": group, **({"events": carried} if carried else {})})
     except Exception:  # a doorbell is an optimisation; the reader polls anyway
         logger.warning("doorbell for %s failed", request_id, exc_info=True)
     # Tails filter across requests and read the database anyway: a bare ring, throttled.
@@ -122,7 +127,7 @@ class TailBells:
     async def _send(self, layer, group: str, message: dict) -> None:
         self.last[group] = asyncio.get_running_loop().time()
         try:
-            await layer.group_send(group, message)
+            await layer.group_send(group, {**message, "group": group})
         except Exception:
             logger.warning("doorbell on %s failed", group, exc_info=True)
 

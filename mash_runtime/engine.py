@@ -35,7 +35,7 @@ from mash_runtime import doorbell
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import build_turn, load_history
-from mash_runtime.models import Interaction, Request, RuntimeEvent, Session, StepCheckpoint, insert_rows
+from mash_runtime.models import Interaction, Request, RuntimeEvent, Session, StepCheckpoint, bound_cursor, insert_rows, update_row
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
 from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_block
@@ -100,7 +100,6 @@ async def run_request(request_id: str) -> str:
         claimed = await db(claim_and_prepare)(request_id, owner)
         if isinstance(claimed, str):
             return claimed
-        await ring_for(claimed, claimed.claim_events)
         return await RequestRunner(claimed, owner).run()
     finally:
         # The loop idles between tasks: rings held back for tails must go out now.
@@ -119,10 +118,12 @@ def claim_and_prepare(request_id: str, owner: str) -> Request | str:
     return claimed
 
 
-def _take_lease(request_id, owner: str, now) -> int:
-    """The claim's UPDATE (1 if it matched): not finished, lease free or expired, nothing
-    unfinished earlier in its session. Written out because it runs once per task and the
-    ORM spent longer compiling it than the database spent running it."""
+def _take_lease(request_id, owner: str, now) -> int | None:
+    """The claim's UPDATE: not finished, lease free or expired, nothing unfinished earlier
+    in its session. It also reserves the seq of the `request.started` event the claim
+    appends, and returns the request's last_seq after that (None when it did not match).
+    Written out because it runs once per task and the ORM spent longer compiling it than
+    the database spent running it."""
     quote = connection.ops.quote_name
     meta = Request._meta
     table = quote(meta.db_table)
@@ -136,18 +137,20 @@ def _take_lease(request_id, owner: str, now) -> int:
     terminal = ", ".join(["%s"] * len(Request.TERMINAL))
     sql = (
         f"UPDATE {table} SET {col('status')} = %s, {col('lease_owner')} = %s, {col('lease_expires_at')} = %s, "
-        f"{col('started_at')} = COALESCE({col('started_at')}, %s) "
+        f"{col('started_at')} = COALESCE({col('started_at')}, %s), {col('last_seq')} = {col('last_seq')} + 1 "
         f"WHERE {col('id')} = %s AND {col('status')} NOT IN ({terminal}) "
         f"AND ({col('lease_expires_at')} IS NULL OR {col('lease_expires_at')} < %s) "
         f"AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.{col('session')} = {table}.{col('session')} "
-        f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal}))"
+        f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal})) "
+        f"RETURNING {col('last_seq')}"
     )
     params = [Request.Status.RUNNING, owner, prep("lease_expires_at", now + timedelta(seconds=lease_seconds())),
               prep("started_at", now), prep("id", request_id), *Request.TERMINAL, prep("lease_expires_at", now),
               *Request.TERMINAL]
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        row = cursor.fetchone()
+    return row[0] if row is not None else None
 
 
 def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request | str:
@@ -157,16 +160,17 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
     expired, and that has no unfinished earlier request in its session: that last
     condition is what runs a session's requests one at a time, in order. A request that
     will run gets its `request.started` event in the same transaction (one commit less
-    per run); the caller rings for it (`req.claim_events`).
+    per run); the run rings for it with its first write (`req.claim_events`).
     """
     now = timezone.now()
     with transaction.atomic():
-        changed = _take_lease(request_id, owner, now)
+        reserved_to = _take_lease(request_id, owner, now)
         try:
             req = Request.objects.select_related("agent", "session").get(pk=request_id)
         except Request.DoesNotExist:
             return "missing"
-        if changed:
+        if reserved_to is not None:
+            req.last_seq = reserved_to - 1  # as before the reservation: the append below takes it
             # Started by this claim for the first time: no step ran before, so there are no
             # checkpoints to load, and the stream holds only its first event, "accepted".
             req.first_start = req.started_at == now
@@ -175,8 +179,11 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
             req.claim_events = []
             if not req.cancel_requested and get_host().get(req.agent.agent_id) is not None:
                 results = append_events(req, [("request.started", {**base_payload(req), "status": "started"},
-                                                f"started.{req.run_attempt}", None, "")], ring=False)
+                                                f"started.{req.run_attempt}", None, "")], ring=False,
+                                        reserved_to=reserved_to)
                 req.claim_events = [event for event, created in results if created]
+            else:
+                update_row(Request, {"pk": req.pk}, add={"last_seq": -1})  # no started event: give the seq back
             return req
     if req.is_terminal:
         return "finished"
@@ -209,22 +216,26 @@ class DurableHooks(AgentHooks):
         self.unsaved: list[tuple[str, str, dict[str, Any]]] = []
         self.lingering: asyncio.Task | None = None
         self.lingering_writes = False
+        # Committed but not rung yet (the claim's events): they ride on the next ring.
+        self.unrung: list = []
 
     async def flush(self) -> None:
         """Store finished steps and buffered events in one transaction, then ring once.
 
-        This runs before every step, interaction and outcome, so a step's checkpoint is
-        always stored before the next step starts (a crash in between re-runs only that
-        step, exactly as if it had crashed before storing), frames keep their order, and
-        a crash loses only events that the replay emits again under the same dedupe keys.
+        This runs before every step that follows a finished one, every interaction and
+        every outcome, so a step's checkpoint is always stored before the next step starts
+        (a crash in between re-runs only that step, exactly as if it had crashed before
+        storing), frames keep their order, and a crash loses only events that the replay
+        emits again under the same dedupe keys.
         """
         if self.lingering is not None and self.lingering is not asyncio.current_task():
             await self.settle()
         if not self.pending and not self.unsaved:
+            await ring_for(self.request, self.take_unrung())
             return
         steps, items = self.take()
         created = await db(persist_run_progress)(self.request, steps, items)
-        await ring_for(self.request, created)
+        await ring_for(self.request, self.take_unrung() + created)
 
     def flush_soon(self) -> None:
         if self.lingering is None or self.lingering.done():
@@ -232,9 +243,16 @@ class DurableHooks(AgentHooks):
             self.lingering = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(LINGER_SECONDS)
-        self.lingering_writes = True
-        await self.flush()
+        # Steps that end while this writes add to the buffers without a timer of their own
+        # (this task is not done yet): go round again for them. settle() detaches the task,
+        # which ends the loop after the write under way.
+        while self.lingering is asyncio.current_task():
+            await asyncio.sleep(LINGER_SECONDS)
+            self.lingering_writes = True
+            await self.flush()
+            self.lingering_writes = False
+            if not self.unsaved and not self.pending:
+                return
 
     async def settle(self) -> None:
         """End a delayed flush before the run writes anything itself: one still asleep is
@@ -251,6 +269,10 @@ class DurableHooks(AgentHooks):
         self.lingering_writes = False
         await lingering
 
+    def take_unrung(self) -> list:
+        unrung, self.unrung = self.unrung, []
+        return unrung
+
     def take(self) -> tuple[list, list]:
         """Hand over the unsaved steps and buffered events (the caller stores them)."""
         steps, self.unsaved = self.unsaved, []
@@ -265,10 +287,13 @@ class DurableHooks(AgentHooks):
         if key in self.checkpoints:
             return self.checkpoints[key]
         if self.unsaved:
+            # A finished step is stored before the next one starts: a crash re-runs only the
+            # step under way, never a tool that completed.
             await self.flush()
-        elif self.pending:
+        elif self.pending or self.unrung:
             # Events alone need no durability before the step, only visibility while it runs:
-            # written LINGER_SECONDS from now, or with the next checkpoint if the step is quick.
+            # written (or rung) LINGER_SECONDS from now, or with the next checkpoint if the
+            # step is quick.
             self.flush_soon()
         output = await fn()
         self.unsaved.append((key, kind, output))
@@ -291,6 +316,8 @@ class DurableHooks(AgentHooks):
 
     async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: AgentRun) -> ToolResult:
         if getattr(tool, "name", None) != INVOKE_SUBAGENT:
+            if getattr(tool, "writes_request_events", False) and key not in self.checkpoints:
+                await self.flush()
             return await super().call_tool(key, tool, call, run)
         if key not in self.checkpoints:
             await self.flush()
@@ -410,6 +437,11 @@ class RequestRunner:
         prepared = getattr(req, "prepared", None) or await db(prepare_run)(req, hosted)
         agent, history, checkpoints = prepared
         hooks = DurableHooks(self, checkpoints)
+        # The claim's events go out with the run's first ring (its first checkpoint's, or
+        # LINGER_SECONDS in): one ring less per run.
+        hooks.unrung = list(getattr(req, "claim_events", []))
+        if hooks.unrung:
+            hooks.flush_soon()
         task = asyncio.create_task(
             agent.run(req.message, history=history, structured_output=req.structured_output, hooks=hooks)
         )
@@ -450,7 +482,7 @@ class RequestRunner:
         created = await db(self._complete)(result, hosted, *hooks.take())
         if created is None:
             return "lease_lost"
-        await ring_for(req, created)
+        await ring_for(req, hooks.take_unrung() + created)
         return "completed"
 
     async def heartbeat(self, task: asyncio.Task) -> None:
@@ -507,13 +539,15 @@ class RequestRunner:
         if result.structured_output is not None:
             response["structured_output"] = result.structured_output
         with transaction.atomic():
-            changed = Request.objects.filter(pk=req.pk, lease_owner=self.owner, status=Request.Status.RUNNING).update(
-                status=Request.Status.COMPLETED, finished_at=now, lease_owner="", lease_expires_at=None,
-                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
-                response=response,
-            )
-            if not changed:
+            # The outcome, and the seqs of the events appended below (the buffered ones, the
+            # turn, the terminal event), in one statement.
+            row = update_row(Request, {"pk": req.pk, "lease_owner": self.owner, "status": Request.Status.RUNNING},
+                             values={"status": Request.Status.COMPLETED, "finished_at": now, "lease_owner": "",
+                                     "lease_expires_at": None, "input_tokens": usage.input_tokens,
+                                     "output_tokens": usage.output_tokens, "cache_read_tokens": usage.cache_read_tokens,
+                                     "cache_write_tokens": usage.cache_write_tokens, "response": response},
+                             add={"last_seq": len(items) + 2}, returning=("last_seq",))
+            if row is None:
                 return None
             store_steps(req, steps)
             total, last_in_session = Session.add_tokens(req.session_id, usage.total, now)
@@ -526,7 +560,7 @@ class RequestRunner:
                 *items,
                 ("runtime.turn.persisted", persisted, "turn.persisted", None, "turn"),
                 ("request.completed", completed, f"terminal.{req.run_attempt}", None, ""),
-            ], ring=False)
+            ], ring=False, reserved_to=row[0])
             queued_behind = last_in_session > req.session_seq
             transaction.on_commit(lambda: after_terminal(req, queued_behind=queued_behind))
             from mash_runtime.compaction import schedule_auto_compaction

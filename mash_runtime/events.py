@@ -25,16 +25,18 @@ def base_payload(request: Request) -> dict[str, Any]:
 EventItem = tuple  # (event_type, payload, dedupe_key, loop_index, step_key)
 
 
-def append_events(request: Request, items: list[EventItem], *, ring: bool = True) -> list[tuple[RuntimeEvent, bool]]:
+def append_events(request: Request, items: list[EventItem], *, ring: bool = True,
+                  reserved_to: int | None = None) -> list[tuple[RuntimeEvent, bool]]:
     """Append events in one transaction; returns (event, created) per item.
 
     With `ring`, doorbells ring once after commit; callers inside the event loop pass
-    False and ring there themselves, which saves a thread hop per append.
+    False and ring there themselves, which saves a thread hop per append. `reserved_to`:
+    see RuntimeEvent.append_many.
     """
     # No savepoint: nobody recovers from a failed append inside a larger transaction, and
     # two savepoint statements per append were a measurable share of a run's round trips.
     with transaction.atomic(savepoint=False):
-        results = RuntimeEvent.append_many(request, items)
+        results = RuntimeEvent.append_many(request, items, reserved_to=reserved_to)
         created = [event for event, was_created in results if was_created]
         if created and request.parent_id:
             _mirror_to_parent(request, created)

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
 
 
 def new_interaction_id() -> str:
@@ -75,17 +75,10 @@ class Session(models.Model):
         """
         from django.utils import timezone
 
-        quote = connection.ops.quote_name
-        seq, activity = (quote(cls._meta.get_field(f).column) for f in ("last_request_seq", "last_activity_at"))
-        sql = (f"UPDATE {quote(cls._meta.db_table)} SET {seq} = {seq} + 1, {activity} = %s "
-               f"WHERE {quote(cls._meta.get_field('agent').column)} = %s AND {quote('session_id')} = %s "
-               f"RETURNING {quote('id')}, {seq}")
         now = timezone.now()
         for _ in range(2):
-            with connection.cursor() as cursor:
-                cursor.execute(sql, [cls._meta.get_field("last_activity_at").get_db_prep_value(now, connection),
-                                     agent.pk, session_id])
-                row = cursor.fetchone()
+            row = update_row(cls, {"agent": agent.pk, "session_id": session_id}, values={"last_activity_at": now},
+                             add={"last_request_seq": 1}, returning=("pk", "last_request_seq"))
             if row is not None:
                 # The columns not read here are deferred: reading one loads it.
                 session = cls.from_db(connection.alias, ["id", "agent_id", "session_id", "last_request_seq",
@@ -100,14 +93,8 @@ class Session(models.Model):
     def add_tokens(cls, pk: int, tokens: int, now) -> tuple[int, int]:
         """Add a finished request's tokens; returns (session_total_tokens, last_request_seq)
         as of this update, in one statement."""
-        quote = connection.ops.quote_name
-        total, seq, activity = (quote(cls._meta.get_field(f).column)
-                                for f in ("session_total_tokens", "last_request_seq", "last_activity_at"))
-        sql = (f"UPDATE {quote(cls._meta.db_table)} SET {total} = {total} + %s, {activity} = %s "
-               f"WHERE {quote('id')} = %s RETURNING {total}, {seq}")
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [tokens, cls._meta.get_field("last_activity_at").get_db_prep_value(now, connection), pk])
-            return tuple(cursor.fetchone())
+        return tuple(update_row(cls, {"pk": pk}, values={"last_activity_at": now}, add={"session_total_tokens": tokens},
+                                returning=("session_total_tokens", "last_request_seq")))
 
 
 class Request(models.Model):
@@ -187,53 +174,137 @@ class Request(models.Model):
         return None
 
 
+def bound_cursor():
+    """A cursor for the hot statements this project writes out in SQL (inserts of events
+    and checkpoints, seq and lease updates).
+
+    On PostgreSQL it binds parameters on the server instead of quoting them into the text
+    in the client, as Django's ORM does: these statements have the same text every time,
+    so psycopg prepares each after a few runs and the server stops parsing and planning
+    them, and a batch's parameters skip the client's literal quoting. Elsewhere it is the
+    ordinary cursor.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql":
+        return conn.cursor()
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        return conn._prepare_cursor(ServerBindingCursor(conn.connection))
+
+
+def update_row(model: type[models.Model], where: dict[str, Any], *, values: dict[str, Any] | None = None,
+               add: dict[str, int] | None = None, returning: tuple[str, ...] = ()):
+    """`UPDATE model SET field = value, counter = counter + n WHERE field = value AND ...`
+    (`values`, `add`, `where`) in one statement; returns the `returning` fields' new values (None when no row
+    matched), or the number of rows changed when `returning` is empty.
+
+    For the hot single-row updates (seqs, counters, a run's outcome): the ORM's
+    `update()` cannot return values, so each of these took a second statement to read
+    what it had just written, and compiling the query cost more than running it.
+    Values are prepared by their fields, as the ORM prepares them.
+    """
+    meta = model._meta
+    conn = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
+    quote = conn.ops.quote_name
+
+    def column(name: str):
+        field = meta.pk if name == "pk" else meta.get_field(name)
+        return field, quote(field.column)
+
+    assignments, params = [], []
+    for name, value in (values or {}).items():
+        field, col = column(name)
+        assignments.append(f"{col} = %s")
+        params.append(field.get_db_prep_save(value, conn))
+    for name, amount in (add or {}).items():
+        _, col = column(name)
+        assignments.append(f"{col} = {col} + %s")
+        params.append(int(amount))
+    conditions = []
+    for name, value in where.items():
+        field, col = column(name)
+        conditions.append(f"{col} = %s")
+        params.append(field.get_db_prep_value(value, conn))
+    sql = f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} WHERE {' AND '.join(conditions)}"
+    if returning:
+        sql += " RETURNING " + ", ".join(column(name)[1] for name in returning)
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() if returning else cursor.rowcount
+
+
+_insert_heads: dict[tuple, tuple[list, str]] = {}
+
+
+def _insert_head(model: type[models.Model], vendor: str) -> tuple[list, str]:
+    """The fields an INSERT of `model` writes and its text up to the rows (built once)."""
+    key = (model, vendor)
+    if key not in _insert_heads:
+        conn = connections[DEFAULT_DB_ALIAS]
+        quote = conn.ops.quote_name
+        meta = model._meta
+        fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
+        head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        if vendor == "postgresql":
+            # Length modifiers dropped, as Django does: varchar[] takes any value varchar(n) would.
+            head += "SELECT * FROM UNNEST(" + ", ".join(
+                f"%s::{f.db_type(conn).split('(')[0]}[]" for f in fields) + ")"
+        else:
+            head += "VALUES "
+        _insert_heads[key] = (fields, head)
+    return _insert_heads[key]
+
+
 def insert_rows(objs: list[models.Model], *, ignore_conflicts: bool = False) -> None:
     """INSERT `objs` (all of one model) in one statement, as `bulk_create` would, and set
     their new pks. Values go through each field's own `pre_save`/`get_db_prep_save`, so
     they are stored exactly as the ORM stores them; only the query compiler is skipped,
     which was most of the cost of the engine's per-step inserts. With `ignore_conflicts`,
     rows that hit a unique constraint are skipped and no pks are set.
+
+    On PostgreSQL the rows travel as one array per column (`UNNEST`, as Django's own
+    bulk_create does there): the statement's text is then the same for any number of
+    rows, so it is prepared once (`bound_cursor`).
     """
     if not objs:
         return
+    conn = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
     meta = objs[0]._meta
-    fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
-    size = max(1, connection.ops.bulk_batch_size(fields, objs))  # SQLite caps a statement's parameters
+    fields, head = _insert_head(objs[0].__class__, conn.vendor)
+    size = max(1, conn.ops.bulk_batch_size(fields, objs))  # SQLite caps a statement's parameters
     if len(objs) > size:
         for start in range(0, len(objs), size):
             insert_rows(objs[start:start + size], ignore_conflicts=ignore_conflicts)
         return
-    quote = connection.ops.quote_name
-    params: list[Any] = []
-    for obj in objs:
-        params.extend(f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-           f"VALUES {', '.join([row] * len(objs))}")
+    rows = [[f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields] for obj in objs]
+    if conn.vendor == "postgresql":
+        sql = head
+        params = [list(column) for column in zip(*rows)]
+    else:
+        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        sql = head + ", ".join([row] * len(objs))
+        params = [value for values in rows for value in values]
+    quote = conn.ops.quote_name
     if ignore_conflicts:
         sql += " ON CONFLICT DO NOTHING"
     elif meta.auto_field is not None:
         sql += f" RETURNING {quote(meta.auto_field.column)}"
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(sql, params)
         if not ignore_conflicts and meta.auto_field is not None:
             for obj, (pk,) in zip(objs, cursor.fetchall()):
                 obj.pk = pk
     for obj in objs:
-        obj._state.adding, obj._state.db = False, connection.alias
+        obj._state.adding, obj._state.db = False, conn.alias
 
 
 def _reserve_seqs(request_id, count: int) -> int:
     """Add `count` to the request's last_seq and return the new value, in one statement that
     also takes the row lock until the transaction ends (PostgreSQL and SQLite >= 3.35)."""
-    quote = connection.ops.quote_name
-    field = Request._meta.get_field("last_seq").column
-    pk = Request._meta.pk
-    sql = (f"UPDATE {quote(Request._meta.db_table)} SET {quote(field)} = {quote(field)} + %s "
-           f"WHERE {quote(pk.column)} = %s RETURNING {quote(field)}")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [count, pk.get_db_prep_value(request_id, connection)])
-        row = cursor.fetchone()
+    row = update_row(Request, {"pk": request_id}, add={"last_seq": count}, returning=("last_seq",))
     if row is None:
         raise Request.DoesNotExist(f"request {request_id} does not exist")
     return row[0]
@@ -300,7 +371,8 @@ class RuntimeEvent(models.Model):
 
     @classmethod
     def append_many(
-        cls, request: Request, items: list[tuple[str, dict[str, Any], str | None, int | None, str]]
+        cls, request: Request, items: list[tuple[str, dict[str, Any], str | None, int | None, str]],
+        *, reserved_to: int | None = None,
     ) -> list[tuple["RuntimeEvent", bool]]:
         """Append events in order; items are (event_type, payload, dedupe_key, loop_index, step_key).
 
@@ -313,12 +385,15 @@ class RuntimeEvent(models.Model):
         `request` object knows every key of its stream (`_event_keys`, set when the request
         is created or claimed): then it checks in memory while nobody else appends (the
         reserved range starting right after the seq it last saw proves that), and relearns
-        them when someone did. A run's own appends take two statements.
+        them when someone did. A run's own appends take two statements; one when the caller
+        has reserved the seqs already, in an UPDATE of the request row it made anyway
+        (`reserved_to`: last_seq after adding len(items), in this transaction).
         """
         keys = [item[2] for item in items if item[2] is not None]
         known: set[str] | None = getattr(request, "_event_keys", None)
         with transaction.atomic(savepoint=False):
-            reserved_to = _reserve_seqs(request.pk, len(items))
+            if reserved_to is None:
+                reserved_to = _reserve_seqs(request.pk, len(items))
             first = reserved_to - len(items)
             fast = (known is not None and first == request.last_seq and len(set(keys)) == len(keys)
                     and not known.intersection(keys))

@@ -318,3 +318,47 @@ def test_a_bare_doorbell_makes_the_stream_read(engine, monkeypatch):
         return (await frames.__anext__()).event.event_type
 
     assert async_to_sync(scenario)() == "runtime.big"
+
+
+def test_streams_of_one_loop_share_one_channel_and_get_only_their_groups_bells():
+    from channels.layers import get_channel_layer
+
+    from mash_api.streams import Doorbell
+    from mash_runtime.doorbell import request_group
+
+    async def scenario():
+        layer = get_channel_layer()
+        first, second = Doorbell([request_group("a")]), Doorbell([request_group("b")])
+        async with first, second:
+            bells = first.bells
+            assert bells is second.bells and set(bells.listeners) == {request_group("a"), request_group("b")}
+            await layer.group_send(request_group("a"), {"type": "mash.doorbell", "group": request_group("a"), "seq": 7})
+            assert [bell["seq"] for bell in await first.wait(2)] == [7]
+            assert await second.wait(0.05) == []
+        assert bells.listeners == {} and bells.channel is None and bells.receiver is None
+
+    async_to_sync(scenario)()
+
+
+def test_http_requests_reuse_their_sync_threads():
+    import threading
+
+    from mash_project.asgi import LanePool
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(await sync_to_async(threading.get_ident)())
+        await asyncio.sleep(0.01)
+
+    async def scenario():
+        lanes = LanePool(keep=1)
+        wrapped = lanes.wrap(app)
+        await wrapped({}, None, None)
+        await wrapped({}, None, None)
+        assert seen[0] == seen[1]  # one after the other: the same thread
+        await asyncio.gather(wrapped({}, None, None), wrapped({}, None, None))
+        assert seen[2] != seen[3]  # at once: a lane each
+        assert len(lanes.idle) == 1  # the one beyond `keep` was let go
+
+    async_to_sync(scenario)()

@@ -378,7 +378,9 @@ def test_it_renews_its_lease_through_a_step_longer_than_the_lease(engine, settin
     assert out.read_text() == "slow\n"
 
 
-def test_it_rings_the_doorbell_after_each_commit(engine):
+def test_it_rings_the_doorbell_after_its_commits(engine):
+    """A step slower than the linger: the claim's events and those before the step ring
+    while it runs, the rest at the end; each ring carries its events, in order."""
     import asyncio
 
     from asgiref.sync import async_to_sync
@@ -387,7 +389,7 @@ def test_it_rings_the_doorbell_after_each_commit(engine):
     from mash_runtime.doorbell import request_group
 
     layer = get_channel_layer()
-    rid = engine.submit({"script": ["ding"]})
+    rid = engine.submit({"script": [{"text": "ding", "delay": 0.3}]})
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(request_group(rid), channel)
     engine.drain()
@@ -400,12 +402,14 @@ def test_it_rings_the_doorbell_after_each_commit(engine):
             except asyncio.TimeoutError:
                 return seen
             assert message["type"] == "mash.doorbell" and message["request_id"] == rid
-            seen.append(message["seq"])
+            seen.append(message)
 
-    seqs = async_to_sync(collect)()
-    # One ring per committed batch, in order, the last one naming the terminal event.
-    assert seqs == sorted(set(seqs)) and seqs[-1] == engine.events(rid)[-1].seq
-    assert 2 <= len(seqs) < len(engine.events(rid))
+    rings = async_to_sync(collect)()
+    events = engine.events(rid)
+    assert len(rings) == 2 and rings[-1]["seq"] == events[-1].seq
+    carried = [event["seq"] for ring in rings for event in ring["events"]]
+    assert carried == [event.seq for event in events[1:]]  # all but "accepted", each once, in order
+    assert rings[0]["events"][0]["event_type"] == "request.started"
 
 
 def test_a_primary_with_subagents_gets_a_routing_block_and_the_delegate_tool(engine):
@@ -446,7 +450,8 @@ def test_the_sweeper_wakes_a_parked_request_whose_wake_up_was_lost(engine, tmp_p
 
 def test_events_before_a_quick_step_share_its_checkpoint_transaction(engine):
     """Events buffered before a step need no commit of their own when the step is quick:
-    they go out with that step's checkpoint, so a one-answer run commits twice (claim, end)."""
+    they go out with that step's checkpoint, so a one-answer run commits twice (claim, end)
+    and rings once, at the end, for the claim's events too."""
     import asyncio
 
     from asgiref.sync import async_to_sync
@@ -470,7 +475,7 @@ def test_events_before_a_quick_step_share_its_checkpoint_transaction(engine):
 
     events = engine.events(rid)
     assert [e.event_type for e in events][:3] == ["request.accepted", "request.started", "runtime.context.loaded"]
-    assert async_to_sync(rings)() == [2, events[-1].seq]  # started (with the claim), then everything else
+    assert async_to_sync(rings)() == [events[-1].seq]
 
 
 def test_events_before_a_slow_step_are_written_while_it_runs(engine):
