@@ -335,20 +335,27 @@ async def ring_for(req: Request, created: list) -> None:
 
 
 def persist_run_progress(req: Request, steps: list[tuple[str, str, dict[str, Any]]], items: list[tuple]) -> list:
+    checkpoints = checkpoint_rows(req, steps)
+    if items:
+        # The usual case, one statement (RuntimeEvent.append_in_one_statement); None: the long way.
+        created = RuntimeEvent.append_in_one_statement(req, items, along=checkpoints)
+        if created is not None:
+            return created
     with transaction.atomic():
         store_steps(req, steps)
         results = append_events(req, items, ring=False) if items else []
     return [event for event, created in results if created]
 
 
+def checkpoint_rows(req: Request, steps: list[tuple[str, str, dict[str, Any]]]) -> list[StepCheckpoint]:
+    return [StepCheckpoint(request_id=req.pk, step_key=key, kind=kind, output=output,
+                           duration_ms=int(output.get("duration_ms", 0) or 0)) for key, kind, output in steps]
+
+
 def store_steps(req: Request, steps: list[tuple[str, str, dict[str, Any]]]) -> None:
     if steps:
         # A conflict means another worker stored the step first (it held the lease then); keep its row.
-        insert_rows(
-            [StepCheckpoint(request_id=req.pk, step_key=key, kind=kind, output=output,
-                            duration_ms=int(output.get("duration_ms", 0) or 0)) for key, kind, output in steps],
-            ignore_conflicts=True,
-        )
+        insert_rows(checkpoint_rows(req, steps), ignore_conflicts=True)
 
 
 def open_interaction(req: Request, key: str, spec: dict[str, Any]) -> Interaction:

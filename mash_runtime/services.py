@@ -19,7 +19,7 @@ from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
-from mash_runtime.models import Agent, Interaction, Request, Session
+from mash_runtime.models import Agent, Interaction, Request, Session, insert_rows
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 
 
@@ -124,7 +124,7 @@ def create_request(
     """Insert the request and its first event; the caller owns the transaction and the enqueue."""
     session_key = session_id or Session.default_session_id(agent.agent_id)
     session = Session.take_next_request_seq(agent, session_key)
-    req = Request.objects.create(
+    req = Request(
         id=request_id or uuid.uuid4(),
         agent=agent,
         session=session,
@@ -134,12 +134,15 @@ def create_request(
         message=message,
         structured_output=structured_output,
         metadata=metadata or {},
+        last_seq=1,  # the seq of "accepted", below: reserved with the row itself
     )
+    insert_rows([req])
+    req.last_seq = 0  # as before the reservation: the append takes it
     req._event_keys = set()  # a new stream: appends can skip the dedupe read (RuntimeEvent.append_many)
     # No doorbell: nobody can follow a request before its id is returned, and tails pick the
     # event up with the next ring (the claim's, a few ms later) or their own poll.
     append_events(req, [("request.accepted", {**base_payload(req), "status": "accepted"}, "accepted", None, "")],
-                  ring=False)
+                  ring=False, reserved_to=1)
     return req
 
 

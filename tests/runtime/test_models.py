@@ -133,3 +133,30 @@ def test_insert_rows_splits_what_one_statement_cannot_hold(make_request):
     insert_rows(rows)
     assert RuntimeEvent.objects.filter(request=req).count() == count
     assert all(row.pk for row in rows) and len({row.pk for row in rows}) == count
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_runs_append_is_one_statement_and_yields_to_anyone_who_appended_first(make_request):
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement append is PostgreSQL's")
+    from django.test.utils import CaptureQueriesContext
+
+    req = make_request()
+    RuntimeEvent.append(req, "request.accepted", {}, dedupe_key="accepted")
+    req._event_keys = {"accepted"}  # what a run's request object knows of its stream
+    step = StepCheckpoint(request_id=req.pk, step_key="plan.0", kind="llm", output={"text": "hi"})
+    with CaptureQueriesContext(connection) as queries:
+        events = RuntimeEvent.append_in_one_statement(req, [("a", {"i": 1}, "k1", 0, "plan.0"), ("b", {}, None, 0, "")],
+                                                      along=[step])
+    assert len(queries) == 1  # no BEGIN, no COMMIT: the statement commits on its own
+    assert [e.seq for e in events] == [2, 3] and all(e.pk for e in events) and req.last_seq == 3
+    assert StepCheckpoint.objects.filter(request=req, step_key="plan.0").exists()
+    assert list(RuntimeEvent.objects.filter(request=req).values_list("seq", flat=True)) == [1, 2, 3]
+
+    other = Request.objects.get(pk=req.pk)  # someone else appends: this object's view is stale
+    RuntimeEvent.append(other, "request.interaction.ack", {})
+    late = StepCheckpoint(request_id=req.pk, step_key="tool.0", kind="tool", output={})
+    assert RuntimeEvent.append_in_one_statement(req, [("c", {}, "k3", 0, "")], along=[late]) is None
+    assert RuntimeEvent.objects.filter(request=req).count() == 4  # nothing written: the caller goes the long way
+    assert not StepCheckpoint.objects.filter(request=req, step_key="tool.0").exists()
+    assert RuntimeEvent.append_in_one_statement(req, [("d", {}, "k1", 0, "")]) is None  # a key it already has
