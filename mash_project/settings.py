@@ -134,6 +134,12 @@ elif _db["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.post
             "max_size": env.int("MASH_DB_POOL_MAX", default=20),
             "timeout": env.float("MASH_DB_POOL_TIMEOUT", default=10.0),
         }
+    # psycopg prepares a statement it has run this many times on a connection (Django turns
+    # that off by default). It applies only to the statements bound on the server
+    # (mash_runtime.models.bound_cursor: the engine's hot SQL): planning them cost more than
+    # running them. "off" for a pooler that cannot keep prepared statements.
+    _prepare = env.str("MASH_DB_PREPARE_THRESHOLD", default="5")
+    _db.setdefault("OPTIONS", {})["prepare_threshold"] = None if _prepare.lower() == "off" else int(_prepare)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
