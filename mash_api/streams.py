@@ -141,19 +141,6 @@ def _fetch_tail(cursor: int | None, filters: dict[str, str]) -> tuple[list[Runti
         _release_connection()
 
 
-_listening: set[int] = set()  # event loops (by id) with a standing subscription
-
-
-async def _keep_listening(layer) -> None:
-    """channels_redis's pubsub reader naps 0.1 s at a time while nothing is subscribed, so
-    the first stream after a quiet spell got its doorbells up to 0.1 s late. One channel
-    that stays subscribed for the life of the loop keeps the reader reading."""
-    loop_id = id(asyncio.get_running_loop())
-    if loop_id not in _listening:
-        await layer.new_channel(prefix="standing.")
-        _listening.add(loop_id)
-
-
 class _Bells:
     """Every doorbell of one event loop's streams, received on one channel.
 
@@ -162,8 +149,10 @@ class _Bells:
     (another pair). Here one channel joins each group that has listeners in this
     process (channels_redis subscribes a group once per process, however many channels
     join it), and one task hands each message to the listeners of the group it names
-    (mash_runtime.doorbell). The channel goes when the last listener leaves: the
-    standing subscription (`_keep_listening`) keeps the layer's reader awake meanwhile.
+    (mash_runtime.doorbell). The channel goes when the last listener leaves. A second,
+    standing channel stays subscribed for the loop's life: channels_redis's reader naps
+    0.1 s at a time while nothing is subscribed, so the first stream after a quiet spell
+    got its doorbells up to 0.1 s late.
 
     One task receives for the channel's whole life: waiting with a timeout directly on
     `layer.receive` would cancel it at every timeout, and channels_redis treats a
@@ -176,13 +165,20 @@ class _Bells:
         self.channel: asyncio.Task | None = None  # resolves to the channel's name
         self.receiver: asyncio.Task | None = None
         self.listeners: dict[str, set[asyncio.Queue]] = {}
+        self.standing: asyncio.Task | None = None
 
     async def join(self, group: str, inbox: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        if self.standing is None:
+            self.standing = loop.create_task(self.layer.new_channel(prefix="standing."))
+        try:
+            await self.standing
+        except Exception:
+            self.standing = None  # the next stream tries again
+            raise
         if self.channel is None:
-            await _keep_listening(self.layer)
-            if self.channel is None:
-                self.channel = asyncio.get_running_loop().create_task(self.layer.new_channel(prefix="bells."))
-                self.receiver = asyncio.get_running_loop().create_task(self._receive(self.channel))
+            self.channel = loop.create_task(self.layer.new_channel(prefix="bells."))
+            self.receiver = loop.create_task(self._receive(self.channel))
         channel = await self.channel
         listeners = self.listeners.setdefault(group, set())
         listeners.add(inbox)
@@ -210,9 +206,7 @@ class _Bells:
             channel = await channel_task
             while True:
                 message = await self.layer.receive(channel)
-                group = message.get("group") or (request_group(message["request_id"]) if "request_id" in message
-                                                 else None)
-                for inbox in self.listeners.get(group, ()):
+                for inbox in self.listeners.get(message.get("group"), ()):
                     inbox.put_nowait(message)
         except asyncio.CancelledError:
             raise

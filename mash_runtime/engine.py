@@ -208,7 +208,7 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
 
 
 class DurableHooks(AgentHooks):
-    def __init__(self, runner: "RequestRunner", checkpoints: dict[str, dict[str, Any]]):
+    def __init__(self, runner: "RequestRunner", checkpoints: dict[str, dict[str, Any]], unrung: list = ()):
         super().__init__()
         self.runner = runner
         self.checkpoints = checkpoints
@@ -216,14 +216,17 @@ class DurableHooks(AgentHooks):
         self.unsaved: list[tuple[str, str, dict[str, Any]]] = []
         self.lingering: asyncio.Task | None = None
         self.lingering_writes = False
-        # Committed but not rung yet (the claim's events): they ride on the next ring.
-        self.unrung: list = []
+        # Committed but not rung yet (the claim's events): they ride on the run's first ring
+        # (its first checkpoint's, or LINGER_SECONDS in), one ring less per run.
+        self.unrung: list = list(unrung)
+        if self.unrung:
+            self.flush_soon()
 
     async def flush(self) -> None:
         """Store finished steps and buffered events in one transaction, then ring once.
 
-        This runs before every step that follows a finished one, every interaction and
-        every outcome, so a step's checkpoint is always stored before the next step starts
+        This runs before every step that follows a finished one, every tool, every
+        interaction and every outcome, so a step's checkpoint is always stored before the next step starts
         (a crash in between re-runs only that step, exactly as if it had crashed before
         storing), frames keep their order, and a crash loses only events that the replay
         emits again under the same dedupe keys.
@@ -243,16 +246,9 @@ class DurableHooks(AgentHooks):
             self.lingering = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        # Steps that end while this writes add to the buffers without a timer of their own
-        # (this task is not done yet): go round again for them. settle() detaches the task,
-        # which ends the loop after the write under way.
-        while self.lingering is asyncio.current_task():
-            await asyncio.sleep(LINGER_SECONDS)
-            self.lingering_writes = True
-            await self.flush()
-            self.lingering_writes = False
-            if not self.unsaved and not self.pending:
-                return
+        await asyncio.sleep(LINGER_SECONDS)
+        self.lingering_writes = True
+        await self.flush()
 
     async def settle(self) -> None:
         """End a delayed flush before the run writes anything itself: one still asleep is
@@ -286,14 +282,14 @@ class DurableHooks(AgentHooks):
     async def run_step(self, key: str, kind: str, fn: StepFn) -> dict[str, Any]:
         if key in self.checkpoints:
             return self.checkpoints[key]
-        if self.unsaved:
+        if self.unsaved or (kind == "tool" and self.pending):
             # A finished step is stored before the next one starts: a crash re-runs only the
-            # step under way, never a tool that completed.
+            # step under way, never a tool that completed. A tool also finds every earlier
+            # event written: some append to the stream themselves (memory search).
             await self.flush()
-        elif self.pending or self.unrung:
-            # Events alone need no durability before the step, only visibility while it runs:
-            # written (or rung) LINGER_SECONDS from now, or with the next checkpoint if the
-            # step is quick.
+        elif self.pending:
+            # Events alone need no durability before a model step, only visibility while it
+            # runs: written LINGER_SECONDS from now, or with the next checkpoint if it is quick.
             self.flush_soon()
         output = await fn()
         self.unsaved.append((key, kind, output))
@@ -316,8 +312,6 @@ class DurableHooks(AgentHooks):
 
     async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: AgentRun) -> ToolResult:
         if getattr(tool, "name", None) != INVOKE_SUBAGENT:
-            if getattr(tool, "writes_request_events", False) and key not in self.checkpoints:
-                await self.flush()
             return await super().call_tool(key, tool, call, run)
         if key not in self.checkpoints:
             await self.flush()
@@ -335,15 +329,10 @@ async def ring_for(req: Request, created: list) -> None:
 
 
 def persist_run_progress(req: Request, steps: list[tuple[str, str, dict[str, Any]]], items: list[tuple]) -> list:
-    checkpoints = checkpoint_rows(req, steps)
-    if items:
-        # The usual case, one statement (RuntimeEvent.append_in_one_statement); None: the long way.
-        created = RuntimeEvent.append_in_one_statement(req, items, along=checkpoints)
-        if created is not None:
-            return created
-    with transaction.atomic():
+    if not items:
         store_steps(req, steps)
-        results = append_events(req, items, ring=False) if items else []
+        return []
+    results = append_events(req, items, ring=False, along=checkpoint_rows(req, steps))
     return [event for event, created in results if created]
 
 
@@ -443,12 +432,7 @@ class RequestRunner:
             return "failed"
         prepared = getattr(req, "prepared", None) or await db(prepare_run)(req, hosted)
         agent, history, checkpoints = prepared
-        hooks = DurableHooks(self, checkpoints)
-        # The claim's events go out with the run's first ring (its first checkpoint's, or
-        # LINGER_SECONDS in): one ring less per run.
-        hooks.unrung = list(getattr(req, "claim_events", []))
-        if hooks.unrung:
-            hooks.flush_soon()
+        hooks = DurableHooks(self, checkpoints, unrung=getattr(req, "claim_events", ()))
         task = asyncio.create_task(
             agent.run(req.message, history=history, structured_output=req.structured_output, hooks=hooks)
         )

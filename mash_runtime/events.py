@@ -11,7 +11,7 @@ from typing import Any
 from django.db import transaction
 
 from mash_runtime import doorbell
-from mash_runtime.models import Request, RuntimeEvent
+from mash_runtime.models import Request, RuntimeEvent, insert_rows
 
 
 def base_payload(request: Request) -> dict[str, Any]:
@@ -25,17 +25,30 @@ def base_payload(request: Request) -> dict[str, Any]:
 EventItem = tuple  # (event_type, payload, dedupe_key, loop_index, step_key)
 
 
-def append_events(request: Request, items: list[EventItem], *, ring: bool = True,
-                  reserved_to: int | None = None) -> list[tuple[RuntimeEvent, bool]]:
+def append_events(request: Request, items: list[EventItem], *, ring: bool = True, reserved_to: int | None = None,
+                  along: list = ()) -> list[tuple[RuntimeEvent, bool]]:
     """Append events in one transaction; returns (event, created) per item.
 
     With `ring`, doorbells ring once after commit; callers inside the event loop pass
     False and ring there themselves, which saves a thread hop per append. `reserved_to`:
-    see RuntimeEvent.append_many.
+    see RuntimeEvent.append_many. `along`: rows of other models stored with the events
+    (a run's checkpoints; one that exists already is kept).
+
+    Outside a transaction, a request whose events need no mirroring takes the one-statement
+    path when it can (RuntimeEvent.append_in_one_statement); otherwise, or when that says
+    no, the ordinary one.
     """
+    if reserved_to is None and not request.parent_id and not request.workflow_run_id:
+        events = RuntimeEvent.append_in_one_statement(request, items, along=along)
+        if events is not None:
+            if events and ring:
+                doorbell.ring(request.pk, events[-1].agent_id, events[-1].seq, events)
+            return [(event, True) for event in events]
     # No savepoint: nobody recovers from a failed append inside a larger transaction, and
     # two savepoint statements per append were a measurable share of a run's round trips.
     with transaction.atomic(savepoint=False):
+        if along:
+            insert_rows(list(along), ignore_conflicts=True)
         results = RuntimeEvent.append_many(request, items, reserved_to=reserved_to)
         created = [event for event, was_created in results if was_created]
         if created and request.parent_id:

@@ -306,6 +306,12 @@ def insert_rows(objs: list[models.Model], *, ignore_conflicts: bool = False) -> 
         obj._state.adding, obj._state.db = False, conn.alias
 
 
+def _keys_are_new(known: set[str] | None, keys: list[str]) -> bool:
+    """Whether an appending object that knows its stream's keys (`known`) may skip the
+    dedupe read: the items' keys are distinct and none is in the stream yet."""
+    return known is not None and len(set(keys)) == len(keys) and not known.intersection(keys)
+
+
 def _reserve_seqs(request_id, count: int) -> int:
     """Add `count` to the request's last_seq and return the new value, in one statement that
     also takes the row lock until the transaction ends (PostgreSQL and SQLite >= 3.35)."""
@@ -400,8 +406,7 @@ class RuntimeEvent(models.Model):
             if reserved_to is None:
                 reserved_to = _reserve_seqs(request.pk, len(items))
             first = reserved_to - len(items)
-            fast = (known is not None and first == request.last_seq and len(set(keys)) == len(keys)
-                    and not known.intersection(keys))
+            fast = first == request.last_seq and _keys_are_new(known, keys)
             existing: dict[str, RuntimeEvent] = {}
             if not fast and known is not None:
                 # An object that keeps its keys (a run's) relearns them all, once per foreign append.
@@ -451,17 +456,15 @@ class RuntimeEvent(models.Model):
         nothing. Five round trips (BEGIN, three statements, COMMIT) become one.
 
         Only on PostgreSQL, outside a transaction, for a request object that knows its
-        stream's keys (a run's), when none of the items' keys is taken and nothing has to
-        be mirrored. The reservation is conditional on the seq this object last saw: when
-        someone else appended meanwhile, nothing is written and None says to take the
-        ordinary path (as it does when the conditions do not hold).
+        stream's keys (a run's), when none of the items' keys is taken; mirroring is the
+        caller's (events.append_events). The reservation is conditional on the seq this
+        object last saw: when someone else appended meanwhile, nothing is written and None
+        says to take the ordinary path (as it does when the conditions do not hold).
         """
         known: set[str] | None = getattr(request, "_event_keys", None)
         keys = [item[2] for item in items if item[2] is not None]
         conn = connections[DEFAULT_DB_ALIAS]
-        if (not items or known is None or conn.vendor != "postgresql" or conn.in_atomic_block
-                or request.parent_id or request.workflow_run_id
-                or len(set(keys)) != len(keys) or known.intersection(keys)):
+        if not items or conn.vendor != "postgresql" or conn.in_atomic_block or not _keys_are_new(known, keys):
             return None
         events = [cls._new(request, request.last_seq + offset, item) for offset, item in enumerate(items, 1)]
         quote = conn.ops.quote_name

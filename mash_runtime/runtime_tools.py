@@ -68,9 +68,6 @@ def _as_int(value: Any, default: int) -> int | None:
 
 class SearchConversationsTool(Tool):
     name = SEARCH_CONVERSATIONS
-    # It appends to the request's stream itself (RuntimeToolContext.emit), so the run writes
-    # what it holds first: the stream keeps the order things happened in.
-    writes_request_events = True
     description = (
         "Search earlier conversation turns of this agent (full-text, best matches first). "
         "Start the query with '@user:' to search only what the user wrote or '@agent:' to search only "
