@@ -10,7 +10,7 @@ import logging
 import re
 from typing import Any
 
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -114,6 +114,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(envelope("METHOD_NOT_ALLOWED", str(exc.detail)), status=405)
     if isinstance(exc, exceptions.NotFound):
         return Response(envelope("NOT_FOUND", str(exc.detail)), status=404)
+    if isinstance(exc, Http404):  # e.g. DRF's own, for a `?format=` no renderer serves: it has no message
+        return Response(envelope("NOT_FOUND", str(exc) or "Not found."), status=404)
     if isinstance(exc, exceptions.Throttled):
         return Response(envelope("RATE_LIMITED", str(exc.detail)), status=429)
     # Imported here: rest_framework.views reads the permission settings, which import this module.

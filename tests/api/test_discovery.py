@@ -76,6 +76,11 @@ def test_it_answers_404_agent_not_found_for_an_unknown_agent(api, path):
     assert "ghost" in error["message"]
 
 
+def test_a_format_no_renderer_serves_is_a_404_envelope_with_a_message(api):
+    # DRF raises a bare Http404 for it; schemathesis found the empty message.
+    assert_error(api.get("/api/v1/agent", {"format": "-2884"}), 404, "NOT_FOUND")
+
+
 def test_it_hides_workflow_only_agents(api, workflow_host):
     listed = data(api.get("/api/v1/agent"))
     assert [a["agent_id"] for a in listed["agents"]] == ["primary", "helper"]
