@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 
 from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
-from mash_runtime.models import Request, RuntimeEvent
+from mash_runtime.models import Request, RuntimeEvent, select_rows
 
 logger = logging.getLogger("mash_api.streams")
 
@@ -92,13 +92,13 @@ def _release_connection() -> None:
     connection.close()
 
 
-def _fetch_sequence(rows, owner, finished_statuses, final_events, first: bool) -> tuple[list, bool]:
-    """The next rows after a cursor, and whether the sequence is over: its owner (request or
-    run) has finished and either the last row read is a final event, or, on a stream's first
-    read, nothing is left past the cursor. A resumed owner has a later run, so a final event
-    alone never ends the stream."""
+def _fetch_sequence(read, owner, finished_statuses, final_events, first: bool) -> tuple[list, bool]:
+    """The next rows after a cursor (`read()`), and whether the sequence is over: its owner
+    (request or run) has finished and either the last row read is a final event, or, on a
+    stream's first read, nothing is left past the cursor. A resumed owner has a later run,
+    so a final event alone never ends the stream."""
     try:
-        events = list(rows[:BATCH])
+        events = read()
         finished = False
         if (not events and first) or (events and events[-1].event_type in final_events):
             finished = owner.values_list("status", flat=True).first() in finished_statuses
@@ -108,8 +108,9 @@ def _fetch_sequence(rows, owner, finished_statuses, final_events, first: bool) -
 
 
 def _fetch_request_events(request_id, cursor: int, first: bool = False) -> tuple[list[RuntimeEvent], bool]:
-    return _fetch_sequence(RuntimeEvent.objects.after(request_id, cursor), Request.objects.filter(pk=request_id),
-                           Request.TERMINAL, TERMINAL_EVENTS, first)
+    return _fetch_sequence(
+        lambda: select_rows(RuntimeEvent, {"request": request_id, "seq__gt": cursor}, order_by="seq", limit=BATCH),
+        Request.objects.filter(pk=request_id), Request.TERMINAL, TERMINAL_EVENTS, first)
 
 
 def _latest_event_id() -> int:
@@ -379,8 +380,8 @@ def _fetch_run_events(run_id: str, cursor: int, first: bool = False):
     from mash_runtime.models import WorkflowRun, WorkflowRunEvent
 
     rows = WorkflowRunEvent.objects.filter(run_id=run_id, seq__gt=cursor).order_by("seq")
-    return _fetch_sequence(rows, WorkflowRun.objects.filter(pk=run_id), WorkflowRun.TERMINAL, RUN_TERMINAL_EVENTS,
-                           first)
+    return _fetch_sequence(lambda: list(rows[:BATCH]), WorkflowRun.objects.filter(pk=run_id), WorkflowRun.TERMINAL,
+                           RUN_TERMINAL_EVENTS, first)
 
 
 def run_sse_frame(event) -> str:

@@ -35,7 +35,8 @@ from mash_runtime import doorbell
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import build_turn, load_history
-from mash_runtime.models import Interaction, Request, RuntimeEvent, Session, StepCheckpoint, bound_cursor, insert_rows, update_row
+from mash_runtime.models import (Interaction, Request, RuntimeEvent, Session, StepCheckpoint, bound_cursor, insert_rows,
+                                 select_rows, update_row)
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
 from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_block
@@ -165,10 +166,10 @@ def claim_request(request_id: str, owner: str, _retry: bool = True) -> Request |
     now = timezone.now()
     with transaction.atomic():
         reserved_to = _take_lease(request_id, owner, now)
-        try:
-            req = Request.objects.select_related("agent", "session").get(pk=request_id)
-        except Request.DoesNotExist:
+        found = select_rows(Request, {"pk": request_id}, related=("agent", "session"))
+        if not found:
             return "missing"
+        req = found[0]
         if reserved_to is not None:
             req.last_seq = reserved_to - 1  # as before the reservation: the append below takes it
             # Started by this claim for the first time: no step ran before, so there are no
@@ -543,7 +544,7 @@ class RequestRunner:
             store_steps(req, steps)
             total, last_in_session = Session.add_tokens(req.session_id, usage.total, now)
             turn.session_total_tokens = total
-            turn.save(force_insert=True)
+            insert_rows([turn])
             persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}
             completed = {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
                          "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total}

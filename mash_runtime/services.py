@@ -19,7 +19,7 @@ from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
-from mash_runtime.models import Agent, Interaction, Request, Session, insert_rows
+from mash_runtime.models import Agent, Interaction, Request, Session, insert_rows, select_rows
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 
 
@@ -60,10 +60,8 @@ def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
     hosted = host.get(agent_id)
     if hosted is None or (hosted.role == "workflow" and not include_workflow):
         raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
-    try:
-        agent = Agent.objects.get(agent_id=agent_id)
-    except Agent.DoesNotExist:
-        agent = None
+    found = select_rows(Agent, {"agent_id": agent_id})
+    agent = found[0] if found else None
     if agent is None or agent.role != hosted.role or not agent.active:
         host.sync_agents()
         agent = Agent.objects.get(agent_id=agent_id)
@@ -87,16 +85,14 @@ def _check_owner(request_id, found_agent_id: str | None, agent_id: str | None) -
 def stream_target(request_id, agent_id: str) -> uuid.UUID:
     """The pk of `agent_id`'s request `request_id`, or NotFound: the one check a stream needs."""
     pk = _request_pk(request_id)
-    found = list(Request.objects.filter(pk=pk).values_list("agent__agent_id", flat=True)[:1])
-    _check_owner(request_id, found[0] if found else None, agent_id)
+    found = select_rows(Request, {"pk": pk}, related=("agent",))
+    _check_owner(request_id, found[0].agent.agent_id if found else None, agent_id)
     return pk
 
 
 def get_request(request_id, agent_id: str | None = None) -> Request:
-    try:
-        req = Request.objects.select_related("agent", "session").get(pk=_request_pk(request_id))
-    except Request.DoesNotExist:
-        req = None
+    found = select_rows(Request, {"pk": _request_pk(request_id)}, related=("agent", "session"))
+    req = found[0] if found else None
     _check_owner(request_id, req.agent.agent_id if req is not None else None, agent_id)
     return req
 

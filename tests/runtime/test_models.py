@@ -1,4 +1,5 @@
 import threading
+import uuid
 
 import pytest
 from django.db import IntegrityError, close_old_connections, connection, transaction
@@ -133,6 +134,52 @@ def test_insert_rows_splits_what_one_statement_cannot_hold(make_request):
     insert_rows(rows)
     assert RuntimeEvent.objects.filter(request=req).count() == count
     assert all(row.pk for row in rows) and len({row.pk for row in rows}) == count
+
+
+def _fields(obj) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+def test_select_rows_reads_what_the_orm_reads(make_request):
+    from mash_runtime.models import select_rows
+
+    parent = make_request(session_id="p")
+    req = make_request(parent=parent, metadata={"k": ["v", 1, None]}, structured_output={"type": "object"})
+    orm = Request.objects.select_related("agent", "session", "parent").get(pk=req.pk)
+    (found,) = select_rows(Request, {"pk": req.pk}, related=("agent", "session", "parent"))
+    assert _fields(found) == _fields(orm)
+    # Related rows come joined, as select_related's do: reading them takes no query.
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert _fields(found.agent) == _fields(orm.agent)
+        assert _fields(found.session) == _fields(orm.session)
+        assert found.parent.pk == parent.pk
+    assert len(queries) == 0
+    assert found._state.adding is False and found._state.db == "default"
+
+
+def test_select_rows_joins_a_missing_optional_row_as_none(make_request):
+    from mash_runtime.models import select_rows
+
+    req = make_request()
+    (found,) = select_rows(Request, {"pk": req.pk}, related=("parent",))
+    assert found.parent is None and found.parent_id is None
+    assert select_rows(Request, {"pk": uuid.uuid4()}, related=("agent",)) == []
+
+
+def test_select_rows_pages_by_a_greater_than_key_in_order(make_request):
+    from mash_runtime.models import select_rows
+
+    req, other = make_request(session_id="a"), make_request(session_id="b")
+    for i in range(6):
+        RuntimeEvent.append(req, "e", {"i": i, "nested": {"text": 'quote " and \\ slash'}})
+    RuntimeEvent.append(other, "e", {"i": 99})
+    page = select_rows(RuntimeEvent, {"request": req.pk, "seq__gt": 2}, order_by="seq", limit=3)
+    assert [e.seq for e in page] == [3, 4, 5]
+    assert [e.payload["i"] for e in page] == [2, 3, 4]
+    assert page[0].payload["nested"] == {"text": 'quote " and \\ slash'}
+    assert [_fields(e) for e in page] == [_fields(e) for e in RuntimeEvent.objects.filter(request=req, seq__gt=2)[:3]]
 
 
 @pytest.mark.django_db(transaction=True)
