@@ -150,10 +150,11 @@ class _Bells:
     (another pair). Here one channel joins each group that has listeners in this
     process (channels_redis subscribes a group once per process, however many channels
     join it), and one task hands each message to the listeners of the group it names
-    (mash_runtime.doorbell). The channel goes when the last listener leaves. A second,
-    standing channel stays subscribed for the loop's life: channels_redis's reader naps
-    0.1 s at a time while nothing is subscribed, so the first stream after a quiet spell
-    got its doorbells up to 0.1 s late.
+    (mash_runtime.doorbell). The channel stays for the loop's life, listeners or not:
+    dropping it with the last listener cost a SUBSCRIBE and an UNSUBSCRIBE per stream
+    when streams came one at a time, and channels_redis's reader naps 0.1 s at a time
+    while nothing is subscribed, so the first stream after a quiet spell got its
+    doorbells up to 0.1 s late.
 
     One task receives for the channel's whole life: waiting with a timeout directly on
     `layer.receive` would cancel it at every timeout, and channels_redis treats a
@@ -166,21 +167,19 @@ class _Bells:
         self.channel: asyncio.Task | None = None  # resolves to the channel's name
         self.receiver: asyncio.Task | None = None
         self.listeners: dict[str, set[asyncio.Queue]] = {}
-        self.standing: asyncio.Task | None = None
 
     async def join(self, group: str, inbox: asyncio.Queue) -> None:
-        loop = asyncio.get_running_loop()
-        if self.standing is None:
-            self.standing = loop.create_task(self.layer.new_channel(prefix="standing."))
-        try:
-            await self.standing
-        except Exception:
-            self.standing = None  # the next stream tries again
-            raise
         if self.channel is None:
+            loop = asyncio.get_running_loop()
             self.channel = loop.create_task(self.layer.new_channel(prefix="bells."))
             self.receiver = loop.create_task(self._receive(self.channel))
-        channel = await self.channel
+        channel_task = self.channel
+        try:
+            channel = await channel_task
+        except Exception:
+            if self.channel is channel_task:
+                self.channel = self.receiver = None  # the next stream tries again
+            raise
         listeners = self.listeners.setdefault(group, set())
         listeners.add(inbox)
         if len(listeners) == 1:
@@ -193,12 +192,8 @@ class _Bells:
         listeners.discard(inbox)
         if not listeners:
             del self.listeners[group]
-            channel, receiver = self.channel, self.receiver
-            if not self.listeners:
-                self.channel = self.receiver = None
-                receiver.cancel()  # the layer drops the channel on this
             try:
-                await self.layer.group_discard(group, await channel)
+                await self.layer.group_discard(group, await self.channel)
             except Exception:
                 pass
 

@@ -71,8 +71,10 @@ class CsrfViewMiddleware(InlineHooks, csrf.CsrfViewMiddleware):
 
     async def aprocess_view(self, request, callback, callback_args, callback_kwargs):
         # An unsafe method gets its token checked against the form body (which may be parsed
-        # from a temporary file) and a failure page rendered: I/O, so it takes the hop.
-        if settings.CSRF_USE_SESSIONS or request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        # from a temporary file) and a failure page rendered: I/O, so it takes the hop. An
+        # exempt view (the API's: DRF does its own check, for session auth only) skips it all.
+        needs_check = not getattr(callback, "csrf_exempt", False) and not getattr(request, "csrf_processing_done", False)
+        if needs_check and (settings.CSRF_USE_SESSIONS or request.method not in ("GET", "HEAD", "OPTIONS", "TRACE")):
             return await sync_to_async(super().process_view, thread_sensitive=True)(
                 request, callback, callback_args, callback_kwargs)
         return super().process_view(request, callback, callback_args, callback_kwargs)

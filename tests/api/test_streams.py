@@ -335,7 +335,13 @@ def test_streams_of_one_loop_share_one_channel_and_get_only_their_groups_bells()
             await layer.group_send(request_group("a"), {"type": "mash.doorbell", "group": request_group("a"), "seq": 7})
             assert [bell["seq"] for bell in await first.wait(2)] == [7]
             assert await second.wait(0.05) == []
-        assert bells.listeners == {} and bells.channel is None and bells.receiver is None
+        assert bells.listeners == {}
+        # The channel stays for the loop's life: the next stream subscribes nothing new.
+        channel = await bells.channel
+        async with Doorbell([request_group("a")]) as third:
+            assert third.bells is bells and await bells.channel == channel and not bells.receiver.done()
+            await layer.group_send(request_group("a"), {"type": "mash.doorbell", "group": request_group("a"), "seq": 8})
+            assert [bell["seq"] for bell in await third.wait(2)] == [8]
 
     async_to_sync(scenario)()
 
