@@ -105,13 +105,11 @@ async def run_request(request_id: str) -> str:
     finally:
         # The loop idles between tasks: rings held back for tails must go out now.
         await doorbell.flush_tail_rings()
+        await db(close_old_connections)()
 
 
 def claim_and_prepare(request_id: str, owner: str) -> Request | str:
     """The claim and what the run needs from the database, in one trip to the db thread."""
-    # The db thread's connection, checked (expired, broken) at the start of each task as a
-    # request's is, on the trip the task makes anyway.
-    close_old_connections()
     claimed = claim_request(request_id, owner)
     if isinstance(claimed, str):
         return claimed
