@@ -411,6 +411,65 @@ def _reserve_seqs(request_id, count: int) -> int:
     return row[0]
 
 
+_new_request_texts: dict[str, str] = {}
+
+
+def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
+    """A new request as one statement, committed on its own: its session's next seq taken
+    (`Session.take_next_request_seq`), `req` inserted with that seq and its first event
+    (seq 1: `req.last_seq` is 1 already) inserted; five round trips (BEGIN, three
+    statements, COMMIT) become one.
+
+    `req.session` is the session to take the seq from, by agent and session id; it may be
+    unsaved, and comes back as the stored row's. Only on PostgreSQL, outside a transaction,
+    and for a session that exists: False means nothing was written, take the ordinary path.
+    """
+    from django.utils import timezone
+
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql" or conn.in_atomic_block:
+        return False
+    quote = conn.ops.quote_name
+    session_meta, request_meta = Session._meta, Request._meta
+    fields = request_meta.concrete_fields
+    from_session = {"session_id": "s.id", "session_seq": "s.last_request_seq"}
+    event = RuntimeEvent._new(req, 1, first_event)
+    if "sql" not in _new_request_texts:
+        def col(meta, name: str) -> str:
+            return quote(meta.get_field(name).column)
+
+        seq = col(session_meta, "last_request_seq")
+        events_insert = _insert_head(RuntimeEvent, conn.vendor)[1]
+        _new_request_texts["sql"] = (
+            f"WITH s AS (UPDATE {quote(session_meta.db_table)} SET {col(session_meta, 'last_activity_at')} = %s, "
+            f"{seq} = {seq} + 1 WHERE {col(session_meta, 'agent')} = %s AND {col(session_meta, 'session_id')} = %s "
+            f"RETURNING {quote(session_meta.pk.column)} AS id, {seq} AS last_request_seq), "
+            f"r AS (INSERT INTO {quote(request_meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+            f"SELECT {', '.join(from_session.get(f.attname) or f'%s::{f.db_type(conn).split(chr(40))[0]}' for f in fields)}"
+            f" FROM s RETURNING 1), "
+            f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {quote(RuntimeEvent._meta.pk.column)} AS id) "
+            f"SELECT s.id, s.last_request_seq, e.id FROM s, e")
+    now = timezone.now()
+    params: list[Any] = [now, req.agent_id, req.session.session_id]
+    params += [f.get_db_prep_save(f.pre_save(req, True), conn) for f in fields if f.attname not in from_session]
+    params += _unnest_insert([event], conn)[1]
+    with bound_cursor() as cursor:
+        cursor.execute(_new_request_texts["sql"], params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    session_pk, session_seq, event.pk = row
+    # As take_next_request_seq returns it: the columns not read here are deferred.
+    req.session = Session.from_db(conn.alias, ["id", "agent_id", "session_id", "last_request_seq", "last_activity_at"],
+                                  [session_pk, req.agent_id, req.session.session_id, session_seq, now])
+    req.session.agent = req.agent
+    req.session_seq = session_seq
+    for obj in (req, event):
+        obj._state.adding, obj._state.db = False, conn.alias
+    req._event_keys = {event.dedupe_key} if event.dedupe_key else set()
+    return True
+
+
 class RuntimeEvent(models.Model):
     """One frame of a request's stream, numbered by `seq` from 1 without gaps."""
 

@@ -19,7 +19,8 @@ from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
-from mash_runtime.models import Agent, Interaction, Request, Session, insert_rows, select_rows
+from mash_runtime.models import (Agent, Interaction, Request, Session, insert_request_in_one_statement,
+                                 insert_rows, select_rows)
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 
 
@@ -117,14 +118,13 @@ def create_request(
     workflow_run=None,
     request_id: uuid.UUID | None = None,
 ) -> Request:
-    """Insert the request and its first event; the caller owns the transaction and the enqueue."""
+    """Insert the request and its first event, all or nothing; the caller owns the enqueue
+    (after commit: `enqueue_request_on_commit`), and the transaction if there is one."""
     session_key = session_id or Session.default_session_id(agent.agent_id)
-    session = Session.take_next_request_seq(agent, session_key)
     req = Request(
         id=request_id or uuid.uuid4(),
         agent=agent,
-        session=session,
-        session_seq=session.last_request_seq,
+        session=Session(agent=agent, session_id=session_key),  # its seq is taken below
         parent=parent,
         workflow_run=workflow_run,
         message=message,
@@ -132,13 +132,18 @@ def create_request(
         metadata=metadata or {},
         last_seq=1,  # the seq of "accepted", below: reserved with the row itself
     )
-    insert_rows([req])
-    req.last_seq = 0  # as before the reservation: the append takes it
-    req._event_keys = set()  # a new stream: appends can skip the dedupe read (RuntimeEvent.append_many)
     # No doorbell: nobody can follow a request before its id is returned, and tails pick the
     # event up with the next ring (the claim's, a few ms later) or their own poll.
-    append_events(req, [("request.accepted", {**base_payload(req), "status": "accepted"}, "accepted", None, "")],
-                  ring=False, reserved_to=1)
+    accepted = ("request.accepted", {**base_payload(req), "status": "accepted"}, "accepted", None, "")
+    if insert_request_in_one_statement(req, accepted):
+        return req
+    with transaction.atomic(savepoint=False):
+        req.session = Session.take_next_request_seq(agent, session_key)
+        req.session_seq = req.session.last_request_seq
+        insert_rows([req])
+        req.last_seq = 0  # as before the reservation: the append takes it
+        req._event_keys = set()  # a new stream: appends can skip the dedupe read (RuntimeEvent.append_many)
+        append_events(req, [accepted], ring=False, reserved_to=1)
     return req
 
 
@@ -167,9 +172,8 @@ def submit_request(
     if metadata is not None and not isinstance(metadata, dict):
         raise ServiceError("metadata must be an object", code="INVALID_REQUEST")
     agent = get_agent_row(agent_id)
-    with transaction.atomic():
-        req = create_request(agent, message, session_id=session_id, structured_output=schema, metadata=metadata)
-        enqueue_request_on_commit(req.pk)
+    req = create_request(agent, message, session_id=session_id, structured_output=schema, metadata=metadata)
+    enqueue_request_on_commit(req.pk)
     return {"request_id": str(req.pk), "agent_id": agent.agent_id, "session_id": req.session.session_id,
             "status": "accepted"}
 

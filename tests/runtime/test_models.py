@@ -207,3 +207,29 @@ def test_a_runs_append_is_one_statement_and_yields_to_anyone_who_appended_first(
     assert RuntimeEvent.objects.filter(request=req).count() == 4  # nothing written: the caller goes the long way
     assert not StepCheckpoint.objects.filter(request=req, step_key="tool.0").exists()
     assert RuntimeEvent.append_in_one_statement(req, [("d", {}, "k1", 0, "")]) is None  # a key it already has
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_request_in_a_known_session_is_one_statement():
+    from django.test.utils import CaptureQueriesContext
+
+    from mash_runtime.models import Agent, Session
+    from mash_runtime.services import create_request
+
+    agent = Agent.objects.create(agent_id="primary", role="primary")
+    first = create_request(agent, "one", session_id="s")  # a new session: made the ordinary way
+    with CaptureQueriesContext(connection) as queries:
+        second = create_request(agent, "two", session_id="s", metadata={"k": "v"})
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1  # no BEGIN, no COMMIT: the statement commits on its own
+    assert (first.session_seq, second.session_seq) == (1, 2)
+    assert second.session.pk == first.session.pk and second.session.session_id == "s"
+    stored = Request.objects.get(pk=second.pk)
+    assert (stored.session_id, stored.session_seq, stored.last_seq, stored.metadata) == (first.session.pk, 2, 1, {"k": "v"})
+    (event,) = RuntimeEvent.objects.filter(request=second)
+    assert (event.seq, event.event_type, event.dedupe_key, event.session_id) == (1, "request.accepted", "accepted", "s")
+    assert event.payload == {"request_id": str(second.pk), "agent_id": "primary", "session_id": "s", "status": "accepted"}
+    assert Session.objects.get(pk=first.session.pk).last_request_seq == 2
+    # The object the caller gets back appends on from there, as after the ordinary path.
+    assert RuntimeEvent.append(second, "x", {})[0].seq == 2 and second.last_seq == 2
+    assert RuntimeEvent.append(first, "x", {})[0].seq == 2
