@@ -327,6 +327,12 @@ def select_rows(model: type[models.Model], where: dict[str, Any], *, related: tu
 _insert_heads: dict[tuple, tuple[list, str]] = {}
 
 
+def _typed(placeholder: str, field: models.Field, conn) -> str:
+    """`placeholder` cast to `field`'s column type, length modifiers dropped as Django does
+    (varchar takes any value varchar(n) would)."""
+    return f"{placeholder}::{field.db_type(conn).split('(')[0]}"
+
+
 def _insert_head(model: type[models.Model], vendor: str) -> tuple[list, str]:
     """The fields an INSERT of `model` writes and its text up to the rows (built once)."""
     key = (model, vendor)
@@ -337,11 +343,9 @@ def _insert_head(model: type[models.Model], vendor: str) -> tuple[list, str]:
         fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
         head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
         if vendor == "postgresql":
-            # Length modifiers dropped, as Django does: varchar[] takes any value varchar(n) would.
             # Arrays go in binary (%b): psycopg's text format escapes every element with a
             # regex in Python, which for JSON payloads cost ten times the binary encoding.
-            head += "SELECT * FROM UNNEST(" + ", ".join(
-                f"%b::{f.db_type(conn).split('(')[0]}[]" for f in fields) + ")"
+            head += "SELECT * FROM UNNEST(" + ", ".join(_typed("%b", f, conn) + "[]" for f in fields) + ")"
         else:
             head += "VALUES "
         _insert_heads[key] = (fields, head)
@@ -445,7 +449,7 @@ def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
             f"{seq} = {seq} + 1 WHERE {col(session_meta, 'agent')} = %s AND {col(session_meta, 'session_id')} = %s "
             f"RETURNING {quote(session_meta.pk.column)} AS id, {seq} AS last_request_seq), "
             f"r AS (INSERT INTO {quote(request_meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-            f"SELECT {', '.join(from_session.get(f.attname) or f'%s::{f.db_type(conn).split(chr(40))[0]}' for f in fields)}"
+            f"SELECT {', '.join(from_session.get(f.attname) or _typed('%s', f, conn) for f in fields)}"
             f" FROM s RETURNING 1), "
             f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {quote(RuntimeEvent._meta.pk.column)} AS id) "
             f"SELECT s.id, s.last_request_seq, e.id FROM s, e")
