@@ -126,18 +126,75 @@ def latest_event_id() -> int:
     return _latest_event_id()
 
 
-def _fetch_tail(cursor: int | None, filters: dict[str, str]) -> tuple[list[RuntimeEvent], int]:
+# How long a hole below a tail's cursor is asked for again, and how many are kept.
+GAP_SECONDS = 5.0
+MAX_GAPS = 1000
+# Ids just below where a tail starts that it watches too: a row taken before "now" may
+# commit after it.
+START_WINDOW = 256
+
+
+class IdCursor:
+    """A tail's place in a table read by ascending id, and the ids below it that may still
+    show up.
+
+    PostgreSQL hands out ids at insert but shows rows at commit, so a row can appear
+    below a cursor that has already passed its id: a transaction that took id 10
+    commits after one that took id 11 has been read. A read that passes a hole in the
+    ids (no row at all has that id, whatever the tail's filter) keeps the missing ids and
+    asks for them again on each read for GAP_SECONDS; their rows are sent when they
+    show, late rather than never. A rolled-back insert's id never shows and is forgotten
+    then. SQLite's writers take turns, so there the holes are only ever deletions.
+    """
+
+    def __init__(self, position: int | None = None) -> None:
+        self.position = position
+        self.started = False
+        self.gaps: dict[int, float] = {}  # id -> when it was first missed
+
+    def read(self, rows, batch: int = BATCH) -> list:
+        """The rows of `rows` (a filtered queryset) that are new to this cursor, in id
+        order, holes that filled first; the first read of a cursor without a position
+        only takes "now"."""
+        table = rows.model._base_manager
+        newest = table.order_by("-id").values_list("id", flat=True).first() or 0
+        if self.position is None:
+            self.position = newest
+        if not self.started:
+            self.started = True
+            self._note_holes(table, max(0, self.position - START_WINDOW), self.position)
+        found = []
+        now = time.monotonic()
+        self.gaps = {pk: since for pk, since in self.gaps.items() if now - since < GAP_SECONDS}
+        if self.gaps:
+            filled = list(table.filter(id__in=list(self.gaps)).values_list("id", flat=True))
+            for pk in filled:
+                del self.gaps[pk]
+            if filled:
+                found += list(rows.filter(id__in=filled).order_by("id"))
+        if newest > self.position:
+            new = list(rows.filter(id__gt=self.position, id__lte=newest).order_by("id")[:batch])
+            # Past the rows the filter left out too, but only up to `newest`: later rows are read next time.
+            upto = new[-1].id if len(new) >= batch else newest
+            self._note_holes(table, self.position, upto)
+            self.position = upto
+            found += new
+        return found
+
+    def _note_holes(self, table, low: int, high: int) -> None:
+        """Keep the ids in (low, high] that no row has."""
+        if high <= low or table.filter(id__gt=low, id__lte=high).count() == high - low:
+            return
+        present = set(table.filter(id__gt=low, id__lte=high).values_list("id", flat=True))
+        now = time.monotonic()
+        for pk in range(low + 1, high + 1):
+            if pk not in present and len(self.gaps) < MAX_GAPS:
+                self.gaps.setdefault(pk, now)
+
+
+def _fetch_tail(cursor: IdCursor, filters: dict[str, str]) -> list[RuntimeEvent]:
     try:
-        if cursor is None:
-            return [], _latest_event_id()
-        # Bound the read by the newest id taken first: a row committed between the two
-        # queries would otherwise be skipped when the cursor jumps over filtered-out rows.
-        newest = _latest_event_id()
-        if newest <= cursor:
-            return [], cursor
-        events = list(RuntimeEvent.objects.filter(**filters, id__gt=cursor, id__lte=newest).order_by("id")[:BATCH])
-        # Advance over rows the filter skipped too, so the next poll starts after them.
-        return events, newest if len(events) < BATCH else events[-1].id
+        return cursor.read(RuntimeEvent.objects.filter(**filters))
     finally:
         _release_connection()
 
@@ -349,12 +406,12 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
     if trace_id:
         filters["trace_id"] = trace_id
     groups = [agent_group(agent_id)] if agent_id else [ALL_EVENTS_GROUP]
-    cursor: int | None = after_id
+    cursor = IdCursor(after_id)
     backoff = Backoff()
     last_sent = time.monotonic()
     async with Doorbell(groups) as bell:
         while True:
-            events, cursor = await sync_to_async(_fetch_tail)(cursor, filters)
+            events = await sync_to_async(_fetch_tail)(cursor, filters)
             for event in events:
                 yield Frame(event)
             if events:

@@ -22,6 +22,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 
 from mash_api.errors import Unauthorized, error_json
+from mash_api.streams import IdCursor
 from mash_api.views.base import ApiView, ok
 from mash_runtime.services import ServiceError
 from mash_telemetry.models import ApiRequestLog
@@ -194,15 +195,10 @@ class ApiLogSearchView(ApiView):
         return ok({"events": newest(search_filters(body), limit), "limit": limit})
 
 
-def _fetch_after(cursor: int | None, q: Q) -> tuple[list[dict[str, Any]], int]:
-    """Rows after `cursor` matching `q`, and the next cursor; the first call only finds "now"."""
+def _fetch_after(cursor: IdCursor, q: Q) -> list[dict[str, Any]]:
+    """Rows new to `cursor` matching `q`; the first call of a cursor with no position only finds "now"."""
     try:
-        top = ApiRequestLog.objects.order_by("-id").values_list("id", flat=True).first() or 0
-        if cursor is None:
-            return [], top
-        rows = list(ApiRequestLog.objects.filter(q, id__gt=cursor, id__lte=top).order_by("id")[:BATCH])
-        # Skip over rows the filter left out too, but only up to `top`: later rows are read next time.
-        return [row.to_dict() for row in rows], (rows[-1].id if len(rows) == BATCH else max(cursor, top))
+        return [row.to_dict() for row in cursor.read(ApiRequestLog.objects.filter(q), BATCH)]
     finally:
         # A stream may live for hours: hand the connection back between polls (ecosystem notes).
         connection.close()
@@ -210,11 +206,11 @@ def _fetch_after(cursor: int | None, q: Q) -> tuple[list[dict[str, Any]], int]:
 
 async def api_log_frames(q: Q, after: int | None = None):
     """SSE text: one `data:` frame per new row, `: keep-alive` every 15 s while idle; never ends."""
-    cursor = after
+    cursor = IdCursor(after)
     poll = POLL_MIN
     last_sent = time.monotonic()
     while True:
-        rows, cursor = await sync_to_async(_fetch_after)(cursor, q)
+        rows = await sync_to_async(_fetch_after)(cursor, q)
         for row in rows:
             yield f"data: {json.dumps(row, separators=(',', ':'))}\n\n"
         if rows:
