@@ -11,17 +11,15 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ENGINE_HOST, REPO, cluster_env, clusters, wait_for  # noqa: F401
+from tests.e2e.conftest import ENGINE_HOST, REPO, WebServer, cluster_env, clusters, wait_for  # noqa: F401
 
 UPSTREAM_SPEC = ("mashpy==0.4.2", "python-dotenv")
 API_KEY = "secret"
@@ -101,69 +99,11 @@ def upstream_venv() -> UpstreamVenv:
 # -- a real server ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class MashServer:
-    """A daphne process serving the project on 127.0.0.1, plus the qclusters behind it."""
-
-    port: int
-    api_key: str | None
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+class MashServer(WebServer):
+    """The project's daphne process (tests/e2e/conftest.py) with an HTTP client at hand."""
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=kwargs.pop("timeout", 30.0), **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def start(self) -> "MashServer":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "mash_project.asgi:application"],
-            cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-        def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daphne exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/api/v1/health", headers=self.headers, timeout=2.0).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, timeout=60, interval=0.1, what=f"daphne on port {self.port} to answer /api/v1/health")
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(5)
 
     def wait_terminal(self, agent_id: str, request_id: str, timeout: float = 30.0) -> dict:
         """Poll the status route until the request is completed, failed or cancelled."""
@@ -192,7 +132,7 @@ def mash_server(clusters, tmp_path, mash_host_app):  # noqa: F811
     cluster = clusters.start()
     env = dict(clusters.env)
     env["MASH_API_KEY"] = API_KEY
-    server = MashServer(port=free_port(), api_key=API_KEY, log_path=tmp_path / "daphne.log", env=env)
+    server = MashServer(env, tmp_path / "daphne.log", api_key=API_KEY)
     try:
         server.start()
         yield server

@@ -9,18 +9,12 @@ skips only when that binary is missing (CI installs it). Screenshots go to
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, wait_for
+from tests.e2e.conftest import REPO, WebServer, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,57 +37,6 @@ def tool(name, **arguments):
     return {"name": name, "arguments": arguments}
 
 
-class Daphne:
-    """One `daphne` process on a free loopback port (this module's own, independent of conftest)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path = env, log_path
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0) -> "Daphne":
-        for _ in range(3):  # a port taken between choosing and binding: try another
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                self.port = sock.getsockname()[1]
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                     "mash_project.asgi:application"],
-                    cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if httpx.get(f"{self.url}/api/v1/health", timeout=5).status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            if self.proc.poll() is None:
-                break
-        self.stop()
-        raise AssertionError(f"daphne did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(5)
-
-
 @pytest.fixture
 def site(clusters, tmp_path):
     """A qcluster (runs the requests) and a daphne (serves pages, API and WebSockets)."""
@@ -101,7 +44,7 @@ def site(clusters, tmp_path):
 
     User.objects.create_user("operator", password=PASSWORD, is_staff=True, is_superuser=True)
     clusters.start()
-    server = Daphne(clusters.env, tmp_path / "daphne.log").start()
+    server = WebServer(clusters.env, tmp_path / "daphne.log").start()
     yield server
     server.stop()
 
