@@ -11,6 +11,7 @@ import codecs
 import os
 import re
 import signal
+import subprocess
 import time
 import uuid
 from typing import Any, Iterable
@@ -100,6 +101,7 @@ class BashTool(Tool):
             "reported, not treated as a failure."
         )
         self._proc: asyncio.subprocess.Process | None = None
+        self._watcher: _Lifeline | None = None
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -211,10 +213,14 @@ class BashTool(Tool):
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             cwd=self.working_dir, env=self.env, start_new_session=True,
         )
+        self._watcher = _Lifeline.watch(self._proc.pid)
         return self._proc
 
     def _kill_now(self) -> asyncio.subprocess.Process | None:
         proc, self._proc = self._proc, None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.release()  # first, so it never signals a group whose id was reused
         if proc is None:
             return None
         try:
@@ -249,6 +255,51 @@ class BashTool(Tool):
             await self._kill()
         else:
             self._kill_now()
+
+
+class _Lifeline:
+    """Kills a shell's process group when the process that owns the shell dies.
+
+    Killing the group is the tool's job while its process lives (timeouts, cancels,
+    `aclose`). A process killed outright (SIGKILL, the OOM killer) does none of that: its
+    shell reads end-of-input and exits after the command under way, but that command and
+    every background job run on, and a recovered run starts them again elsewhere. So each
+    shell gets a watcher, a `bash` in a session of its own that waits on a pipe only the
+    owner holds open (the pipe is not inherited by its other children); when the owner is
+    gone, the pipe closes and the watcher kills the group. (bash, not sh: dash's `kill`
+    takes no process group.)
+    """
+
+    SCRIPT = 'while read -r _; do :; done; kill -KILL -- "-$1" 2>/dev/null'
+
+    def __init__(self, proc: subprocess.Popen, lifeline: int):
+        self.proc = proc
+        self.lifeline = lifeline
+
+    @classmethod
+    def watch(cls, pgid: int) -> "_Lifeline | None":
+        if os.name != "posix":
+            return None
+        read_end, write_end = os.pipe()  # not inheritable: no other child keeps it open
+        try:
+            proc = subprocess.Popen(
+                ["bash", "--noprofile", "--norc", "-c", cls.SCRIPT, "mash-bash-lifeline", str(pgid)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            os.close(write_end)
+            return None
+        finally:
+            os.close(read_end)
+        return cls(proc, write_end)
+
+    def release(self) -> None:
+        """Stop watching: the owner deals with the group itself."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        os.close(self.lifeline)
+        self.proc.wait()
 
 
 class _Output:

@@ -417,3 +417,39 @@ def test_it_describes_itself_as_a_tool():
     assert definition.parameters["properties"]["timeout"]["type"] == "number"
     assert definition.parameters["additionalProperties"] is False
     assert "persistent" in definition.description
+
+
+OWNER = """
+import asyncio, sys
+from mash_core.tools.bash import BashTool
+
+async def main():
+    tool = BashTool()
+    background = (await tool.execute({"command": "sleep 300 >/dev/null 2>&1 & echo $!"})).content
+    running = asyncio.ensure_future(tool.execute({"command": "sleep 301", "timeout": 600}))
+    await asyncio.sleep(0.5)
+    shell = (await asyncio.create_subprocess_exec("pgrep", "-f", "^sleep 301$", stdout=asyncio.subprocess.PIPE)).stdout
+    print(background, (await shell.read()).decode().split()[0], flush=True)
+    await running
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_owner_takes_its_shells_jobs_with_it(tmp_path):
+    """SIGKILL leaves the tool no chance to clean up: the shell's watcher kills the group."""
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        background, foreground = map(int, owner.stdout.readline().split())
+        assert not is_gone(background) and not is_gone(foreground)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        assert wait_gone(background) and wait_gone(foreground)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
