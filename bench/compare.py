@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -40,8 +41,8 @@ def run_once(tree: Path, args) -> dict:
                "--requests", str(args.requests), "--json"]
     if not args.sqlite:
         command += ["--postgres", "--redis"]
-    env = {"PYTHONPATH": str(tree), "PATH": subprocess.os.environ.get("PATH", "")}
-    done = subprocess.run(command, cwd=tree, env={**subprocess.os.environ, **env}, capture_output=True, text=True)
+    # The revision's own code, not whatever the environment's install points at.
+    done = subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"http_load failed in {tree}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout[done.stdout.index("{"):])["levels"][0]
