@@ -1,9 +1,9 @@
 """Compare two revisions under the HTTP load, interleaved: A, B, A, B, ...
 
 This machine's speed drifts by a third or more within minutes, so two runs of one
-revision far apart in time differ more than most changes do. This runs each revision's
-own `bench/http_load.py` in turn (from a `git worktree` of it, on a fresh database
-each time) and prints, per pair, the throughput, p50 and CPU per request, and the CPU
+revision far apart in time differ more than most changes do. This runs this checkout's
+`bench/http_load.py` against each revision's code in turn (a `git worktree` of it, on a
+fresh database each time; the load generator is the same for both) and prints, per pair, the throughput, p50 and CPU per request, and the CPU
 per request divided by the client's own CPU per request: the client does the same work
 in every run, so that ratio tracks the code and not the machine.
 
@@ -36,13 +36,13 @@ def checkout(rev: str, into: Path) -> Path:
 
 
 def run_once(tree: Path, args) -> dict:
-    """One http_load run of `tree`'s own script and code; its row for the level."""
-    command = [sys.executable, str(tree / "bench" / "http_load.py"), "--levels", str(args.level),
-               "--requests", str(args.requests), "--json"]
+    """One run of this checkout's http_load.py (the same load generator for both) against
+    `tree`'s code (its servers, its bench host); its row for the level."""
+    command = [sys.executable, str(REPO / "bench" / "http_load.py"), "--levels", str(args.level),
+               "--requests", str(args.requests), "--json", "--tree", str(tree)]
     if not args.sqlite:
         command += ["--postgres", "--redis"]
-    # The revision's own code, not whatever the environment's install points at.
-    done = subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"http_load failed in {tree}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout[done.stdout.index("{"):])["levels"][0]

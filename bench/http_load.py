@@ -107,7 +107,8 @@ class Servers:
         self.procs: list[subprocess.Popen] = []
         self.env = dict(os.environ)
         self.data_dir = tempfile.mkdtemp(prefix="mash-http-bench-")
-        self.env.update({"MASH_DATA_DIR": self.data_dir, "MASH_HOST_APP": HOST, "PYTHONPATH": str(REPO),
+        self.tree = Path(getattr(args, "tree", None) or REPO)  # the checkout whose code serves
+        self.env.update({"MASH_DATA_DIR": self.data_dir, "MASH_HOST_APP": HOST, "PYTHONPATH": str(self.tree),
                          "MASH_WORKERS": str(args.workers), "MASH_QUEUE_POLL": str(args.poll),
                          "MASH_LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "mash_project.settings"})
         self.db = None
@@ -122,14 +123,14 @@ class Servers:
         self.ports = [free_port() for _ in range(args.web)]
 
     def start(self) -> None:
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=self.tree, env=self.env, check=True)
         for port in self.ports:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mash_project.asgi:application"],
-                cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.tree, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=raise_fd_limit))
         self.procs.append(subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=REPO, env={**self.env, "MASH_PROCESS_ROLE": "worker"},
+            [sys.executable, "manage.py", "qcluster"], cwd=self.tree, env={**self.env, "MASH_PROCESS_ROLE": "worker"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         deadline = time.time() + 60
         for port in self.ports:
@@ -268,6 +269,8 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.02, help="ORM broker poll interval, seconds (default 0.02)")
     parser.add_argument("--idle", type=int, default=0, help="idle SSE streams to open on one web process (default 0: skip)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
+    parser.add_argument("--tree", help="serve the code of another checkout (a git worktree) with this load "
+                                       "generator (default: this checkout); bench/compare.py uses it")
     args = parser.parse_args()
     raise_fd_limit()
     from rich.console import Console
