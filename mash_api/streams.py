@@ -187,8 +187,10 @@ class IdCursor:
             return
         present = set(table.filter(id__gt=low, id__lte=high).values_list("id", flat=True))
         now = time.monotonic()
-        for pk in range(low + 1, high + 1):
-            if pk not in present and len(self.gaps) < MAX_GAPS:
+        for pk in range(high, low, -1):  # the newest first: they are the likeliest to fill
+            if len(self.gaps) >= MAX_GAPS:
+                break
+            if pk not in present:
                 self.gaps.setdefault(pk, now)
 
 
