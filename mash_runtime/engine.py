@@ -35,8 +35,8 @@ from mash_runtime import doorbell
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import build_turn, load_history
-from mash_runtime.models import (Interaction, Request, RuntimeEvent, Session, StepCheckpoint, bound_cursor, insert_rows,
-                                 select_rows, update_row)
+from mash_runtime.models import (Interaction, Request, RuntimeEvent, Session, StepCheckpoint, bound_cursor, column,
+                                 insert_rows, model_field, select_rows, update_row)
 from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
 from mash_runtime.services import after_terminal, create_request, finish_request, get_agent_row, subagent_session_id
 from mash_runtime.subagents import INVOKE_SUBAGENT, InvokeSubagentTool, routing_block
@@ -125,15 +125,13 @@ def _take_lease(request_id, owner: str, now) -> int | None:
     appends, and returns the request's last_seq after that (None when it did not match).
     Written out because it runs once per task and the ORM spent longer compiling it than
     the database spent running it."""
-    quote = connection.ops.quote_name
-    meta = Request._meta
-    table = quote(meta.db_table)
+    table = connection.ops.quote_name(Request._meta.db_table)
 
     def col(name: str) -> str:
-        return quote(meta.get_field(name).column)
+        return column(Request, name, connection)
 
     def prep(name: str, value):
-        return meta.get_field(name).get_db_prep_value(value, connection)
+        return model_field(Request, name).get_db_prep_value(value, connection)
 
     terminal = ", ".join(["%s"] * len(Request.TERMINAL))
     sql = (

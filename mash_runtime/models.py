@@ -80,14 +80,18 @@ class Session(models.Model):
             row = update_row(cls, {"agent": agent.pk, "session_id": session_id}, values={"last_activity_at": now},
                              add={"last_request_seq": 1}, returning=("pk", "last_request_seq"))
             if row is not None:
-                # The columns not read here are deferred: reading one loads it.
-                session = cls.from_db(connection.alias, ["id", "agent_id", "session_id", "last_request_seq",
-                                                         "last_activity_at"],
-                                      [row[0], agent.pk, session_id, row[1], now])
-                session.agent = agent
-                return session
+                return cls.with_seq_taken(agent, session_id, *row, now)
             cls.objects.get_or_create(agent=agent, session_id=session_id)
         raise RuntimeError(f"session {agent.agent_id}/{session_id} vanished while taking a request seq")
+
+    @classmethod
+    def with_seq_taken(cls, agent: Agent, session_id: str, pk: int, last_request_seq: int, now) -> "Session":
+        """The session as a seq-taking UPDATE left it; the columns not read there are deferred
+        (reading one loads it)."""
+        session = cls.from_db(connection.alias, ["id", "agent_id", "session_id", "last_request_seq", "last_activity_at"],
+                              [pk, agent.pk, session_id, last_request_seq, now])
+        session.agent = agent
+        return session
 
     @classmethod
     def add_tokens(cls, pk: int, tokens: int, now) -> tuple[int, int]:
@@ -195,6 +199,17 @@ def bound_cursor():
         return conn._prepare_cursor(ServerBindingCursor(conn.connection))
 
 
+def model_field(model: type[models.Model], name: str) -> models.Field:
+    """A field of `model` by name, `pk` included (the written-out SQL below names fields so)."""
+    meta = model._meta
+    return meta.pk if name == "pk" else meta.get_field(name)
+
+
+def column(model: type[models.Model], name: str, conn) -> str:
+    """The quoted column of `model`'s field `name`."""
+    return conn.ops.quote_name(model_field(model, name).column)
+
+
 def update_row(model: type[models.Model], where: dict[str, Any], *, values: dict[str, Any] | None = None,
                add: dict[str, int] | None = None, returning: tuple[str, ...] = ()):
     """`UPDATE model SET field = value, counter = counter + n WHERE field = value AND ...`
@@ -206,31 +221,23 @@ def update_row(model: type[models.Model], where: dict[str, Any], *, values: dict
     what it had just written, and compiling the query cost more than running it.
     Values are prepared by their fields, as the ORM prepares them.
     """
-    meta = model._meta
     conn = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
-    quote = conn.ops.quote_name
-
-    def column(name: str):
-        field = meta.pk if name == "pk" else meta.get_field(name)
-        return field, quote(field.column)
-
     assignments, params = [], []
     for name, value in (values or {}).items():
-        field, col = column(name)
-        assignments.append(f"{col} = %s")
-        params.append(field.get_db_prep_save(value, conn))
+        assignments.append(f"{column(model, name, conn)} = %s")
+        params.append(model_field(model, name).get_db_prep_save(value, conn))
     for name, amount in (add or {}).items():
-        _, col = column(name)
+        col = column(model, name, conn)
         assignments.append(f"{col} = {col} + %s")
         params.append(int(amount))
     conditions = []
     for name, value in where.items():
-        field, col = column(name)
-        conditions.append(f"{col} = %s")
-        params.append(field.get_db_prep_value(value, conn))
-    sql = f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} WHERE {' AND '.join(conditions)}"
+        conditions.append(f"{column(model, name, conn)} = %s")
+        params.append(model_field(model, name).get_db_prep_value(value, conn))
+    sql = (f"UPDATE {conn.ops.quote_name(model._meta.db_table)} SET {', '.join(assignments)} "
+           f"WHERE {' AND '.join(conditions)}")
     if returning:
-        sql += " RETURNING " + ", ".join(column(name)[1] for name in returning)
+        sql += " RETURNING " + ", ".join(column(model, name, conn) for name in returning)
     with bound_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() if returning else cursor.rowcount
@@ -240,10 +247,10 @@ _selects: dict[tuple, tuple[str, list]] = {}
 
 
 def _select(model: type[models.Model], where: tuple[str, ...], related: tuple[str, ...], order_by: str | None,
-            limit: bool, conn) -> tuple[str, list]:
+            limit: bool, only: tuple[str, ...] | None, conn) -> tuple[str, list]:
     """`select_rows`' statement text for one shape of query, and how to build each row's
     objects: per model, its fields' attnames and converters and the foreign key it hangs on."""
-    key = (model, where, related, order_by, limit, conn.vendor)
+    key = (model, where, related, order_by, limit, only, conn.vendor)
     if key in _selects:
         return _selects[key]
     quote = conn.ops.quote_name
@@ -259,6 +266,8 @@ def _select(model: type[models.Model], where: tuple[str, ...], related: tuple[st
     columns, plan = [], []
     for part_model, alias, fk in parts:
         fields = part_model._meta.concrete_fields
+        if fk is None and only is not None:  # the rest are deferred, as with QuerySet.only()
+            fields = [f for f in fields if f.primary_key or f.name in only]
         converters = []
         for field in fields:
             columns.append(f"{alias}.{quote(field.column)}")
@@ -269,13 +278,12 @@ def _select(model: type[models.Model], where: tuple[str, ...], related: tuple[st
     conditions = []
     for name in where:
         field_name, _, lookup = name.partition("__")
-        field = meta.pk if field_name == "pk" else meta.get_field(field_name)
-        conditions.append(f"t0.{quote(field.column)} {'>' if lookup == 'gt' else '='} %s")
+        conditions.append(f"t0.{column(model, field_name, conn)} {'>' if lookup == 'gt' else '='} %s")
     sql = f"SELECT {', '.join(columns)} FROM {quote(meta.db_table)} t0{''.join(joins)}"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     if order_by:
-        sql += f" ORDER BY t0.{quote(meta.get_field(order_by).column)}"
+        sql += f" ORDER BY t0.{column(model, order_by, conn)}"
     if limit:
         sql += " LIMIT %s"
     _selects[key] = (sql, plan)
@@ -283,10 +291,11 @@ def _select(model: type[models.Model], where: tuple[str, ...], related: tuple[st
 
 
 def select_rows(model: type[models.Model], where: dict[str, Any], *, related: tuple[str, ...] = (),
-                order_by: str | None = None, limit: int | None = None) -> list:
+                order_by: str | None = None, limit: int | None = None, only: tuple[str, ...] | None = None) -> list:
     """`model.objects.select_related(*related).filter(**where).order_by(order_by)[:limit]`
-    for the hot reads (a claim, a stream's first page, a submit's agent): `where` keys are
-    field names, compared with `=`, or `field__gt`.
+    (`.only(*only)` too, for `model`'s own fields) for the hot reads (a claim, a stream's
+    first page, a submit's agent): `where` keys are field names, compared with `=`, or
+    `field__gt`.
 
     The ORM compiles a query on every call, which cost more than running it; this text is
     built once per shape and bound on the server, so PostgreSQL prepares it too
@@ -294,13 +303,9 @@ def select_rows(model: type[models.Model], where: dict[str, Any], *, related: tu
     objects are made with `from_db`, as the ORM makes them.
     """
     conn = connections[DEFAULT_DB_ALIAS]
-    meta = model._meta
-    sql, plan = _select(model, tuple(where), tuple(related), order_by, limit is not None, conn)
-    params = []
-    for name, value in where.items():
-        field_name = name.partition("__")[0]
-        field = meta.pk if field_name == "pk" else meta.get_field(field_name)
-        params.append(field.get_db_prep_value(value, conn))
+    sql, plan = _select(model, tuple(where), tuple(related), order_by, limit is not None, only, conn)
+    params = [model_field(model, name.partition("__")[0]).get_db_prep_value(value, conn)
+              for name, value in where.items()]
     if limit is not None:
         params.append(int(limit))
     with bound_cursor() as cursor:
@@ -434,24 +439,21 @@ def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
     if conn.vendor != "postgresql" or conn.in_atomic_block:
         return False
     quote = conn.ops.quote_name
-    session_meta, request_meta = Session._meta, Request._meta
-    fields = request_meta.concrete_fields
+    fields = Request._meta.concrete_fields
     from_session = {"session_id": "s.id", "session_seq": "s.last_request_seq"}
     event = RuntimeEvent._new(req, 1, first_event)
     if "sql" not in _new_request_texts:
-        def col(meta, name: str) -> str:
-            return quote(meta.get_field(name).column)
-
-        seq = col(session_meta, "last_request_seq")
+        seq = column(Session, "last_request_seq", conn)
         events_insert = _insert_head(RuntimeEvent, conn.vendor)[1]
         _new_request_texts["sql"] = (
-            f"WITH s AS (UPDATE {quote(session_meta.db_table)} SET {col(session_meta, 'last_activity_at')} = %s, "
-            f"{seq} = {seq} + 1 WHERE {col(session_meta, 'agent')} = %s AND {col(session_meta, 'session_id')} = %s "
-            f"RETURNING {quote(session_meta.pk.column)} AS id, {seq} AS last_request_seq), "
-            f"r AS (INSERT INTO {quote(request_meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+            f"WITH s AS (UPDATE {quote(Session._meta.db_table)} SET {column(Session, 'last_activity_at', conn)} = %s, "
+            f"{seq} = {seq} + 1 WHERE {column(Session, 'agent', conn)} = %s "
+            f"AND {column(Session, 'session_id', conn)} = %s "
+            f"RETURNING {column(Session, 'pk', conn)} AS id, {seq} AS last_request_seq), "
+            f"r AS (INSERT INTO {quote(Request._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
             f"SELECT {', '.join(from_session.get(f.attname) or _typed('%s', f, conn) for f in fields)}"
             f" FROM s RETURNING 1), "
-            f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {quote(RuntimeEvent._meta.pk.column)} AS id) "
+            f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {column(RuntimeEvent, 'pk', conn)} AS id) "
             f"SELECT s.id, s.last_request_seq, e.id FROM s, e")
     now = timezone.now()
     params: list[Any] = [now, req.agent_id, req.session.session_id]
@@ -463,10 +465,7 @@ def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
     if row is None:
         return False
     session_pk, session_seq, event.pk = row
-    # As take_next_request_seq returns it: the columns not read here are deferred.
-    req.session = Session.from_db(conn.alias, ["id", "agent_id", "session_id", "last_request_seq", "last_activity_at"],
-                                  [session_pk, req.agent_id, req.session.session_id, session_seq, now])
-    req.session.agent = req.agent
+    req.session = Session.with_seq_taken(req.agent, req.session.session_id, session_pk, session_seq, now)
     req.session_seq = session_seq
     for obj in (req, event):
         obj._state.adding, obj._state.db = False, conn.alias

@@ -86,7 +86,7 @@ def _check_owner(request_id, found_agent_id: str | None, agent_id: str | None) -
 def stream_target(request_id, agent_id: str) -> uuid.UUID:
     """The pk of `agent_id`'s request `request_id`, or NotFound: the one check a stream needs."""
     pk = _request_pk(request_id)
-    found = select_rows(Request, {"pk": pk}, related=("agent",))
+    found = select_rows(Request, {"pk": pk}, related=("agent",), only=("agent",))  # not its message or response
     _check_owner(request_id, found[0].agent.agent_id if found else None, agent_id)
     return pk
 

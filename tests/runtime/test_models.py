@@ -168,6 +168,21 @@ def test_select_rows_joins_a_missing_optional_row_as_none(make_request):
     assert select_rows(Request, {"pk": uuid.uuid4()}, related=("agent",)) == []
 
 
+def test_select_rows_can_leave_a_rows_big_columns_unread(make_request):
+    from django.test.utils import CaptureQueriesContext
+
+    from mash_runtime.models import select_rows
+
+    req = make_request(message="a long prompt " * 100)
+    with CaptureQueriesContext(connection) as queries:
+        (found,) = select_rows(Request, {"pk": req.pk}, related=("agent",), only=("agent",))
+        assert found.pk == req.pk and found.agent.agent_id == "primary"
+    assert len(queries) == 1
+    assert {"message", "response", "metadata"} <= found.get_deferred_fields()
+    assert "agent_id" not in found.get_deferred_fields()
+    assert found.message == req.message  # deferred, as with only(): read when asked for
+
+
 def test_select_rows_pages_by_a_greater_than_key_in_order(make_request):
     from mash_runtime.models import select_rows
 
