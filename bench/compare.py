@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ def run_once(tree: Path, args) -> dict:
                "--requests", str(args.requests), "--json", "--tree", str(tree)]
     if not args.sqlite:
         command += ["--postgres", "--redis"]
-    done = subprocess.run(command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"http_load failed in {tree}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout[done.stdout.index("{"):])["levels"][0]

@@ -251,6 +251,8 @@ class _Bells:
         listeners.discard(inbox)
         if not listeners:
             del self.listeners[group]
+            if self.channel is None:  # the receiver failed: the layer dropped the channel already
+                return
             try:
                 await self.layer.group_discard(group, await self.channel)
             except Exception:
