@@ -48,3 +48,20 @@ class ParkingAgent(BenchAgent):
 
 def build_host():
     return HostBuilder().primary(BenchAgent()).subagent(ParkingAgent()).build()
+
+
+class ModelAgent(BenchAgent):
+    """The real `AnthropicProvider`: ANTHROPIC_BASE_URL points it at a local fake
+    (tests/fakes/slow_anthropic.py) that answers after a delay, as a real model would."""
+
+    def get_agent_id(self) -> str:
+        return "bench"
+
+    def build_llm(self):
+        from mash_core.llm import AnthropicProvider
+
+        return AnthropicProvider(app_id="bench", model="claude-fake")
+
+
+def build_model_host():
+    return HostBuilder().primary(ModelAgent()).subagent(ParkingAgent()).build()

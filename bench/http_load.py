@@ -160,6 +160,7 @@ class Servers:
 
 
 async def one_request(client: httpx.AsyncClient, base: str, session: str, agent: str = "bench") -> dict:
+    """POST one request and follow its SSE stream to the terminal event."""
     started = time.perf_counter()
     response = await client.post(f"{base}/api/v1/agent/{agent}/request", json={"message": "go", "session_id": session})
     accepted = time.perf_counter()
@@ -177,7 +178,9 @@ async def one_request(client: httpx.AsyncClient, base: str, session: str, agent:
             "total_ms": ((terminal or time.perf_counter()) - started) * 1000, "terminal": terminal is not None}
 
 
-async def run_level(bases: list[str], sessions: int, total: int, progress=None) -> dict:
+async def run_level(bases: list[str], sessions: int, total: int, progress=None, headers=None) -> dict:
+    """`sessions` closed-loop sessions sharing `total` requests; `headers` go on every call
+    (an API key)."""
     per_session = max(1, total // sessions)
     results: list[dict] = []
 
@@ -186,7 +189,7 @@ async def run_level(bases: list[str], sessions: int, total: int, progress=None) 
         # spent more CPU looking for a free connection (httpcore scans them all) than the
         # server spent on the request, and the benchmark measured itself.
         limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits) as client:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits, headers=headers) as client:
             for _ in range(per_session):
                 # Alternate web processes when there are several: submit through one, stream through the same.
                 base = bases[index % len(bases)]

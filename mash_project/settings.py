@@ -147,14 +147,26 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("MASH_REDIS_URL", default="")
 WORKERS = env.int("MASH_WORKERS", default=2)
-# A django-q task runs one request until it finishes or parks; leases, not the broker's
-# retry, recover crashed requests, so the broker retry only needs to exceed the timeout.
-TASK_TIMEOUT = env.int("MASH_TASK_TIMEOUT", default=3600)
+# Requests one worker process runs at once (mash_runtime/run/runner.py): models take
+# seconds per call, so a process mostly waits, and capacity is requests in flight.
+MASH_WORKER_CONCURRENCY = env.int("MASH_WORKER_CONCURRENCY", default=100)
+# Threads (each with its own connection) a worker process does its runs' ORM work on;
+# unset: 4 on PostgreSQL, 2 on SQLite.
+MASH_WORKER_DB_THREADS = env.int("MASH_WORKER_DB_THREADS", default=0)
+# Seconds a stopping worker lets its runs reach a step boundary before handing them back.
+MASH_WORKER_DRAIN_SECONDS = env.float("MASH_WORKER_DRAIN_SECONDS", default=20.0)
+# A django-q task only delivers a request to its process's runner (it waits for a slot
+# at most a quarter of this); leases, not the broker's retry, recover crashed requests,
+# so the broker retry only needs to exceed the timeout. Compaction's model call is the
+# longest task.
+TASK_TIMEOUT = env.int("MASH_TASK_TIMEOUT", default=300)
 
 Q_CLUSTER = {
     "name": "mash",
     "workers": WORKERS,
-    "recycle": 500,
+    # A worker process holds many runs: recycling drains it first (they are handed to the
+    # other processes), so it is done rarely.
+    "recycle": env.int("MASH_WORKER_RECYCLE", default=100000),
     "timeout": TASK_TIMEOUT,
     "retry": TASK_TIMEOUT + 120,
     "max_attempts": 1,

@@ -9,10 +9,19 @@ class MashRuntimeConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
-        post_spawn.connect(_sweep_on_spawn, dispatch_uid="mash_sweep_on_spawn")
+        from mash_runtime.run import task_queue
+
+        task_queue.install()
+
+        post_spawn.connect(_on_worker_spawn, dispatch_uid="mash_worker_spawn")
 
 
-def _sweep_on_spawn(sender, proc_name, **kwargs) -> None:
+def _on_worker_spawn(sender, proc_name, **kwargs) -> None:
+    # In the new worker process's main thread: its runner starts (and its heartbeat row
+    # with it) before it takes a task.
+    from mash_runtime.run.runner import start_worker
+
+    start_worker()
     # A worker spawns at cluster start and when the guard replaces a killed one: the
     # moment to recover requests whose worker died, without waiting for lease expiry.
     from mash_runtime.queue import enqueue_sweep

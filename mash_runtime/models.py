@@ -781,7 +781,53 @@ class MemoryTurn(models.Model):
         }
 
 
-__all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn"]
+class Worker(models.Model):
+    """One worker process's heartbeat: its slots, how many runs hold one, when it was last
+    seen. Written by the process itself every few seconds (mash_runtime.run.runner);
+    health reports read it to tell operators whether anything runs requests at all."""
+
+    name = models.CharField(max_length=128, unique=True)  # the process's lease owner
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    slots = models.PositiveIntegerField()
+    in_use = models.PositiveIntegerField(default=0)
+    draining = models.BooleanField(default=False)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+
+    # A process not seen for this long is taken for gone.
+    LIVE_SECONDS = 30
+
+    class Meta:
+        ordering = ["hostname", "pid"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def report(cls, name: str, *, hostname: str, pid: int, slots: int, in_use: int, draining: bool,
+               started_at) -> None:
+        from django.utils import timezone
+
+        values = {"slots": slots, "in_use": in_use, "draining": draining, "last_seen_at": timezone.now()}
+        if not cls.objects.filter(name=name).update(**values):
+            cls.objects.update_or_create(name=name, defaults={**values, "hostname": hostname, "pid": pid,
+                                                              "started_at": started_at})
+
+    @classmethod
+    def live(cls, now=None) -> "models.QuerySet[Worker]":
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        return cls.objects.filter(last_seen_at__gte=(now or timezone.now()) - timedelta(seconds=cls.LIVE_SECONDS))
+
+    @property
+    def free(self) -> int:
+        return max(0, self.slots - self.in_use)
+
+
+__all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn", "Worker"]
 
 
 # -- workflows and publishing -------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, Q
 
 from mash_runtime.host import HostedAgent, get_host
-from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, epoch
+from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, Worker, epoch
 from mash_runtime.services import NotFound, ServiceError
 from mash_runtime.signals import signal_definitions
 
@@ -63,7 +63,33 @@ def health() -> dict[str, Any]:
         "deployment": {"primary_agent_id": host.primary_agent_id, "agents": list_agents()["agents"]},
         "primary_agent": session_info(host.primary_agent_id),
         "observability": {"enabled": True, "memory": {"search_available": True, "default_limit": 10}},
+        "workers": worker_status(),
     }
+
+
+def worker_status(now=None) -> dict[str, Any]:
+    """The worker processes seen in the last `Worker.LIVE_SECONDS`: their slots, how many
+    hold a run, and a warning when none is live (requests then wait as `queued`)."""
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    live = list(Worker.live(now))
+    last_seen = Worker.objects.order_by("-last_seen_at").values_list("last_seen_at", flat=True).first()
+    data: dict[str, Any] = {
+        "live": len(live),
+        "slots": sum(w.slots for w in live),
+        "in_use": sum(w.in_use for w in live),
+        "free": sum(w.free for w in live if not w.draining),
+        "last_seen_seconds_ago": round((now - last_seen).total_seconds(), 1) if last_seen else None,
+        "processes": [{"name": w.name, "hostname": w.hostname, "pid": w.pid, "slots": w.slots, "in_use": w.in_use,
+                       "free": w.free, "draining": w.draining,
+                       "last_seen_seconds_ago": round((now - w.last_seen_at).total_seconds(), 1)} for w in live],
+    }
+    if not live:
+        since = (f"for {int(data['last_seen_seconds_ago'])} s" if last_seen else "yet")
+        data["warning"] = (f"no worker has been seen {since}: requests stay queued until one runs "
+                           "(`mash host serve` starts one; with --no-worker, run `mash qcluster`)")
+    return data
 
 
 def parse_limit(value: Any, *, default: int, maximum: int, name: str = "limit") -> int:

@@ -32,7 +32,7 @@ def broker():
         _broker = (os.getpid(), made)
     return made
 
-RUN_REQUEST = "mash_runtime.engine.run_request_task"
+RUN_REQUEST = "mash_runtime.run.runner.run_request_task"
 SWEEP = "mash_runtime.sweeper.sweep"
 
 

@@ -20,10 +20,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 
 from mash_core.tools.base import Tool, ToolRegistry, ToolResult
 from mash_runtime.models import MemoryTurn, epoch
+from mash_runtime.run.dbthreads import database
 
 logger = logging.getLogger("mash_runtime.runtime_tools")
 
@@ -109,7 +109,7 @@ class SearchConversationsTool(Tool):
             return ToolResult.error("there is no current session to search; use scope 'app'",
                                     error_code="SEARCH_VALIDATION_ERROR")
         try:
-            data = await sync_to_async(self._search)(query, limit, scope)
+            data = await database(self._search)(query, limit, scope)
         except SearchValidationError as exc:
             return ToolResult.error(exc.message, error_code=exc.code)
         return ToolResult.success(data, result_count=data["result_count"])
@@ -178,7 +178,7 @@ class GetFullTurnMessageTool(Tool):
             item = {"session_id": str(pair.get("session_id") or "").strip(), "turn_id": str(pair.get("turn_id") or "").strip()}
             if item not in normalised:
                 normalised.append(item)
-        data = await sync_to_async(self._fetch)(normalised)
+        data = await database(self._fetch)(normalised)
         return ToolResult.success(data, found_count=data["found_count"], requested_count=data["requested_count"])
 
     def _fetch(self, pairs: list[dict[str, str]]) -> dict[str, Any]:

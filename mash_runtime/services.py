@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from mash_core.errors import ConfigError
@@ -21,7 +20,8 @@ from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
 from mash_runtime.models import (Agent, Interaction, Request, Session, insert_request_in_one_statement,
                                  insert_rows, select_rows)
-from mash_runtime.queue import enqueue_request, enqueue_request_on_commit
+from mash_runtime.queue import enqueue_request_on_commit
+from mash_runtime.run import lifecycle
 
 
 class ServiceError(Exception):
@@ -206,78 +206,17 @@ def get_request_status(request_id, agent_id: str | None = None) -> dict[str, Any
     return data
 
 
-def finish_request(
-    req: Request,
-    status: str,
-    *,
-    error: str = "",
-    error_code: str = "",
-    retryable: bool = False,
-    only_from: tuple[str, ...] | None = None,
-    lease_owner: str | None = None,
-) -> bool:
-    """Move a request to a terminal state and append its one terminal event.
-
-    The conditional UPDATE is the guard: whoever moves the row first writes the
-    terminal event; everyone else gets False and writes nothing.
-    """
-    with transaction.atomic():
-        qs = Request.objects.filter(pk=req.pk).exclude(status__in=Request.TERMINAL)
-        if only_from is not None:
-            qs = qs.filter(status__in=only_from)
-        if lease_owner is not None:
-            qs = qs.filter(lease_owner=lease_owner)
-        now = timezone.now()
-        changed = qs.update(
-            status=status, error=error, error_code=error_code, retryable=retryable, finished_at=now,
-            lease_owner="", lease_expires_at=None,
-        )
-        if not changed:
-            return False
-        req.refresh_from_db()
-        Interaction.objects.filter(request=req, status=Interaction.Status.PENDING).update(
-            status=Interaction.Status.CANCELLED, answered_at=now
-        )
-        payload = {**base_payload(req), "status": "error", "error": error, "error_code": error_code,
-                   "retryable": retryable}
-        append_event(req, "request.error", payload, dedupe_key=f"terminal.{req.run_attempt}")
-        transaction.on_commit(lambda: after_terminal(req))
-    return True
-
-
-def after_terminal(req: Request, queued_behind: bool = True) -> None:
-    """Wake what waited on this request: the next one of its session, and a parent.
-
-    `queued_behind=False` says the session had no later request when this one ended.
-    """
-    nxt = (
-        Request.objects.filter(session_id=req.session_id, session_seq__gt=req.session_seq)
-        .exclude(status__in=Request.TERMINAL)
-        .order_by("session_seq")
-        .values_list("pk", flat=True)
-        .first()
-    ) if queued_behind else None
-    if nxt is not None:
-        enqueue_request(nxt)
-    if req.parent_id:
-        enqueue_request(req.parent_id)
-    if req.workflow_run_id:
-        from mash_runtime.workflow_engine import on_request_terminal
-
-        on_request_terminal(req)
-
-
 def cancel_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
     req = get_request(request_id, agent_id)
     if req.is_terminal:
         return {"request_id": str(req.pk), "status": API_STATUS[req.status]}
     not_running = (Request.Status.ACCEPTED, Request.Status.WAITING, *Request.PARKED)
-    if finish_request(req, Request.Status.CANCELLED, error="Request cancelled", error_code="cancelled",
-                      only_from=not_running):
+    if lifecycle.finish(req, Request.Status.CANCELLED, error="Request cancelled", error_code="cancelled",
+                        only_from=not_running):
         _cancel_children(req)
         return {"request_id": str(req.pk), "status": "cancelled"}
-    # Running somewhere: its worker polls this flag and interrupts the LLM or tool call.
-    Request.objects.filter(pk=req.pk).exclude(status__in=Request.TERMINAL).update(cancel_requested=True)
+    # Running somewhere: its worker's heartbeat reads this flag and interrupts the LLM or tool call.
+    lifecycle.request_cancel(req)
     _cancel_children(req)
     req.refresh_from_db()
     return {"request_id": str(req.pk), "status": "cancelled" if req.is_terminal else "cancelling"}
@@ -295,11 +234,7 @@ def resume_request(request_id, agent_id: str | None = None) -> dict[str, Any]:
         return {"request_id": str(req.pk), "workflow_id": str(req.pk), "status": previous,
                 "message": f"Request is {previous}; nothing to resume"}
     with transaction.atomic():
-        changed = Request.objects.filter(pk=req.pk, status=req.status).update(
-            status=Request.Status.ACCEPTED, error="", error_code="", retryable=False, cancel_requested=False,
-            finished_at=None, run_attempt=F("run_attempt") + 1, lease_owner="", lease_expires_at=None,
-        )
-        if not changed:
+        if not lifecycle.reopen(req):
             # Someone else resumed or changed it between our read and this update.
             req.refresh_from_db(fields=["status"])
             current = API_STATUS[req.status]

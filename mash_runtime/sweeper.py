@@ -13,13 +13,13 @@ import socket
 from datetime import timedelta
 
 from django.db import close_old_connections
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from mash_runtime.engine import parked_requests_ready
-from mash_runtime.models import Request
+from mash_runtime.models import Request, Worker
 from mash_runtime.queue import enqueue_request
-from mash_runtime.services import expire_interactions, finish_request
+from mash_runtime.run import lifecycle
+from mash_runtime.services import expire_interactions
 
 logger = logging.getLogger("mash_runtime.sweeper")
 
@@ -61,14 +61,11 @@ def recover_orphans(now) -> int:
         expired = req.lease_expires_at is None or req.lease_expires_at < now
         if not expired and not _owner_is_dead(req.lease_owner):
             continue
-        released = Request.objects.filter(pk=req.pk, lease_owner=req.lease_owner).update(
-            lease_owner="", lease_expires_at=None, recovery_attempts=F("recovery_attempts") + 1
-        )
-        if not released:
+        if not lifecycle.take_back(req):
             continue
         req.refresh_from_db()
         if req.recovery_attempts > MAX_RECOVERY_ATTEMPTS:
-            finish_request(req, Request.Status.FAILED, error=f"Worker lost {req.recovery_attempts} times; giving up",
+            lifecycle.finish(req, Request.Status.FAILED, error=f"Worker lost {req.recovery_attempts} times; giving up",
                            error_code="RECOVERY_EXHAUSTED", retryable=True)
             continue
         logger.warning("recovering request %s from lost worker %s", req.pk, owner)
@@ -92,10 +89,22 @@ def requeue_stale(now) -> int:
     for pk in ready.values_list("pk", flat=True):
         enqueue_request(pk)
         count += 1
-    for pk in parked_requests_ready():
+    for pk in lifecycle.parked_requests_ready():
         enqueue_request(pk)
         count += 1
     return count
+
+
+# Heartbeat rows of processes gone this long are deleted (a crashed process leaves its row).
+FORGET_WORKER_SECONDS = 3600
+
+
+def forget_workers(now) -> int:
+    """Delete heartbeat rows of processes long gone, and at once those of dead processes on
+    this host (a SIGKILLed worker's row would otherwise count as live for a while)."""
+    dead = [name for name in Worker.live(now).values_list("name", flat=True) if _owner_is_dead(name)]
+    stale = Worker.objects.filter(last_seen_at__lt=now - timedelta(seconds=FORGET_WORKER_SECONDS))
+    return stale.delete()[0] + Worker.objects.filter(name__in=dead).delete()[0]
 
 
 SWEEP_SCHEDULE = "mash-sweep"
@@ -129,6 +138,7 @@ def sweep() -> dict[str, int]:
         "recovered": recover_orphans(now),
         "requeued": requeue_stale(now),
         "interactions_timed_out": expire_interactions(now),
+        "workers_forgotten": forget_workers(now),
     }
     if any(result.values()):
         logger.info("sweep: %s", result)

@@ -30,7 +30,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from mash_runtime import models as runtime_models
-from mash_runtime.models import Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session, StepCheckpoint
+from mash_runtime.models import (Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session, StepCheckpoint,
+                                 Worker)
 from mash_runtime.services import ServiceError, answer_interaction, cancel_request, resume_request
 from mash_telemetry.forms import AnswerForm
 from mash_telemetry.models import ApiRequestLog
@@ -614,6 +615,25 @@ class InteractionAdmin(RequestChildAdmin, OperatorActions, HistoryAdmin):
 
 
 # -- memory ---------------------------------------------------------------------------------------
+
+
+@admin.register(Worker)
+class WorkerAdmin(HistoryAdmin):
+    """Worker processes by their heartbeat rows; a row not seen for a while is a process gone."""
+
+    list_display = ("name", "hostname", "pid", "slots", "in_use", "draining", "live", "last_seen_at", "started_at")
+    list_filter = ("hostname", "draining")
+    fields = ("name", "hostname", "pid", "slots", "in_use", "draining", "started_at", "last_seen_at")
+    readonly_fields = fields
+    ordering = ("-last_seen_at",)
+
+    @admin.display(boolean=True, description=f"seen in the last {Worker.LIVE_SECONDS} s")
+    def live(self, obj):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        return obj.last_seen_at >= timezone.now() - timedelta(seconds=Worker.LIVE_SECONDS)
 
 
 @admin.register(MemoryTurn)

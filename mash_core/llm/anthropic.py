@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 
+from mash_core.llm.clients import shared_client
 from mash_core.llm.base import (
     LLMError,
     LLMNotConfiguredError,
@@ -49,7 +50,10 @@ class AnthropicProvider(LLMProvider):
         # durable step; SDK retries on top would multiply attempts and hide latency.
         max_retries: int = 0,
         default_headers: dict[str, str] | None = None,
-        http_client: Any = None,  # an `httpx2.AsyncClient` (proxies, wire inspection); aclose closes it
+        # An `httpx2.AsyncClient` (proxies, wire inspection): this provider then owns its
+        # client and aclose closes it. Without one, runs share a client per configuration
+        # (mash_core.llm.clients), and aclose leaves it open for the next run.
+        http_client: Any = None,
     ) -> None:
         self.app_id = app_id
         self.model = model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_MODEL
@@ -82,9 +86,18 @@ class AnthropicProvider(LLMProvider):
             if self._http_client is not None:
                 kwargs["http_client"] = self._http_client
             self._api_key = key
-            self._client = anthropic.AsyncAnthropic(
-                api_key=key, timeout=self._timeout, max_retries=self._max_retries, **kwargs
-            )
+
+            def make() -> anthropic.AsyncAnthropic:
+                return anthropic.AsyncAnthropic(api_key=key, timeout=self._timeout, max_retries=self._max_retries,
+                                                **kwargs)
+
+            if self._http_client is not None:
+                self._client = make()
+            else:
+                base_url = self._base_url or os.environ.get("ANTHROPIC_BASE_URL") or ""
+                headers = tuple(sorted((self._default_headers or {}).items()))
+                self._client = shared_client(("anthropic", key, base_url, self._timeout, self._max_retries, headers),
+                                             make)
         return self._client
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
@@ -99,7 +112,8 @@ class AnthropicProvider(LLMProvider):
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await client.close()
+            if self._http_client is not None:  # ours alone; a shared client stays open
+                await client.close()
 
     def _classify(self, exc: anthropic.APIError) -> LLMError:
         if isinstance(exc, anthropic.APITimeoutError):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from asgiref.sync import sync_to_async
 
 from mash_core.config import AgentConfig
 from mash_core.llm.base import LLMProvider
 from mash_core.tools.base import Tool, ToolRegistry, ToolResult
+from mash_runtime.run.dbthreads import database
 from mash_runtime.spec import AgentSpec
 from mash_runtime.workflows import TaskSpec, WorkflowSpec
 
@@ -77,8 +77,7 @@ class MasherTool(Tool):
             return ToolResult.error(f"unknown argument(s) for {self.name}: {', '.join(unknown)}")
         fn = getattr(records, self.func_name)
         try:
-            # thread_sensitive: the same thread (and database connection) as the engine's ORM calls.
-            value = await sync_to_async(fn, thread_sensitive=True)(**args)
+            value = await database(fn)(**args)
         except records.MasherError as exc:
             return ToolResult.error(str(exc))
         return ToolResult.success(_dumps(value))

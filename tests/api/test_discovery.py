@@ -46,13 +46,52 @@ def test_it_serves_the_root_discovery_document(api):
 
 def test_it_reports_health_with_deployment_and_primary_session(api):
     health = data(api.get("/api/v1/health"))
-    assert set(health) == {"status", "service", "api_version", "deployment", "primary_agent", "observability"}
+    assert set(health) == {"status", "service", "api_version", "deployment", "primary_agent", "observability",
+                           "workers"}
     assert (health["status"], health["service"], health["api_version"]) == ("ok", "mash-api", "v1")
     assert health["deployment"] == {"primary_agent_id": "primary", "agents": [PRIMARY, HELPER]}
     assert health["primary_agent"] == {
         "app_id": "primary", "agent_id": "primary", "session_id": "primary:default", "primary_agent_id": "primary",
         "subagent_ids": ["helper"], "model": "scripted", "max_steps": 8, "session_total_tokens": 0}
     assert health["observability"] == {"enabled": True, "memory": {"search_available": True, "default_limit": 10}}
+    assert health["workers"]["live"] == 0
+    assert health["workers"]["warning"].startswith("no worker has been seen yet: requests stay queued")
+
+
+def test_health_reports_live_worker_processes_and_their_slots(api):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from mash_runtime.models import Worker
+
+    now = timezone.now()
+    Worker.objects.create(name="h1:11:aa", hostname="h1", pid=11, slots=100, in_use=7, started_at=now,
+                          last_seen_at=now)
+    Worker.objects.create(name="h2:22:bb", hostname="h2", pid=22, slots=50, in_use=50, draining=True,
+                          started_at=now, last_seen_at=now - timedelta(seconds=2))
+    Worker.objects.create(name="h3:33:cc", hostname="h3", pid=33, slots=100, in_use=0, started_at=now,
+                          last_seen_at=now - timedelta(seconds=Worker.LIVE_SECONDS + 5))  # gone
+    workers = data(api.get("/api/v1/health"))["workers"]
+    assert (workers["live"], workers["slots"], workers["in_use"], workers["free"]) == (2, 150, 57, 93)
+    assert "warning" not in workers
+    assert [(p["hostname"], p["pid"], p["in_use"], p["free"], p["draining"]) for p in workers["processes"]] == [
+        ("h1", 11, 7, 93, False), ("h2", 22, 50, 0, True)]
+
+
+def test_health_warns_when_no_worker_was_seen_lately(api):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from mash_runtime.models import Worker
+
+    now = timezone.now()
+    Worker.objects.create(name="h1:11:aa", hostname="h1", pid=11, slots=100, started_at=now,
+                          last_seen_at=now - timedelta(seconds=95))
+    workers = data(api.get("/api/v1/health"))["workers"]
+    assert workers["live"] == 0 and workers["processes"] == []
+    assert workers["warning"].startswith("no worker has been seen for 95 s")
 
 
 @pytest.mark.parametrize("path", ["/api/v1/agent", "/api/v1/agents"])

@@ -56,7 +56,7 @@ def test_it_accepts_a_request_with_202(api, engine, prefix, word):
     assert body == {"request_id": body["request_id"], "agent_id": "primary", "session_id": "s1", "status": "accepted"}
     req = engine.request(body["request_id"])
     assert req.message == "hello" and req.status == "accepted"
-    assert [name for name, _ in engine.queue] == ["mash_runtime.engine.run_request_task"]
+    assert [name for name, _ in engine.queue] == ["mash_runtime.run.runner.run_request_task"]
 
 
 def test_it_uses_the_agents_default_session_when_none_is_given(api, engine):

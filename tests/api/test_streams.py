@@ -251,7 +251,8 @@ def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(en
     from mash_runtime import doorbell
     from mash_runtime.events import append_events
     from mash_runtime.models import Request
-    from mash_runtime.services import create_request, finish_request, get_agent_row
+    from mash_runtime.run.lifecycle import finish
+    from mash_runtime.services import create_request, get_agent_row
 
     class NoPoll(streams.Backoff):  # only doorbells may wake the reader in this test
         def __init__(self):
@@ -276,7 +277,7 @@ def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(en
         await doorbell.ring_async(req.pk, "primary", created[-1].seq, created)
         seen += [(await frames.__anext__()).event.event_type for _ in created]
         # The terminal event rings from the committing thread (append_events' on_commit).
-        await sync_to_async(lambda: finish_request(Request.objects.get(pk=req.pk), Request.Status.FAILED,
+        await sync_to_async(lambda: finish(Request.objects.get(pk=req.pk), Request.Status.FAILED,
                                                   error="stop", error_code="TEST"))()
         last = await frames.__anext__()
         seen.append(last.event.event_type)

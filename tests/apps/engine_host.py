@@ -68,6 +68,19 @@ def append_line(path: str, line: str, sleep: float = 0.0, pid_file: str = "") ->
     return f"appended {line}"
 
 
+async def wait_and_append(path: str, line: str, sleep: float = 0.0, pid_file: str = "") -> str:
+    """Wait without a thread (many runs can wait at once), then append a line to a file."""
+    import asyncio
+
+    if pid_file:
+        Path(pid_file).write_text(str(os.getpid()))
+    if sleep:
+        await asyncio.sleep(sleep)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    return f"appended {line}"
+
+
 def write_file(path: str, text: str) -> str:
     """Write a file (needs approval)."""
     Path(path).write_text(text, encoding="utf-8")
@@ -87,6 +100,7 @@ class ScriptedSpec(AgentSpec):
         return ToolRegistry(
             [
                 FunctionTool(append_line),
+                FunctionTool(wait_and_append),
                 FunctionTool(write_file, requires_approval=True),
                 BashTool(working_dir=os.environ.get("MASH_TEST_WORKDIR") or None),
                 AskUserTool(),

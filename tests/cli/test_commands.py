@@ -55,7 +55,7 @@ def test_it_runs_every_client_command(mash_server, mash):
     assert result.code == 0, result.err
     out = result.out
     for expected in ("mash-api", "Primary agent   primary", "Agents          2: primary (primary), helper (subagent)",
-                     "Model           scripted", "Session tokens  0", mash_server.url):
+                     "Model           scripted", "Session tokens  0", mash_server.url, "slots in use"):
         assert expected in out, out
     # Tokens of an agent's default session come from the server (cli-s1 is not the default one).
     result = mash("status", "--agent", "helper")

@@ -120,8 +120,9 @@ def clusters(transactional_db, cluster_env, tmp_path):
     class Clusters:
         env = cluster_env
 
-        def start(self) -> Cluster:
-            cluster = Cluster(cluster_env, tmp_path / f"qcluster-{len(started)}.log").start()
+        def start(self, **extra_env: str) -> Cluster:
+            """A cluster on `env`, with `extra_env` on top (MASH_WORKERS=1, ...)."""
+            cluster = Cluster({**cluster_env, **extra_env}, tmp_path / f"qcluster-{len(started)}.log").start()
             started.append(cluster)
             return cluster
 

@@ -1,8 +1,9 @@
 """Engine fixtures: run the durable engine in-process, draining a captured task queue.
 
 django-q2's `async_task` is replaced by a recorder, and `engine.drain()` runs the
-recorded tasks in order, as a worker would. The engine does its ORM work in another
-thread, so these tests need committed data (`transactional_db`).
+recorded tasks in order, each to its end (`run_now`), as a worker would. Runs do their ORM
+work on the runner's database threads, so these tests need committed data
+(`transactional_db`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from mash_runtime.host import set_host
 from mash_runtime.queue import RUN_REQUEST, SWEEP
 
 
+def run_now(request_id) -> str:
+    """Deliver a request to this process's runner and wait for its run to end (or for why
+    it did not start): what a worker does, one request at a time."""
+    from mash_runtime.run.runner import process_runner
+
+    return process_runner().submit(request_id, wait=True)
+
+
 class EngineHarness:
     def __init__(self) -> None:
         self.queue: list[tuple[str, tuple]] = []
@@ -25,7 +34,6 @@ class EngineHarness:
         return "captured"
 
     def drain(self, limit: int = 500) -> list[str]:
-        from mash_runtime.engine import run_request_task
         from mash_runtime.sweeper import sweep
         from mash_runtime.workflow_engine import ADVANCE_RUN, advance_run_task
 
@@ -34,7 +42,7 @@ class EngineHarness:
             limit -= 1
             func, args = self.queue.pop(0)
             if func == RUN_REQUEST:
-                outcomes.append(run_request_task(*args))
+                outcomes.append(run_now(*args))
             elif func == SWEEP:
                 sweep()
             elif func == ADVANCE_RUN:

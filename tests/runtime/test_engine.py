@@ -251,13 +251,13 @@ def test_it_runs_a_session_one_request_at_a_time_in_order(engine):
     second = engine.submit({"script": ["2"]}, session_id="q")
     other = engine.submit({"script": ["x"]}, session_id="other")
     engine.queue.clear()
-    from mash_runtime.engine import run_request_task
+    from tests.runtime.conftest import run_now
 
-    assert run_request_task(second) == "waiting"
-    assert run_request_task(second) == "waiting"
+    assert run_now(second) == "waiting"
+    assert run_now(second) == "waiting"
     assert engine.types(second).count("request.waiting") == 1
-    assert run_request_task(other) == "completed"  # other sessions are not held up
-    assert run_request_task(first) == "completed"
+    assert run_now(other) == "completed"  # other sessions are not held up
+    assert run_now(first) == "completed"
     # finishing `first` enqueued `second`
     assert engine.drain() == ["completed"]
     assert engine.request(second).status == "completed"
@@ -281,14 +281,15 @@ def test_it_cancels_a_request_that_is_not_running(engine, tmp_path):
 
 
 def test_it_recovers_a_request_whose_worker_lease_expired(engine, tmp_path):
-    from mash_runtime.engine import claim_request
+    from mash_runtime.run.lifecycle import claim
+    from mash_runtime.run.state import RunState
     from mash_runtime.sweeper import sweep
 
     rid = engine.submit({"script": ["ok"]})
     engine.queue.clear()
-    claimed = claim_request(rid, "otherhost:1:dead")
-    assert isinstance(claimed, Request)
-    assert claim_request(rid, "me") == "leased"
+    claimed = claim(rid, "otherhost:1:dead")
+    assert isinstance(claimed, RunState)
+    assert claim(rid, "me") == "leased"
     assert sweep()["recovered"] == 0  # lease still valid, owner on another host
     Request.objects.filter(pk=rid).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert sweep()["recovered"] == 1
@@ -302,14 +303,14 @@ def test_it_recovers_at_once_when_the_lease_owner_process_is_dead(engine):
     import socket
     import subprocess
 
-    from mash_runtime.engine import claim_request
+    from mash_runtime.run.lifecycle import claim
     from mash_runtime.sweeper import sweep
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     rid = engine.submit({"script": ["ok"]})
     engine.queue.clear()
-    claim_request(rid, f"{socket.gethostname()}:{dead.pid}:abcd")
+    claim(rid, f"{socket.gethostname()}:{dead.pid}:abcd")
     assert sweep()["recovered"] == 1
     assert engine.drain() == ["completed"]
 
@@ -364,10 +365,10 @@ def test_it_renews_its_lease_through_a_step_longer_than_the_lease(engine, settin
     engine.queue.clear()
     import threading
 
-    from mash_runtime.engine import run_request_task
+    from tests.runtime.conftest import run_now
 
     outcome: list[str] = []
-    worker = threading.Thread(target=lambda: outcome.append(run_request_task(rid)))
+    worker = threading.Thread(target=lambda: outcome.append(run_now(rid)))
     worker.start()
     import time
 
@@ -413,7 +414,7 @@ def test_it_rings_the_doorbell_after_its_commits(engine):
 
 
 def test_a_primary_with_subagents_gets_a_routing_block_and_the_delegate_tool(engine):
-    from mash_runtime.engine import build_agent
+    from mash_runtime.run.prepare import build_agent
     from mash_runtime.host import get_host
 
     agent = build_agent(get_host().get("primary"))
@@ -503,9 +504,9 @@ def test_a_quick_run_never_waits_for_the_linger(engine, monkeypatch, tmp_path):
     far longer than the test, a quick run must still finish (and write no extra batch)."""
     import threading
 
-    from mash_runtime import engine as engine_module
+    from mash_runtime.run import hooks
 
-    monkeypatch.setattr(engine_module, "LINGER_SECONDS", 600)
+    monkeypatch.setattr(hooks, "LINGER_SECONDS", 600)
     out = tmp_path / "out.txt"
     rid = engine.submit({"script": [{"tool_calls": [tool("append_line", path=str(out), line="one")]}, "quick"]})
     worker = threading.Thread(target=engine.drain, daemon=True)

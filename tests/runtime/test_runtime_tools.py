@@ -61,7 +61,7 @@ def seed(engine):
 
 
 def test_the_tools_are_registered_only_when_the_spec_enables_them(engine, settings):
-    from mash_runtime.engine import build_agent
+    from mash_runtime.run.prepare import build_agent
     from mash_runtime.host import get_host
 
     agent = build_agent(get_host().get("primary"))

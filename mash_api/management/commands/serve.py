@@ -23,7 +23,9 @@ from mash_core.errors import ConfigError
 # A child that dies more often than this is not going to get better by restarting.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 60.0
-SHUTDOWN_GRACE_SECONDS = 15.0
+# The worker drains first (MASH_WORKER_DRAIN_SECONDS, runs reach a step boundary or are
+# handed back): give it that and some more before its process group is killed.
+SHUTDOWN_MARGIN_SECONDS = 15.0
 
 
 def _env_port() -> int:
@@ -76,6 +78,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=None, help="port to bind (default: MASH_API_PORT, PORT or 8000)")
         parser.add_argument("--workers", type=int, default=None,
                             help=f"worker processes running requests (default: MASH_WORKERS, currently {settings.WORKERS})")
+        parser.add_argument("--concurrency", type=int, default=None,
+                            help="requests each worker process runs at once (default: MASH_WORKER_CONCURRENCY, "
+                                 f"currently {settings.MASH_WORKER_CONCURRENCY})")
         parser.add_argument("--api-key", default=None,
                             help="require this API key on /api/v1 (default: MASH_API_KEY; keys made with "
                                  "`mash apikey create` also work)")
@@ -99,6 +104,10 @@ class Command(BaseCommand):
             if options["workers"] < 1:
                 raise CommandError("--workers must be at least 1")
             env["MASH_WORKERS"] = str(options["workers"])
+        if options["concurrency"] is not None:
+            if options["concurrency"] < 1:
+                raise CommandError("--concurrency must be at least 1")
+            env["MASH_WORKER_CONCURRENCY"] = str(options["concurrency"])
         port = options["port"] if options["port"] is not None else _env_port()
         bind = options["host"]
 
@@ -150,6 +159,12 @@ class Command(BaseCommand):
         console.print(f"  telemetry  {base}/telemetry/")
         console.print(f"  database   {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
                       f"data in {settings.DATA_DIR}")
+        if options["no_worker"]:
+            console.print("  workers    none here (run `mash qcluster` where requests should run)")
+        else:
+            processes = int(env.get("MASH_WORKERS") or settings.WORKERS)
+            slots = int(env.get("MASH_WORKER_CONCURRENCY") or settings.MASH_WORKER_CONCURRENCY)
+            console.print(f"  workers    {processes} process(es) x {slots} requests in flight = {processes * slots}")
         console.print("Press Ctrl-C to stop.")
         try:
             self.supervise(children, stopping, console)
@@ -178,7 +193,7 @@ class Command(BaseCommand):
         # Web first, so no new requests arrive; the worker then finishes or parks what it holds.
         for child in children:
             child.terminate()
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        deadline = time.monotonic() + settings.MASH_WORKER_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS
         for child in children:
             if child.proc is None:
                 continue

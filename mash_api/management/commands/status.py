@@ -29,3 +29,19 @@ class Command(ClientCommand):
         c.print(f"[bold]Model[/]           {escape(str(info.get('model')))} (max {info.get('max_steps')} steps)")
         c.print(f"[bold]Session[/]         {escape(str(info.get('session_id')))}")
         c.print(f"[bold]Session tokens[/]  {info.get('session_total_tokens') or 0}")
+        self.print_workers(health.get("workers"))
+
+    def print_workers(self, workers) -> None:
+        c = self.console
+        if not isinstance(workers, dict):  # a server that does not report them
+            return
+        if workers.get("warning"):
+            c.print(f"[bold]Workers[/]         [yellow]{escape(str(workers['warning']))}[/]")
+            return
+        c.print(f"[bold]Workers[/]         {workers.get('live')} live, {workers.get('in_use')} of "
+                f"{workers.get('slots')} slots in use")
+        for proc in workers.get("processes") or []:
+            state = " (draining)" if proc.get("draining") else ""
+            c.print(f"                  {escape(str(proc.get('hostname')))}:{proc.get('pid')}  "
+                    f"{proc.get('in_use')}/{proc.get('slots')} in use, seen {proc.get('last_seen_seconds_ago')} s ago"
+                    f"{state}")

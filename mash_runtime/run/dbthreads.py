@@ -1,0 +1,103 @@
+"""The database threads: where the runs of a process do their (synchronous) ORM work.
+
+Many runs share one event loop; each of their database calls goes to one of a few
+threads, each with its own connection (Django's connections are per thread), and never
+to a thread per run: the number of connections a process opens is this pool's size
+whatever the number of runs in flight. A call runs whole on one thread, so its
+transactions begin and end there.
+
+`sync_to_async` with this executor also tells the thread which loop called it, so
+`async_to_sync` inside (a doorbell rung from an on_commit hook) runs on that loop, with
+its channel-layer connection, instead of a new loop per call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connections
+
+# How often a thread drops connections that went stale or outlived CONN_MAX_AGE. Checking
+# before every call would cost a health-check query per call (Django resets the check).
+REFRESH_SECONDS = 10.0
+
+_local = threading.local()
+
+
+def default_size() -> int:
+    configured = getattr(settings, "MASH_WORKER_DB_THREADS", None)
+    if configured:
+        return int(configured)
+    # SQLite takes one writer at a time: more threads only queue on its lock.
+    return 2 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4
+
+
+def _pooled() -> bool:
+    return bool((settings.DATABASES["default"].get("OPTIONS") or {}).get("pool"))
+
+
+def _job(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    now = time.monotonic()
+    if now - getattr(_local, "checked", 0.0) > REFRESH_SECONDS:
+        _local.checked = now
+        close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    except DatabaseError:
+        # A broken connection is closed here, so the thread's next call reconnects.
+        for conn in connections.all(initialized_only=True):
+            conn.close_if_unusable_or_obsolete()
+        raise
+    finally:
+        if _pooled():
+            # A pooled connection is lent per call (CONN_MAX_AGE=0): give it back, or this
+            # thread would keep it from everyone else.
+            connections["default"].close()
+
+
+# The database threads of the run the current task belongs to (set by the runner for
+# each run's task): code called from inside a run (tools) reaches them through `database`.
+current: contextvars.ContextVar["DbThreads | None"] = contextvars.ContextVar("mash_db_threads", default=None)
+
+
+def database(fn: Callable) -> Callable[..., Awaitable[Any]]:
+    """`fn` as a coroutine function on the current run's database threads; outside a run
+    (a web process, a test), on asgiref's thread-sensitive thread as usual."""
+    threads = current.get()
+    return threads(fn) if threads is not None else sync_to_async(functools.partial(_job, fn))
+
+
+class DbThreads:
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size or default_size()
+        self.executor = ThreadPoolExecutor(self.size, thread_name_prefix="mash-db")
+
+    def __call__(self, fn: Callable) -> Callable[..., Awaitable[Any]]:
+        """`fn` as a coroutine function that runs on one of these threads."""
+        return sync_to_async(functools.partial(_job, fn), thread_sensitive=False, executor=self.executor)
+
+    def close_connections(self, timeout: float = 10.0) -> None:
+        """Close every thread's connections (before a test database is dropped, or at exit).
+        Blocks; call it from outside these threads."""
+        barrier = threading.Barrier(self.size, timeout=timeout)
+
+        def close() -> None:
+            connections.close_all()
+            try:
+                barrier.wait()  # holds each thread until all have taken one of these calls
+            except threading.BrokenBarrierError:
+                pass
+
+        for future in [self.executor.submit(close) for _ in range(self.size)]:
+            future.result(timeout + 1)
+
+    def shutdown(self) -> None:
+        self.close_connections()
+        self.executor.shutdown(wait=True)
