@@ -197,7 +197,7 @@ async def run_level(bases: list[str], sessions: int, total: int, progress=None, 
                     results.append(await one_request(client, base, f"load-{sessions}-{index}"))
                 except httpx.HTTPError as exc:
                     results.append({"accept_ms": float("nan"), "first_ms": float("nan"), "total_ms": float("nan"),
-                                    "terminal": False, "error": str(exc)})
+                                    "terminal": False, "error": f"{type(exc).__name__}: {exc}"})
                 if progress:
                     progress()
 
@@ -205,8 +205,12 @@ async def run_level(bases: list[str], sessions: int, total: int, progress=None, 
     await asyncio.gather(*(session_loop(i) for i in range(sessions)))
     wall = time.perf_counter() - started
     ok = [r for r in results if r["terminal"]]
+    errors: dict[str, int] = {}
+    for r in results:
+        if "error" in r:
+            errors[r["error"][:120]] = errors.get(r["error"][:120], 0) + 1
     return {
-        "sessions": sessions, "requests": len(results), "no_terminal": len(results) - len(ok),
+        "sessions": sessions, "requests": len(results), "no_terminal": len(results) - len(ok), "errors": errors,
         "p50_total": percentile([r["total_ms"] for r in ok], 0.5), "p95_total": percentile([r["total_ms"] for r in ok], 0.95),
         "p50_accept": percentile([r["accept_ms"] for r in ok], 0.5),
         "p50_first": percentile([r["first_ms"] for r in ok], 0.5), "req_per_s": len(ok) / wall,

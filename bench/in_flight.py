@@ -154,6 +154,29 @@ class Host:
     def worker_pids(self) -> list[int]:
         return [p for c in children(self.proc.pid) if "qcluster" in cmdline(c) for p in tree(c)]
 
+    def phases(self) -> dict[str, float]:
+        """Engine-side medians and p95s from the request rows (seconds): queued (created ->
+        claimed), running (claimed -> finished), total (created -> finished)."""
+        sql = ("SELECT created_at, started_at, finished_at FROM mash_runtime_request "
+               "WHERE finished_at IS NOT NULL AND started_at IS NOT NULL")
+        if self.db:
+            import psycopg
+
+            with psycopg.connect(self.env["DATABASE_URL"].replace("postgres://", "postgresql://")) as conn:
+                rows = conn.execute(sql).fetchall()
+        else:
+            import sqlite3
+            from datetime import datetime
+
+            with sqlite3.connect(Path(self.data_dir) / "mash.sqlite3") as conn:
+                rows = [tuple(datetime.fromisoformat(v) for v in row) for row in conn.execute(sql)]
+        out = {}
+        for name, pick in (("queued", lambda r: r[1] - r[0]), ("running", lambda r: r[2] - r[1]),
+                           ("total", lambda r: r[2] - r[0])):
+            values = [pick(r).total_seconds() for r in rows]
+            out[f"{name}_p50"], out[f"{name}_p95"] = percentile(values, 0.5), percentile(values, 0.95)
+        return out
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -313,6 +336,8 @@ def main() -> None:
                         row["web_rss_mib"], row["web_pss_mib"] = peaks.web
                         row["worker_rss_mib"], row["worker_pss_mib"] = peaks.worker
                         rows.append(row)
+                if rows:
+                    rows[-1]["engine"] = host.phases()
         finally:
             host.stop()
     if args.json:
@@ -337,6 +362,13 @@ def main() -> None:
         for r in rows:
             cpu.add_row(str(r["sessions"]), *(f"{r['cpu_ms_per_request'][k]:.1f}" for k in roles))
         console.print(cpu)
+        for r in rows:
+            for error, count in r.get("errors", {}).items():
+                console.print(f"[red]{r['sessions']} sessions: {count} x {error}[/]")
+        engine = rows[-1].get("engine")
+        if engine:
+            console.print("engine-side (from the request rows, last level, seconds): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in engine.items()))
     if streams:
         console.print(
             f"parked streams ({backend}): {streams['first_frame']} of {streams['streams']} delivered a first frame, "

@@ -10,6 +10,7 @@ import logging
 import re
 from typing import Any
 
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -118,6 +119,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(envelope("NOT_FOUND", str(exc) or "Not found."), status=404)
     if isinstance(exc, exceptions.Throttled):
         return Response(envelope("RATE_LIMITED", str(exc.detail)), status=429)
+    if isinstance(exc, OperationalError):
+        return unavailable(exc)
     # Imported here: rest_framework.views reads the permission settings, which import this module.
     from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -126,6 +129,25 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(envelope("ERROR", str(getattr(exc, "detail", exc))), status=response.status_code)
     logger.exception("unhandled API error", exc_info=exc)
     return Response(envelope("INTERNAL_ERROR", "Internal server error"), status=500)
+
+
+UNAVAILABLE = ("SERVICE_UNAVAILABLE", "The database is busy or unreachable; retry shortly", {"retryable": True})
+
+
+def unavailable(exc: Exception) -> Response:
+    """A 503 the client may retry: the database could not be reached in time (the pool
+    had no free connection, the server restarts, SQLite stayed locked). Nothing was
+    stored by the failed call."""
+    logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+    return Response(envelope(*UNAVAILABLE), status=503, headers={"Retry-After": "1"})
+
+
+def unavailable_json(exc: Exception) -> JsonResponse:
+    """`unavailable` for plain Django views (the SSE ones)."""
+    logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+    response = error_json(*UNAVAILABLE[:2], 503, UNAVAILABLE[2])
+    response["Retry-After"] = "1"
+    return response
 
 
 def is_api_path(path: str) -> bool:

@@ -21,8 +21,9 @@ from typing import Any, AsyncIterator
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError
 
+from mash_api.connections import release_connection
 from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
 from mash_runtime.models import Request, RuntimeEvent, select_rows
 
@@ -37,16 +38,19 @@ class Backoff:
     """How long a reader waits for a doorbell before it reads the database anyway.
 
     On the in-memory layer doorbells never cross processes, so the poll is the real
-    delivery path: start at 20 ms, back off gently to 0.5 s while nothing happens. With Redis
+    delivery path: start at 20 ms, back off (x1.6) to 0.5 s while nothing happens. With Redis
     the doorbell is the delivery path and the poll only covers a lost one (a Redis
-    reconnect), so it starts at 0.25 s and backs off to 15 s, the keep-alive interval: a
-    thousand idle streams then cost about a hundred reads a second, not two hundred.
+    reconnect; the stream joins its group before its first read, so none is lost at the
+    start), so it starts at 2 s and doubles up to 15 s, the keep-alive interval: a
+    request whose model takes seconds then costs a read or two while it waits instead
+    of one every few hundred milliseconds, and a thousand idle streams about seventy
+    reads a second.
     """
 
     def __init__(self) -> None:
         cross_process = bool(settings.REDIS_URL)
-        self.floor = 0.25 if cross_process else 0.02
-        self.growth = 1.5 if cross_process else 1.3
+        self.floor = 2.0 if cross_process else 0.02
+        self.growth = 2.0 if cross_process else 1.6
         self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 15.0 if cross_process else 0.5))
         self.current = self.floor
 
@@ -87,11 +91,6 @@ def ws_message(event: RuntimeEvent) -> dict[str, Any]:
     return {"id": event.seq, "event": event.stream_name, "data": event.wire_data()}
 
 
-def _release_connection() -> None:
-    # A stream may live for hours: hand the connection back between polls (ecosystem notes).
-    connection.close()
-
-
 def _fetch_sequence(read, owner, finished_statuses, final_events, first: bool) -> tuple[list, bool]:
     """The next rows after a cursor (`read()`), and whether the sequence is over: its owner
     (request or run) has finished and either the last row read is a final event, or, on a
@@ -104,7 +103,7 @@ def _fetch_sequence(read, owner, finished_statuses, final_events, first: bool) -
             finished = owner.values_list("status", flat=True).first() in finished_statuses
         return events, finished
     finally:
-        _release_connection()
+        release_connection()
 
 
 def _fetch_request_events(request_id, cursor: int, first: bool = False) -> tuple[list[RuntimeEvent], bool]:
@@ -120,10 +119,12 @@ def _latest_event_id() -> int:
 def latest_event_id() -> int:
     """Where a tail opened now starts: take it before the client can see the stream open.
 
-    Called by the view/consumer on the stream's thread; the stream's first read releases
-    the connection, as after the view's other lookups.
+    Called by the view/consumer on the stream's thread, which then releases the connection.
     """
-    return _latest_event_id()
+    try:
+        return _latest_event_id()
+    finally:
+        release_connection()
 
 
 # How long a hole below a tail's cursor is asked for again, and how many are kept.
@@ -198,7 +199,7 @@ def _fetch_tail(cursor: IdCursor, filters: dict[str, str]) -> list[RuntimeEvent]
     try:
         return cursor.read(RuntimeEvent.objects.filter(**filters))
     finally:
-        _release_connection()
+        release_connection()
 
 
 class _Bells:
@@ -360,8 +361,15 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
     async with Doorbell([group]) as bell:
         while True:
             if read:
-                events, finished = await sync_to_async(fetch)(cursor, first)
-                first = False
+                try:
+                    events, finished = await sync_to_async(fetch)(cursor, first)
+                except OperationalError as exc:
+                    # The database is the truth and the cursor has not moved: read again after
+                    # the wait, rather than end a stream the client cannot tell from a finished one.
+                    logger.warning("stream read failed, retrying: %s", " ".join(str(exc).split()))
+                    events, finished = [], False
+                else:
+                    first = False
                 for frame in batch(events):
                     cursor = frame.event.seq
                     yield frame
@@ -415,7 +423,11 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
     last_sent = time.monotonic()
     async with Doorbell(groups) as bell:
         while True:
-            events = await sync_to_async(_fetch_tail)(cursor, filters)
+            try:
+                events = await sync_to_async(_fetch_tail)(cursor, filters)
+            except OperationalError as exc:
+                logger.warning("tail read failed, retrying: %s", " ".join(str(exc).split()))
+                events = []
             for event in events:
                 yield Frame(event)
             if events:

@@ -206,6 +206,7 @@ def set_host(host: AgentHost | None) -> None:
 
 
 _synced = False
+_sync_lock = threading.Lock()
 
 
 def ensure_synced() -> AgentHost:
@@ -219,9 +220,13 @@ def ensure_synced() -> AgentHost:
     if not _synced:
         from django.db import IntegrityError
 
-        try:
-            host.sync_agents()
-        except IntegrityError:
-            host.sync_agents()
-        _synced = True
+        # One thread syncs; the others (a burst of first requests) wait for it instead of
+        # each writing every row again.
+        with _sync_lock:
+            if not _synced:
+                try:
+                    host.sync_agents()
+                except IntegrityError:
+                    host.sync_agents()
+                _synced = True
     return host

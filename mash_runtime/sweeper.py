@@ -111,14 +111,20 @@ SWEEP_SCHEDULE = "mash-sweep"
 
 
 def ensure_schedule() -> None:
-    """The periodic sweep must exist: recreate it if a flush or an operator removed it."""
+    """The periodic sweep must exist: recreate it if a flush or an operator removed it.
+
+    The schedule's name is not unique in django-q2, so two processes sweeping at once (two
+    workers spawning together) could both create it; a second row then made `get()` fail
+    in every later sweep, and nothing was recovered again. Extras are deleted instead.
+    """
     from django_q.models import Schedule
 
-    Schedule.objects.get_or_create(
-        name=SWEEP_SCHEDULE,
-        defaults={"func": "mash_runtime.sweeper.sweep", "schedule_type": Schedule.MINUTES, "minutes": 1,
-                  "repeats": -1},
-    )
+    found = list(Schedule.objects.filter(name=SWEEP_SCHEDULE).order_by("pk").values_list("pk", flat=True))
+    if not found:
+        Schedule.objects.create(name=SWEEP_SCHEDULE, func="mash_runtime.sweeper.sweep", schedule_type=Schedule.MINUTES,
+                                minutes=1, repeats=-1)
+    elif len(found) > 1:
+        Schedule.objects.filter(pk__in=found[1:]).delete()
 
 
 def sweep() -> dict[str, int]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 from django.http import StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from mash_api.auth import authenticate_headers
-from mash_api.errors import Unauthorized, error_json, unstorable_param_error
+from mash_api.errors import Unauthorized, error_json, unavailable_json, unstorable_param_error
+from mash_api.connections import release_connection
 from mash_api.streams import request_frames, sse_frame, tail_frames
 from mash_runtime.services import ServiceError, stream_target
 
@@ -56,6 +58,14 @@ async def open_request_stream(request, agent_id: str, request_id: str):
     user = await request.auser()
 
     def check():  # one trip to a thread for the key and the request lookups
+        try:
+            return checked()
+        except OperationalError as exc:
+            return None, unavailable_json(exc)
+        finally:
+            release_connection()  # not held while the stream joins its doorbell group and waits
+
+    def checked():
         if authenticate_headers(request.headers, user) is None:
             return None, error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
         if (nul := unstorable_param_error({"agent_id": agent_id, "request_id": request_id}, request.GET)) is not None:

@@ -36,7 +36,7 @@ def default_size() -> int:
     if configured:
         return int(configured)
     # SQLite takes one writer at a time: more threads only queue on its lock.
-    return 2 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4
+    return 1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4
 
 
 def _pooled() -> bool:

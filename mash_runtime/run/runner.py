@@ -26,7 +26,7 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
@@ -72,6 +72,7 @@ class Runner:
         self.db = DbThreads(db_threads)
         self.runs: dict[str, RunState] = {}
         self.tasks: dict[str, asyncio.Task] = {}
+        self.claiming: set[str] = set()  # holding a slot, their claim under way
         self.draining = False
         self._free = asyncio.Semaphore(self.slots)
         self._drained: asyncio.Task | None = None
@@ -92,38 +93,59 @@ class Runner:
 
     @property
     def in_use(self) -> int:
-        return len(self.runs)
+        return len(self.runs) + len(self.claiming)
 
     # -- deliveries (called from other threads) ------------------------------------------
 
     def submit(self, request_id, *, wait: bool = False) -> Outcome:
-        """Deliver a request: returns once a slot holds its run (`STARTED`) or why not; with
-        `wait`, once the run ended (its outcome). Blocks the calling thread."""
-        return asyncio.run_coroutine_threadsafe(self.admit(str(request_id), wait=wait), self.loop).result()
+        """Deliver a request: returns as soon as a slot holds it (`STARTED`: the claim and
+        the run go on in this process) or why not; with `wait`, once the run ended (its
+        outcome). Blocks the calling thread."""
+        held: Future = Future()
+        done = asyncio.run_coroutine_threadsafe(self.admit(str(request_id), held), self.loop)
+        return done.result() if wait else held.result()
 
-    async def admit(self, key: str, *, wait: bool = False) -> Outcome:
-        if key in self.runs:  # a duplicate delivery of a run this process holds
-            return Outcome.LEASED
+    async def admit(self, key: str, held: Future | None = None) -> Outcome:
+        """Take a slot for `key`, then claim it and start its run. `held` learns the first:
+        the delivering task need not wait for the claim's trip to the database, so one
+        worker process takes deliveries as fast as they come."""
+
+        def answer(outcome: Outcome) -> Outcome:
+            if held is not None and not held.done():
+                held.set_result(outcome)
+            return outcome
+
+        if key in self.runs or key in self.claiming:  # a duplicate delivery of a run this process holds
+            return answer(Outcome.LEASED)
         if self.draining:
-            return await self._deliver_again(key)
+            return answer(await self._deliver_again(key))
         try:
             await asyncio.wait_for(self._free.acquire(), slot_wait_seconds())
         except TimeoutError:
-            return await self._deliver_again(key)
-        if self.draining or key in self.runs:
+            return answer(await self._deliver_again(key))
+        if self.draining or key in self.runs or key in self.claiming:
             self._free.release()
-            return await self._deliver_again(key) if self.draining else Outcome.LEASED
+            return answer(await self._deliver_again(key) if self.draining else Outcome.LEASED)
+        answer(Outcome.STARTED)
+        self.claiming.add(key)
         try:
             claimed = await self.db(lifecycle.claim)(key, self.owner)
+        except Exception:
+            # The request stays accepted: the sweeper delivers it again.
+            logger.exception("claiming %s failed", key)
+            self._free.release()
+            return Outcome.FAILED
         except BaseException:
             self._free.release()
             raise
+        finally:
+            self.claiming.discard(key)
         if not isinstance(claimed, RunState):
             self._free.release()
             return claimed
         self.runs[key] = claimed
         task = self.tasks[key] = self.loop.create_task(self._run(claimed))
-        return await task if wait else Outcome.STARTED
+        return await task
 
     async def _deliver_again(self, key: str) -> Outcome:
         await self.db(enqueue_request)(key)  # the ORM broker writes a row
@@ -209,13 +231,16 @@ class Runner:
 
     async def _drain_steps(self, grace: float) -> None:
         self.draining = True
-        if self.runs:
+        if self.in_use:
             logger.info("worker %s draining: %d run(s) in flight, %.0f s to reach a step boundary",
-                        self.owner, len(self.runs), grace)
+                        self.owner, self.in_use, grace)
         if self.report:
             await self.db(Worker.report)(self.owner, **self._report_values())
+        deadline = time.monotonic() + grace
+        while self.claiming and time.monotonic() < deadline:  # their runs start (and stop) at once
+            await asyncio.sleep(0.05)
         if self.tasks:
-            await asyncio.wait(list(self.tasks.values()), timeout=grace)
+            await asyncio.wait(list(self.tasks.values()), timeout=max(0.0, deadline - time.monotonic()))
         for state in list(self.runs.values()):
             self._interrupt(state, Stop.DRAIN)
         if self.tasks:

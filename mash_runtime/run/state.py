@@ -23,7 +23,7 @@ class Outcome(StrEnum):
     LEASED = "leased"  # another run holds its lease
     WAITING = "waiting"  # an earlier request of its session has not ended
     REQUEUED = "requeued"  # this process could not take it (no slot in time, or draining): delivered again
-    STARTED = "started"  # a slot holds it; the run goes on in this process
+    STARTED = "started"  # a slot holds it; the claim and the run go on in this process
     # A run ended, for now or for good:
     COMPLETED = "completed"
     FAILED = "failed"

@@ -330,3 +330,35 @@ def test_it_takes_choice_and_info_answers(api, engine):
                  400, "INVALID_INTERACTION_RESPONSE")
     data(answer(api, rid, {"interaction_id": info.interaction_id, "response": "because"}))
     assert engine.drain() == ["completed"]
+
+
+def test_a_submit_the_database_cannot_take_now_is_a_retryable_503(api, engine, monkeypatch):
+    from django.db import OperationalError
+
+    from mash_runtime import services
+
+    def starved(*args, **kwargs):
+        raise OperationalError("couldn't get a connection after 10.00 sec")
+
+    monkeypatch.setattr(services, "submit_request", starved)
+    response = submit(api, {"message": "hi"})
+    assert_error(response, 503, "SERVICE_UNAVAILABLE")
+    assert response.json()["error"]["details"] == {"retryable": True}
+    assert response["Retry-After"] == "1"
+    assert not Request.objects.exists()
+
+
+def test_a_stream_the_database_cannot_open_now_is_a_retryable_503(api, engine, monkeypatch):
+    from django.db import OperationalError
+
+    from mash_api.views import streams
+
+    rid = accepted(api, {"message": "hi"})["request_id"]
+
+    def starved(*args, **kwargs):
+        raise OperationalError("couldn't get a connection after 10.00 sec")
+
+    monkeypatch.setattr(streams, "stream_target", starved)
+    response = api.get(f"/api/v1/agent/primary/request/{rid}/events")
+    assert_error(response, 503, "SERVICE_UNAVAILABLE")
+    assert response["Retry-After"] == "1"

@@ -89,6 +89,28 @@ def test_it_resumes_after_a_cursor(api, engine):
     assert [f["id"] for f in stream(api, events_url(rid) + "?after=1", HTTP_LAST_EVENT_ID=str(total - 1))] == [total]
 
 
+def test_a_read_the_database_cannot_serve_is_retried_not_the_end_of_the_stream(api, engine, monkeypatch):
+    from django.db import OperationalError
+
+    from mash_api import streams
+
+    rid = submit(api, script("done"))
+    engine.drain()
+    real, failures = streams._fetch_request_events, []
+
+    def flaky(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("couldn't get a connection after 10.00 sec")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streams, "_fetch_request_events", flaky)
+    frames = stream(api, events_url(rid))
+    assert failures == [1]
+    assert [f["id"] for f in frames] == list(range(1, len(engine.events(rid)) + 1))
+    assert frames[-1]["event"] == "request.completed"
+
+
 @pytest.mark.parametrize("cursor", ["x", "-1"])
 def test_it_rejects_a_bad_cursor(api, engine, cursor):
     rid = submit(api, script("done"))

@@ -514,3 +514,23 @@ def test_a_quick_run_never_waits_for_the_linger(engine, monkeypatch, tmp_path):
     worker.join(timeout=60)
     assert not worker.is_alive(), "the run waited for the delayed flush"
     assert engine.request(rid).status == "completed"
+
+
+def test_the_sweep_keeps_exactly_one_schedule_of_itself(engine):
+    """Two processes sweeping at once could each create the schedule; with two rows every
+    later sweep failed (get() returned 2) and nothing was recovered again."""
+    from django_q.models import Schedule
+
+    from mash_runtime.sweeper import SWEEP_SCHEDULE, sweep
+
+    Schedule.objects.filter(name=SWEEP_SCHEDULE).delete()
+    sweep()
+    assert Schedule.objects.filter(name=SWEEP_SCHEDULE).count() == 1
+    first = Schedule.objects.get(name=SWEEP_SCHEDULE)
+    Schedule.objects.create(name=SWEEP_SCHEDULE, func="mash_runtime.sweeper.sweep", schedule_type=Schedule.MINUTES,
+                            minutes=1, repeats=-1)
+    rid = engine.submit({"script": ["ok"]})
+    engine.queue.clear()
+    Request.objects.filter(pk=rid).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert sweep()["requeued"] == 1  # the sweep still works
+    assert list(Schedule.objects.filter(name=SWEEP_SCHEDULE)) == [first]
