@@ -1,7 +1,6 @@
 """ASGI entry point: HTTP through Django, WebSocket through Channels."""
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -17,6 +16,18 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from mash_project.routing import websocket_urlpatterns  # noqa: E402
+from mash_runtime.run.dbthreads import DbThreads  # noqa: E402
+
+
+def web_threads() -> int:
+    """MASH_WEB_THREADS, or a few fewer than the pool's connections (the API log's writer
+    and the odd out-of-band call take one too)."""
+    from django.conf import settings
+
+    if settings.MASH_WEB_THREADS:
+        return settings.MASH_WEB_THREADS
+    pool = (settings.DATABASES["default"].get("OPTIONS") or {}).get("pool")
+    return max(4, pool["max_size"] - 4) if isinstance(pool, dict) else 8
 
 
 def flush_event_stream_headers(app):
@@ -42,42 +53,32 @@ def flush_event_stream_headers(app):
     return wrapped
 
 
-class LanePool:
-    """Single-thread executors for HTTP requests' sync code, reused across requests.
+def shared_threads(app, threads):
+    """Run every HTTP request's sync code (the views, the ORM, sync middleware and signal
+    receivers) on one small shared pool of threads instead of a thread per request.
 
-    Django runs each request in a fresh `ThreadSensitiveContext`, so its sync parts (the
-    view, the ORM) share one thread per request; asgiref makes that thread for the
-    request's first sync call and joins it from yet another new thread at the end. Two
-    thread starts per request were a sixth of a simple GET's CPU. A request here takes an
-    idle lane (one thread, one call at a time, as before) and gives it back when it
-    ends; Django's own context then nests inside ours and changes nothing. Lanes beyond
-    `keep` idle ones are let go, so a burst of long streams does not leave threads behind.
+    Django gives each request a `ThreadSensitiveContext`, so its sync parts share one
+    thread, made for the request's first sync call and kept until the request ends: an
+    open SSE stream kept a thread for hours (2,000 streams, 2,000 threads), and a burst of
+    requests ran hundreds of sync calls at once, all taking a pooled connection and
+    waiting on one another for the GIL until the pool ran dry (PoolTimeout after 10 s).
+    Here the calls of every request go to `threads` (`DbThreads`): at most that many run at
+    once, the rest wait on the event loop, which costs nothing; each call gives its pooled
+    connection back when it ends, so no request holds one between calls (none of ours
+    keeps a transaction open across calls) and the pool cannot run dry as long as it has
+    more connections than there are threads. A request's calls still run one at a time.
     """
 
-    def __init__(self, keep: int = 64):
-        self.keep = keep
-        self.idle: list[ThreadPoolExecutor] = []
+    async def with_threads(scope, receive, send):
+        async with ThreadSensitiveContext(executor=threads.executor):
+            await app(scope, receive, send)
 
-    def wrap(self, app):
-        async def lane_app(scope, receive, send):
-            lane = self.idle.pop() if self.idle else ThreadPoolExecutor(1, thread_name_prefix="mash-http")
-            try:
-                async with ThreadSensitiveContext(executor=lane):
-                    await app(scope, receive, send)
-            finally:
-                # A cancelled request may leave a call running there: the next request
-                # that takes the lane waits for it, as calls on one lane always did.
-                if len(self.idle) < self.keep:
-                    self.idle.append(lane)
-                else:
-                    lane.shutdown(wait=False)
-
-        return lane_app
+    return with_threads
 
 
 application = ProtocolTypeRouter(
     {
-        "http": flush_event_stream_headers(LanePool().wrap(django_asgi_app)),
+        "http": flush_event_stream_headers(shared_threads(django_asgi_app, DbThreads(web_threads(), name="mash-http"))),
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )

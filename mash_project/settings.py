@@ -153,6 +153,9 @@ MASH_WORKER_CONCURRENCY = env.int("MASH_WORKER_CONCURRENCY", default=100)
 # Threads (each with its own connection) a worker process does its runs' ORM work on;
 # unset: 4 on PostgreSQL, 2 on SQLite.
 MASH_WORKER_DB_THREADS = env.int("MASH_WORKER_DB_THREADS", default=0)
+# Threads a web process runs its requests' sync code on (mash_project/asgi.py); unset: the
+# pool's size less four on PostgreSQL, 8 on SQLite.
+MASH_WEB_THREADS = env.int("MASH_WEB_THREADS", default=0)
 # Seconds a stopping worker lets its runs reach a step boundary before handing them back.
 MASH_WORKER_DRAIN_SECONDS = env.float("MASH_WORKER_DRAIN_SECONDS", default=20.0)
 # A django-q task only delivers a request to its process's runner (it waits for a slot

@@ -43,6 +43,15 @@ def _pooled() -> bool:
     return bool((settings.DATABASES["default"].get("OPTIONS") or {}).get("pool"))
 
 
+def give_back_connection() -> None:
+    """Return this thread's pooled connection to the pool (CONN_MAX_AGE=0: it is lent per
+    call), unless a transaction is open on it. Other connections (SQLite, PostgreSQL
+    without the pool) stay with the thread: these threads are few and long-lived."""
+    conn = connections["default"]
+    if conn.connection is not None and _pooled() and not conn.in_atomic_block:
+        conn.close()
+
+
 def _job(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     now = time.monotonic()
     if now - getattr(_local, "checked", 0.0) > REFRESH_SECONDS:
@@ -56,10 +65,7 @@ def _job(fn: Callable, *args: Any, **kwargs: Any) -> Any:
             conn.close_if_unusable_or_obsolete()
         raise
     finally:
-        if _pooled():
-            # A pooled connection is lent per call (CONN_MAX_AGE=0): give it back, or this
-            # thread would keep it from everyone else.
-            connections["default"].close()
+        give_back_connection()  # or this thread would keep it from everyone else
 
 
 # The database threads of the run the current task belongs to (set by the runner for
@@ -74,14 +80,23 @@ def database(fn: Callable) -> Callable[..., Awaitable[Any]]:
     return threads(fn) if threads is not None else sync_to_async(functools.partial(_job, fn))
 
 
+class ReleasingExecutor(ThreadPoolExecutor):
+    """A thread pool whose every call ends with its pooled connection given back (and
+    starts by dropping stale ones): the threads can be shared by any number of callers
+    without one of them keeping a connection from the rest."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(_job, fn, *args, **kwargs)
+
+
 class DbThreads:
-    def __init__(self, size: int | None = None) -> None:
+    def __init__(self, size: int | None = None, *, name: str = "mash-db") -> None:
         self.size = size or default_size()
-        self.executor = ThreadPoolExecutor(self.size, thread_name_prefix="mash-db")
+        self.executor = ReleasingExecutor(self.size, thread_name_prefix=name)
 
     def __call__(self, fn: Callable) -> Callable[..., Awaitable[Any]]:
         """`fn` as a coroutine function that runs on one of these threads."""
-        return sync_to_async(functools.partial(_job, fn), thread_sensitive=False, executor=self.executor)
+        return sync_to_async(fn, thread_sensitive=False, executor=self.executor)
 
     def close_connections(self, timeout: float = 10.0) -> None:
         """Close every thread's connections (before a test database is dropped, or at exit).

@@ -176,8 +176,11 @@ class Runner:
     async def _heartbeat(self) -> None:
         last_renew = time.monotonic()
         last_report, reported = float("-inf"), None
+        first = True
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not first:  # the first beat at once: a new worker shows before it runs anything
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+            first = False
             now = time.monotonic()
             held = [key for key, state in self.runs.items() if not state.finishing]
             renew = bool(held) and now - last_renew >= max(1.0, lifecycle.lease_seconds() / 3)

@@ -369,25 +369,34 @@ def test_streams_of_one_loop_share_one_channel_and_get_only_their_groups_bells()
     async_to_sync(scenario)()
 
 
-def test_http_requests_reuse_their_sync_threads():
+def test_http_requests_share_a_few_sync_threads_however_many_are_open():
     import threading
 
-    from mash_project.asgi import LanePool
+    from mash_project.asgi import shared_threads
+    from mash_runtime.run.dbthreads import DbThreads
 
     seen = []
+    busy, most = [0], [0]
 
-    async def app(scope, receive, send):
-        seen.append(await sync_to_async(threading.get_ident)())
-        await asyncio.sleep(0.01)
+    def sync_part():
+        busy[0] += 1
+        most[0] = max(most[0], busy[0])
+        threading.Event().wait(0.01)
+        busy[0] -= 1
+        return threading.get_ident()
+
+    async def app(scope, receive, send):  # a request with two sync calls and a wait between them
+        seen.append(await sync_to_async(sync_part)())
+        await asyncio.sleep(0.05)
+        seen.append(await sync_to_async(sync_part)())
 
     async def scenario():
-        lanes = LanePool(keep=1)
-        wrapped = lanes.wrap(app)
-        await wrapped({}, None, None)
-        await wrapped({}, None, None)
-        assert seen[0] == seen[1]  # one after the other: the same thread
-        await asyncio.gather(wrapped({}, None, None), wrapped({}, None, None))
-        assert seen[2] != seen[3]  # at once: a lane each
-        assert len(lanes.idle) == 1  # the one beyond `keep` was let go
+        threads = DbThreads(3, name="test-http")
+        wrapped = shared_threads(app, threads)
+        await asyncio.gather(*(wrapped({}, None, None) for _ in range(50)))
+        threads.executor.shutdown()
 
     async_to_sync(scenario)()
+    assert len(seen) == 100
+    assert len(set(seen)) <= 3  # 50 open requests, three threads
+    assert most[0] <= 3

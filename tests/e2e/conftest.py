@@ -18,6 +18,7 @@ from typing import Callable
 import pytest
 from django.db import connection
 
+from mash_api.management.commands.serve import listen_endpoint
 from mash_runtime.host import set_host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +173,7 @@ class WebServer:
         self.port = free_port()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                [sys.executable, "-m", "daphne", "-e", listen_endpoint("127.0.0.1", self.port),
                  "mash_project.asgi:application"],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )

@@ -36,6 +36,19 @@ def _env_port() -> int:
         raise CommandError(f"MASH_API_PORT/PORT must be a number, got {raw!r}") from None
 
 
+# Twisted listens with a backlog of 50: a burst of new connections (256 clients opening
+# at once) overflowed the accept queue, and the kernel dropped their handshakes, so
+# clients waited 1, 3 or 7 s for SYN retries or saw their connection reset.
+LISTEN_BACKLOG = 1024
+
+
+def listen_endpoint(host: str, port: int) -> str:
+    """daphne's endpoint for host:port (its own escaping), with a backlog fit for bursts."""
+    from daphne.endpoints import build_endpoint_description_strings
+
+    return build_endpoint_description_strings(host=host, port=port)[0] + f":backlog={LISTEN_BACKLOG}"
+
+
 class Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str]):
         self.name, self.argv, self.env = name, argv, env
@@ -135,7 +148,8 @@ class Command(BaseCommand):
 
         python = sys.executable
         children = [
-            Child("web", [python, "-m", "daphne", "-b", bind, "-p", str(port), "mash_project.asgi:application"], env),
+            Child("web", [python, "-m", "daphne", "-e", listen_endpoint(bind, port), "mash_project.asgi:application"],
+                  env),
         ]
         if not options["no_worker"]:
             children.append(
