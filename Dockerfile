@@ -4,6 +4,9 @@
 #   worker: mash qcluster
 # Configure with MASH_HOST_APP, MASH_DATA_DIR, DATABASE_URL (or MASH_DATABASE_URL),
 # MASH_REDIS_URL, MASH_API_KEY. Serving on 0.0.0.0 needs an API key (or --insecure).
+# On SIGTERM the worker drains (MASH_WORKER_DRAIN_SECONDS, 20) before it exits, handing
+# what still runs to other workers; `docker stop` waits only 10 s unless told more:
+# `docker stop -t 40`, or `stop_grace_period: 40s` in compose.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -29,16 +29,12 @@ def configure(args) -> dict[str, str]:
     data_dir = tempfile.mkdtemp(prefix="mash-bench-")
     env = {"MASH_DATA_DIR": data_dir, "MASH_HOST_APP": HOST, "MASH_WORKERS": str(args.workers),
            "MASH_QUEUE_POLL": str(args.poll), "MASH_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
-    if args.postgres:
-        db = f"mash_bench_{os.getpid()}"
-        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-                        f"CREATE DATABASE {db}"], check=True)
-        env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db}"
-    if args.redis:
-        env["MASH_REDIS_URL"] = "redis://127.0.0.1:6379/15"
+    sys.path.insert(0, str(REPO))
+    from bench.http_load import fresh_backends
+
+    fresh_backends(env, args, "mash_bench", redis_db=15)
     os.environ.update(env)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mash_project.settings")
-    sys.path.insert(0, str(REPO))
     return env
 
 

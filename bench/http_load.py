@@ -117,15 +117,7 @@ class Servers:
         self.env.update({"MASH_DATA_DIR": self.data_dir, "MASH_HOST_APP": HOST, "PYTHONPATH": str(self.tree),
                          "MASH_WORKERS": str(args.workers), "MASH_QUEUE_POLL": str(args.poll),
                          "MASH_LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "mash_project.settings"})
-        self.db = None
-        if args.postgres:
-            self.db = f"mash_http_bench_{os.getpid()}"
-            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-                            f"CREATE DATABASE {self.db}"], check=True)
-            self.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.db}"
-        if args.redis:
-            self.env["MASH_REDIS_URL"] = "redis://127.0.0.1:6379/14"
-            subprocess.run(["redis-cli", "-n", "14", "flushdb"], check=False, capture_output=True)
+        self.db = fresh_backends(self.env, args, "mash_http_bench", redis_db=14)
         self.ports = [free_port() for _ in range(args.web)]
 
     def start(self) -> None:
@@ -161,9 +153,28 @@ class Servers:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        if self.db:
-            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-                            f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)"], check=False)
+        drop_database(self.db)
+
+
+def fresh_backends(env: dict[str, str], args, prefix: str, redis_db: int) -> str | None:
+    """Point `env` at a fresh PostgreSQL database (`args.postgres`) and an empty Redis
+    database (`args.redis`); returns the database's name, for `drop_database`."""
+    db = None
+    if args.postgres:
+        db = f"{prefix}_{os.getpid()}"
+        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
+                        f"CREATE DATABASE {db}"], check=True)
+        env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db}"
+    if args.redis:
+        env["MASH_REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+        subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], check=False, capture_output=True)
+    return db
+
+
+def drop_database(db: str | None) -> None:
+    if db:
+        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
+                        f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], check=False)
 
 
 async def one_request(client: httpx.AsyncClient, base: str, session: str, agent: str = "bench") -> dict:

@@ -40,7 +40,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.http_load import TLS, cpu_by_role, free_port, percentile, raise_fd_limit, rss_mib, run_level  # noqa: E402
+from bench.http_load import (TLS, cpu_by_role, drop_database, free_port, fresh_backends, percentile,  # noqa: E402
+                             raise_fd_limit, rss_mib, run_level)
 from tests.fakes.slow_anthropic import run_slow_anthropic  # noqa: E402
 
 HOST_APP = "bench.bench_host:build_model_host"
@@ -108,15 +109,7 @@ class Host:
                     "MASH_LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "mash_project.settings"}
         for name in ("DATABASE_URL", "MASH_DATABASE_URL", "MASH_REDIS_URL"):
             self.env.pop(name, None)
-        self.db = None
-        if args.postgres:
-            self.db = f"mash_inflight_{os.getpid()}"
-            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-                            f"CREATE DATABASE {self.db}"], check=True)
-            self.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.db}"
-        if args.redis:
-            self.env["MASH_REDIS_URL"] = "redis://127.0.0.1:6379/13"
-            subprocess.run(["redis-cli", "-n", "13", "flushdb"], check=False, capture_output=True)
+        self.db = fresh_backends(self.env, args, "mash_inflight", redis_db=13)
         self.proc: subprocess.Popen | None = None
         self.log = open(Path(self.data_dir) / "serve.log", "wb")
 
@@ -184,9 +177,7 @@ class Host:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.db:
-            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-                            f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)"], check=False)
+        drop_database(self.db)
 
 
 class Peaks:

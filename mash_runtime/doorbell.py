@@ -132,12 +132,18 @@ class TailBells:
             logger.warning("doorbell on %s failed", group, exc_info=True)
 
     async def flush(self) -> None:
-        """Send held rings now (a worker calls this before its loop goes idle)."""
-        for group, timer in list(self.timers.items()):
-            timer.cancel()
-            self.timers.pop(group, None)
-            layer, message = self.held.pop(group)
-            await self._send(layer, group, message)
+        """Send held rings now (a draining worker calls this before its loop stops)."""
+        for group in list(self.held):
+            held = self.held.pop(group, None)
+            if held is None:
+                # Its timer fired while an earlier send of this loop awaited, and is sending it.
+                # (Cancelling that timer lost the ring; the old per-task flush failed with a
+                # KeyError instead.)
+                continue
+            timer = self.timers.pop(group, None)
+            if timer is not None:
+                timer.cancel()  # still asleep: a woken timer takes its held ring at once
+            await self._send(held[0], group, held[1])
 
 
 _bells: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TailBells]" = weakref.WeakKeyDictionary()

@@ -42,6 +42,15 @@ def terminal_events(rid) -> list[str]:
                 .values_list("event_type", flat=True))
 
 
+def thirty_runs(tmp_path, script) -> list[tuple]:
+    """30 requests, each with its own output and pid file: (request id, out, pid file)."""
+    runs = []
+    for i in range(30):
+        out, pid_file = tmp_path / f"out{i}.txt", tmp_path / f"pid{i}"
+        runs.append((submit({"script": script(out, pid_file)}), out, pid_file))
+    return runs
+
+
 def worker_pids() -> list[int]:
     return list(Worker.live().values_list("pid", flat=True))
 
@@ -64,15 +73,11 @@ def test_one_worker_process_holds_fifty_model_calls_at_once(clusters, settings, 
 
 def test_thirty_runs_of_a_killed_worker_all_complete_and_no_tool_runs_twice(clusters, tmp_path):
     clusters.start(MASH_WORKERS="1")
-    runs = []
-    for i in range(30):
-        out, pid_file = tmp_path / f"out{i}.txt", tmp_path / f"pid{i}"
-        rid = submit({"script": [
-            {"tool_calls": [tool("append_line", path=str(out), line="one")]},
-            {"tool_calls": [tool("wait_and_append", path=str(out), line="two", sleep=4, pid_file=str(pid_file))]},
-            "survived",
-        ]})
-        runs.append((rid, out, pid_file))
+    runs = thirty_runs(tmp_path, lambda out, pid_file: [
+        {"tool_calls": [tool("append_line", path=str(out), line="one")]},
+        {"tool_calls": [tool("wait_and_append", path=str(out), line="two", sleep=4, pid_file=str(pid_file))]},
+        "survived",
+    ])
     wait_for(lambda: all(p.exists() for _, _, p in runs), timeout=60, what="30 runs to be in their second tool")
     pids = {int(p.read_text()) for _, _, p in runs}
     assert len(pids) == 1, "one worker process holds all 30 runs"
@@ -91,14 +96,10 @@ def test_thirty_runs_of_a_killed_worker_all_complete_and_no_tool_runs_twice(clus
 
 def test_a_terminated_worker_hands_its_runs_over_and_each_ends_once(clusters, tmp_path):
     clusters.start(MASH_WORKERS="1")
-    runs = []
-    for i in range(30):
-        out, pid_file = tmp_path / f"out{i}.txt", tmp_path / f"pid{i}"
-        rid = submit({"script": [
-            {"tool_calls": [tool("wait_and_append", path=str(out), line="slow", sleep=3, pid_file=str(pid_file))]},
-            "handed over",
-        ]})
-        runs.append((rid, out, pid_file))
+    runs = thirty_runs(tmp_path, lambda out, pid_file: [
+        {"tool_calls": [tool("wait_and_append", path=str(out), line="slow", sleep=3, pid_file=str(pid_file))]},
+        "handed over",
+    ])
     wait_for(lambda: all(p.exists() for _, _, p in runs), timeout=60, what="30 runs to be in their tool")
     pid = int(runs[0][2].read_text())
     os.kill(pid, signal.SIGTERM)
@@ -177,3 +178,21 @@ def test_a_request_parked_on_an_approval_frees_its_slot(clusters, tmp_path):
     wait_for(lambda: all_terminal(parked), timeout=60, what="the approved requests")
     assert set(statuses(parked).values()) == {"completed"}
     assert sorted(p.name for p in tmp_path.glob("f*")) == ["f0", "f1"]
+
+
+def test_recycling_a_worker_hands_its_runs_over_instead_of_killing_them(clusters, tmp_path):
+    # django-q2 ends a worker's loop after `recycle` tasks; its runs must not die with it.
+    cluster = clusters.start(MASH_WORKERS="1", MASH_WORKER_RECYCLE="4", MASH_QUEUE_LOG_LEVEL="INFO")
+    runs = [(submit({"script": [
+        {"tool_calls": [tool("wait_and_append", path=str(tmp_path / f"out{i}"), line="x", sleep=2,
+                             pid_file=str(tmp_path / f"pid{i}"))]},
+        "done",
+    ]}), i) for i in range(8)]
+    ids = [rid for rid, _ in runs]
+    wait_for(lambda: all_terminal(ids), timeout=120, what="8 requests across recycled workers")
+    assert set(statuses(ids).values()) == {"completed"}, cluster.log()[-3000:]
+    for rid, i in runs:
+        assert (tmp_path / f"out{i}").read_text() == "x\n", "a handed-over tool call does not run again"
+        assert terminal_events(rid) == ["request.completed"]
+    assert "recycled worker" in cluster.log()
+    assert len({(tmp_path / f"pid{i}").read_text() for _, i in runs}) >= 2, "more than one process ran them"

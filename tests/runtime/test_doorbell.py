@@ -45,6 +45,30 @@ def test_flush_sends_held_rings_at_once():
     asyncio.run(scenario())
 
 
+def test_flush_survives_a_held_ring_whose_timer_fires_during_it():
+    class SlowLayer(Layer):
+        slow = False
+
+        async def group_send(self, group, message):
+            if self.slow:  # long enough for the other group's timer to fire meanwhile
+                await asyncio.sleep(TAIL_RING_SECONDS * 2)
+            await super().group_send(group, message)
+
+    async def scenario():
+        layer, bells = SlowLayer(), TailBells()
+        for seq in (1, 2):
+            await bells.ring(layer, "a", {"seq": seq})
+            await bells.ring(layer, "b", {"seq": seq})  # the second ring of each is held, with a timer
+        assert set(bells.held) == {"a", "b"}
+        layer.slow = True
+        await bells.flush()  # while it sends a's, b's timer fires and sends b's itself
+        await asyncio.sleep(TAIL_RING_SECONDS * 3)
+        assert sorted((g, m["seq"]) for _, g, m in layer.sent) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+        assert not bells.timers and not bells.held
+
+    asyncio.run(scenario())
+
+
 def test_small_events_ride_along_and_big_ones_do_not():
     small = RuntimeEvent(id=1, request_id="r", seq=1, event_type="e", agent_id="a", session_id="s",
                          trace_id="t", step_key="", payload={"x": 1}, created_at=1.0)
