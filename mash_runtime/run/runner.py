@@ -26,7 +26,8 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_first
 from typing import Any
 
 from django.conf import settings
@@ -103,7 +104,13 @@ class Runner:
         outcome). Blocks the calling thread."""
         held: Future = Future()
         done = asyncio.run_coroutine_threadsafe(self.admit(str(request_id), held), self.loop)
-        return done.result() if wait else held.result()
+        if wait:
+            return done.result()
+        # `admit` answers `held` early; if it fails before it could, its error comes from `done`
+        # (waiting on `held` alone would block this task until django-q2's timeout killed the
+        # process, and every run in it).
+        wait_for_first([held, done], return_when=FIRST_COMPLETED)
+        return held.result() if held.done() else done.result()
 
     async def admit(self, key: str, held: Future | None = None) -> Outcome:
         """Take a slot for `key`, then claim it and start its run. `held` learns the first:

@@ -128,3 +128,16 @@ def test_the_heartbeat_cancels_a_running_tool(engine, runner, tmp_path):
     assert outcome == [Outcome.CANCELLED], "interrupted, not waited for (the tool sleeps 60 s)"
     assert engine.request(rid).status == "cancelled"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_delivery_that_fails_before_it_holds_a_slot_raises_instead_of_hanging(engine, runner, monkeypatch):
+    from django.db import OperationalError
+
+    async def broker_down(key):
+        raise OperationalError("the database is gone")
+
+    rid = engine.submit({"script": ["x"]})
+    runner.draining = True  # a draining runner delivers again, through the database
+    monkeypatch.setattr(runner, "_deliver_again", broker_down)
+    with pytest.raises(OperationalError):
+        runner.submit(rid)
