@@ -48,7 +48,8 @@ ALLOWED_HOSTS = env.list("MASH_ALLOWED_HOSTS", default=["*"])
 CSRF_TRUSTED_ORIGINS = env.list("MASH_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "daphne",
+    # First, for its runserver (daphne's, imported only when it runs: mash_project/management).
+    "mash_project",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
