@@ -12,8 +12,11 @@ import hmac
 import ipaddress
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
 from mash_api.models import ApiKey
@@ -83,6 +86,69 @@ def authenticate_headers(headers, user=None) -> Principal | None:
         # A logged-in staff browser (browsable API, telemetry pages) needs no key.
         return Principal("staff", user.get_username())
     return principal
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    def _reject(self, request, reason):
+        return reason
+
+
+def csrf_refusal(request) -> str | None:
+    """Why Django's CSRF check (Origin or Referer, then the token) refuses this request, or None.
+
+    Only cookie-authenticated unsafe requests are checked: a browser sends the session
+    cookie to us from any page, so the cookie alone proves nothing; an API key proves
+    the caller knows a secret no foreign page has.
+    """
+    if request.method in SAFE_METHODS:
+        return None
+    check = _CsrfCheck(lambda _request: None)
+    check.process_request(request)
+    return check.process_view(request, None, (), {})
+
+
+def permission_refusal(principal: Principal | None, user, method: str, permission: str | None) -> str | None:
+    """Why a logged-in user may not make this call, or None.
+
+    A staff session reads what the API serves; a write takes the model permission the
+    admin would ask for (`permission`, e.g. "mash_runtime.add_request"); a write that
+    names none is for superusers only. Key-authenticated callers are not users: a key
+    is all the API asks of them.
+    """
+    if principal is None or principal.kind != "staff" or method in SAFE_METHODS:
+        return None
+    if permission is None:
+        return None if user.is_superuser else "only a superuser may do this with a browser session; use an API key"
+    if user.has_perm(permission):
+        return None
+    return f"your account lacks the permission {permission!r}; ask an administrator, or use an API key"
+
+
+def origin_refusal(headers, principal: Principal | None) -> str | None:
+    """Why a cookie-authenticated WebSocket's Origin is refused, or None (cross-site
+    WebSocket hijacking: a browser opens sockets from any page, with our cookie).
+
+    The Origin must be this host (the Host header, itself one of ALLOWED_HOSTS) or one of
+    CSRF_TRUSTED_ORIGINS. Browsers always send Origin on a WebSocket; a client without
+    one is not a browser and should present a key.
+    """
+    if principal is None or principal.kind != "staff":
+        return None
+    origin = headers.get("origin") or headers.get("Origin") or ""
+    if not origin:
+        return "a browser session needs an Origin header"
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return None
+    parsed = urlsplit(origin)
+    host = (headers.get("host") or headers.get("Host") or "").strip().lower()
+    if parsed.scheme in ("http", "https") and parsed.netloc.lower() == host and host:
+        domain, _port = split_domain_port(host)
+        if domain and validate_host(domain, settings.ALLOWED_HOSTS):
+            return None
+    return f"Origin {origin!r} is not this host"
 
 
 class InsecureBindError(ValueError):

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from mash_api.auth import authenticate_headers
-from mash_api.streams import latest_event_id, request_frames, tail_frames, ws_message
+from mash_api.auth import Principal, authenticate_headers, origin_refusal, permission_refusal
+from mash_api.streams import latest_event_id, request_frames, tail_frames, ws_delta, ws_message
 from mash_runtime.services import ServiceError, answer_interaction, get_request
 
 UNAUTHORIZED = 4401
@@ -29,7 +29,26 @@ class _StreamConsumer(AsyncJsonWebsocketConsumer):
     pump: asyncio.Task | None = None
 
     async def principal(self):
-        return await sync_to_async(authenticate_headers)(scope_headers(self.scope), self.scope.get("user"))
+        """The caller, or None when refused: a key, or a staff session from this host's
+        own pages (a cookie-authenticated socket from a foreign Origin is refused)."""
+        headers = scope_headers(self.scope)
+        principal = await sync_to_async(authenticate_headers)(headers, self.scope.get("user"))
+        if origin_refusal(headers, principal) is not None:
+            return None
+        return principal
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        try:
+            content = await self.decode_json(text_data) if text_data is not None else None
+        except (ValueError, RecursionError):  # not JSON, NaN, or nested too deep to parse
+            await self.send_json({"type": "error", "error": {"code": "INVALID_JSON",
+                                                             "message": "messages must be JSON objects"}})
+            return
+        if content is None:
+            await self.send_json({"type": "error", "error": {"code": "INVALID_MESSAGE",
+                                                             "message": "send text frames holding JSON"}})
+            return
+        await self.receive_json(content, **kwargs)
 
     def query(self, name: str) -> str | None:
         values = parse_qs(self.scope.get("query_string", b"").decode()).get(name)
@@ -41,6 +60,8 @@ class _StreamConsumer(AsyncJsonWebsocketConsumer):
                 async for frame in frames:
                     if frame.event is not None:
                         await self.send_json(ws_message(frame.event) if self.full_messages else frame.event.to_dict())
+                    elif frame.delta is not None:
+                        await self.send_json(ws_delta(frame.delta))
             except asyncio.CancelledError:
                 raise
             finally:
@@ -61,7 +82,8 @@ class RequestStreamConsumer(_StreamConsumer):
     close_when_done = True
 
     async def connect(self) -> None:
-        if await self.principal() is None:
+        self.caller = await self.principal()
+        if self.caller is None:
             await self.close(code=UNAUTHORIZED)
             return
         kwargs = self.scope["url_route"]["kwargs"]
@@ -72,12 +94,17 @@ class RequestStreamConsumer(_StreamConsumer):
             await self.close(code=NOT_FOUND)
             return
         await self.accept()
-        await self.start_pump(request_frames(self.request_row.pk, max(0, after)))
+        with_tokens = self.query("stream") == "tokens"  # as ?stream=tokens on the SSE route
+        await self.start_pump(request_frames(self.request_row.pk, max(0, after), tokens=with_tokens))
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "interaction":
             await self.send_json({"type": "error", "error": {"code": "INVALID_MESSAGE",
                                                              "message": "expected {type: 'interaction', ...}"}})
+            return
+        refusal = permission_refusal(self.caller, self.scope.get("user"), "POST", "mash_runtime.change_interaction")
+        if refusal is not None:
+            await self.send_json({"type": "error", "error": {"code": "FORBIDDEN", "message": refusal, "status": 403}})
             return
         try:
             result = await sync_to_async(answer_interaction)(
@@ -99,7 +126,8 @@ class TelemetryTailConsumer(_StreamConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if not (user is not None and user.is_active and user.is_staff):
+        if not (user is not None and user.is_active and user.is_staff) or \
+                origin_refusal(scope_headers(self.scope), Principal("staff")) is not None:
             await self.close(code=UNAUTHORIZED)
             return
         start = await sync_to_async(latest_event_id)()  # "now", before the client sees the accept

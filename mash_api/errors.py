@@ -7,15 +7,17 @@ validation errors, unknown routes, wrong methods, bad JSON and crashes alike.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
-from django.db import OperationalError
+from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from mash_runtime.dbfaults import connection_dropped, recover_connections
 from mash_runtime.services import ServiceError
+from mash_runtime.storable import UnstorableValue, is_storable
 
 logger = logging.getLogger("mash_api")
 
@@ -34,27 +36,10 @@ def error_json(code: str, message: str, status_code: int, details: dict[str, Any
     return JsonResponse(envelope(code, message, details), status=status_code)
 
 
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
-
-
 def contains_unstorable(value: Any) -> bool:
-    """Whether a string, or any key or string inside a JSON value, holds a NUL or a lone surrogate.
-
-    No database of ours stores them: PostgreSQL refuses NUL in text and both in jsonb, and
-    UTF-8 cannot encode a lone surrogate (JSON's `"\\ud800"` decodes to one).
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _UNSTORABLE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
+    """Whether a value holds what no column stores (NUL, a lone surrogate, NaN, too deep):
+    `mash_runtime.storable` is the one definition."""
+    return not is_storable(value)
 
 
 def unstorable_param_error(path_kwargs: dict[str, Any], query) -> ServiceError | None:
@@ -95,6 +80,11 @@ BLANK_CODES = {"blank", "required"}
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
         return Response(envelope(exc.code, exc.message, exc.details), status=exc.status)
+    if isinstance(exc, UnstorableValue):  # caught by the model field, past the serializers
+        return Response(envelope("VALIDATION_ERROR", str(exc), {"errors": [
+            {"loc": ["body", *exc.where.split(".")], "msg": exc.reason, "type": "value_error"}]}), status=422)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(envelope(*_too_large()), status=413)
     if isinstance(exc, exceptions.ValidationError):
         errors = validation_errors(exc.detail)
         # Blank or missing values are the client's wording problem (400); anything else is shape (422).
@@ -110,7 +100,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(envelope("UNAUTHORIZED", str(Unauthorized.default_detail)), status=401,
                         headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, exceptions.PermissionDenied):
-        return Response(envelope("FORBIDDEN", str(exc.detail)), status=403)
+        # DRF's SessionAuthentication words a failed CSRF check so ("CSRF Failed: ...").
+        code = "CSRF_FAILED" if str(exc.detail).startswith("CSRF Failed") else "FORBIDDEN"
+        return Response(envelope(code, str(exc.detail)), status=403)
     if isinstance(exc, exceptions.MethodNotAllowed):
         return Response(envelope("METHOD_NOT_ALLOWED", str(exc.detail)), status=405)
     if isinstance(exc, exceptions.NotFound):
@@ -119,7 +111,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(envelope("NOT_FOUND", str(exc) or "Not found."), status=404)
     if isinstance(exc, exceptions.Throttled):
         return Response(envelope("RATE_LIMITED", str(exc.detail)), status=429)
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, (OperationalError, InterfaceError)):
         return unavailable(exc)
     # Imported here: rest_framework.views reads the permission settings, which import this module.
     from rest_framework.views import exception_handler as drf_exception_handler
@@ -131,20 +123,37 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return Response(envelope("INTERNAL_ERROR", "Internal server error"), status=500)
 
 
-UNAVAILABLE = ("SERVICE_UNAVAILABLE", "The database is busy or unreachable; retry shortly", {"retryable": True})
+def _too_large() -> tuple[str, str]:
+    from django.conf import settings
+
+    return ("PAYLOAD_TOO_LARGE", f"Request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+                                 "(MASH_MAX_BODY_BYTES)")
+
+
+UNAVAILABLE = ("DATABASE_UNAVAILABLE", "The database is busy or unreachable; retry shortly", {"retryable": True})
+
+
+def _database_fault(exc: Exception) -> None:
+    logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+    if connection_dropped(exc):
+        # Its pool's other idle connections died with it most likely: replace them now, not
+        # one failed request at a time.
+        recover_connections()
 
 
 def unavailable(exc: Exception) -> Response:
-    """A 503 the client may retry: the database could not be reached in time (the pool
-    had no free connection, the server restarts, SQLite stayed locked). Nothing was
-    stored by the failed call."""
-    logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+    """A 503 DATABASE_UNAVAILABLE the client may retry: the database could not serve the call
+    (the pool had no free connection in time, the connection dropped and its one retry
+    failed too, the server restarts, SQLite stayed locked). Nothing was stored by the
+    failed call, or what was is found again by the retry: a submit sent again with the same
+    Idempotency-Key answers with the request the first one stored, if it did."""
+    _database_fault(exc)
     return Response(envelope(*UNAVAILABLE), status=503, headers={"Retry-After": "1"})
 
 
 def unavailable_json(exc: Exception) -> JsonResponse:
     """`unavailable` for plain Django views (the SSE ones)."""
-    logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+    _database_fault(exc)
     response = error_json(*UNAVAILABLE[:2], 503, UNAVAILABLE[2])
     response["Retry-After"] = "1"
     return response
@@ -168,3 +177,22 @@ def handler500(request):
     from django.views.defaults import server_error
 
     return server_error(request)
+
+
+def handler400(request, exception=None):
+    """A Host not in ALLOWED_HOSTS (and other SuspiciousOperation): say which setting admits it.
+
+    Must not call `request.get_host()`: that is what raised.
+    """
+    from django.core.exceptions import DisallowedHost
+
+    if isinstance(exception, RequestDataTooBig):
+        return error_json(*_too_large(), 413)
+    if isinstance(exception, DisallowedHost):
+        host = request.META.get("HTTP_HOST", "")
+        return error_json("DISALLOWED_HOST", f"Host {host!r} is not served here: add it to MASH_ALLOWED_HOSTS", 400)
+    if is_api_path(request.path):
+        return error_json("BAD_REQUEST", "Bad request", 400)
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)

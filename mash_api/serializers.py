@@ -1,8 +1,10 @@
 """Request-body shapes. Strict: a number is not a string, a list is not an object."""
 
+import json
+
 from rest_framework import serializers
 
-from mash_api.errors import contains_unstorable
+from mash_runtime.storable import UnstorableValue, check_storable
 
 
 class StrictCharField(serializers.CharField):
@@ -13,14 +15,21 @@ class StrictCharField(serializers.CharField):
 
 
 class StorableJSONField(serializers.JSONField):
-    """Any JSON value without NUL or lone surrogate characters (no database column stores them)."""
+    """Any JSON value a column can store (`mash_runtime.storable`: no NUL or lone surrogate,
+    finite numbers, bounded depth), at most `max_bytes` of JSON."""
 
-    default_error_messages = {"invalid_characters": "NUL and surrogate characters are not allowed."}
+    def __init__(self, *args, max_bytes: int = 64 * 1024, **kwargs):
+        self.max_bytes = max_bytes
+        super().__init__(*args, **kwargs)
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        if contains_unstorable(value):
-            self.fail("invalid_characters")
+        try:
+            check_storable(value, "value")
+        except UnstorableValue as exc:
+            raise serializers.ValidationError(str(exc), code="unstorable") from None
+        if len(json.dumps(value, ensure_ascii=False).encode()) > self.max_bytes:
+            raise serializers.ValidationError(f"must be at most {self.max_bytes} bytes of JSON", code="too_large")
         return value
 
 

@@ -24,7 +24,9 @@ from django.conf import settings
 from django.db import OperationalError
 
 from mash_api.connections import release_connection
+from mash_runtime import tokens
 from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
+from mash_runtime.tokens import DELTA_EVENT
 from mash_runtime.models import Request, RuntimeEvent, select_rows
 
 logger = logging.getLogger("mash_api.streams")
@@ -68,11 +70,13 @@ class Backoff:
 
 @dataclass
 class Frame:
-    """One stream item: an event, or a keep-alive when `event` is None. `more` says another
-    frame of the same batch follows at once, so a writer may send them together."""
+    """One stream item: an event, a token delta (`delta`, never stored: mash_runtime.tokens),
+    or a keep-alive when both are None. `more` says another frame of the same batch follows
+    at once, so a writer may send them together."""
 
     event: RuntimeEvent | None = None
     more: bool = False
+    delta: dict | None = None
 
 
 def batch(events) -> list[Frame]:
@@ -85,6 +89,15 @@ def batch(events) -> list[Frame]:
 def sse_frame(event: RuntimeEvent) -> str:
     data = json.dumps(event.wire_data(), separators=(",", ":"))  # ASCII-escaped, one line
     return f"id: {event.seq}\nevent: {event.stream_name}\ndata: {data}\n\n"
+
+
+def sse_delta(delta: dict) -> str:
+    # No `id:`: a delta is not a stored event, so Last-Event-ID never points at one.
+    return f"event: {DELTA_EVENT}\ndata: {json.dumps(delta, separators=(',', ':'))}\n\n"
+
+
+def ws_delta(delta: dict) -> dict[str, Any]:
+    return {"event": DELTA_EVENT, "data": delta}
 
 
 def ws_message(event: RuntimeEvent) -> dict[str, Any]:
@@ -350,14 +363,28 @@ def carried_frames(rung: list[dict], cursor: int) -> tuple[list[Frame], bool]:
     return batch(events), newest > cursor
 
 
-async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> AsyncIterator[Frame]:
+# The stored events that end an LLM step: a delta of that step arriving after one is stale.
+STEP_STORED_EVENTS = ("llm.request.complete", "runtime.llm.think.completed")
+
+
+async def _sequence_frames(fetch, group: str, after: int, final_events=(), tokens_of=None) -> AsyncIterator[Frame]:
     """Rows numbered by `seq` after `after`, read with `fetch(cursor, first) -> (rows, finished)`;
-    ends right after the row that finishes the sequence (or at once when resumed past it)."""
+    ends right after the row that finishes the sequence (or at once when resumed past it).
+    With `tokens_of` (a request id), the token deltas of its running steps come in between."""
     cursor = after
     backoff = Backoff()
     last_sent = time.monotonic()
     first = True
     read = True
+    stored_steps: set[str] = set()
+
+    def seen(frame: Frame) -> Frame:
+        if tokens_of is not None and frame.event.event_type in STEP_STORED_EVENTS:
+            stored_steps.add(frame.event.step_key)
+        return frame
+
+    if tokens_of is not None:
+        await tokens.mark_listening(tokens_of)
     async with Doorbell([group]) as bell:
         while True:
             if read:
@@ -372,7 +399,7 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
                     first = False
                 for frame in batch(events):
                     cursor = frame.event.seq
-                    yield frame
+                    yield seen(frame)
                 if finished:
                     return
                 if events:
@@ -382,15 +409,28 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
                         continue  # more may be waiting; anything committed later rings
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
+                if tokens_of is not None:
+                    await tokens.mark_listening(tokens_of)
                 yield Frame(None)
             rung = await bell.wait(min(backoff.next_wait(), KEEPALIVE_SECONDS - (time.monotonic() - last_sent)))
+            deltas = [m["delta"] for m in rung if "delta" in m]
+            if deltas:
+                rung = [m for m in rung if "delta" not in m]
+                if tokens_of is not None:
+                    for delta in deltas:
+                        if delta.get("step_key") not in stored_steps:
+                            yield Frame(delta=delta)
+                    last_sent = time.monotonic()
+                if not rung:
+                    read = False  # text of a running step: nothing new is stored yet
+                    continue
             backoff.after_wait(bool(rung))
             # A caught-up reader sends what the doorbells carried; the database is read when
             # they skipped something, carried nothing, or none rang (the fallback poll).
             frames, read = carried_frames(rung, cursor) if rung else ([], True)
             for frame in frames:
                 cursor = frame.event.seq
-                yield frame
+                yield seen(frame)
             if frames:
                 last_sent = time.monotonic()
                 backoff.reset()
@@ -400,10 +440,12 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=()) -> As
                     return
 
 
-def request_frames(request_id, after: int = 0) -> AsyncIterator[Frame]:
-    """Frames of one request after seq `after`, ending right after its terminal event."""
+def request_frames(request_id, after: int = 0, *, tokens: bool = False) -> AsyncIterator[Frame]:
+    """Frames of one request after seq `after`, ending right after its terminal event; with
+    `tokens`, also the deltas of its running LLM steps (`agent.delta`)."""
     return _sequence_frames(lambda cursor, first: _fetch_request_events(request_id, cursor, first),
-                            request_group(request_id), after, TERMINAL_EVENTS)
+                            request_group(request_id), after, TERMINAL_EVENTS,
+                            tokens_of=request_id if tokens else None)
 
 
 async def tail_frames(agent_id: str | None = None, session_id: str | None = None,

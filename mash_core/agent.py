@@ -21,7 +21,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from mash_core.config import AgentConfig
 from mash_core.llm.base import LLMError, LLMProvider, LLMRequest, LLMResponse, TokenUsage
@@ -56,6 +56,15 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
 
 
+class TextDeltas(Protocol):
+    """A step's text on its way out while the model writes it: called with each piece,
+    closed when the call ends (successfully or not)."""
+
+    async def __call__(self, text: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class AgentHooks:
     """Plain hooks: run steps directly, no events, interactions answered by a callback."""
 
@@ -81,6 +90,11 @@ class AgentHooks:
     async def emit(
         self, event_type: str, payload: dict[str, Any], *, loop_index: int | None = None, step_key: str = ""
     ) -> None:
+        return None
+
+    async def text_sink(self, step_key: str, attempt: int) -> "TextDeltas | None":
+        """Where the text of the LLM step `step_key` goes while the model writes it, or None
+        (then the step is asked for whole). Plain hooks have nowhere to send it."""
         return None
 
     async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: "AgentRun") -> ToolResult:
@@ -178,20 +192,33 @@ class AgentRun:
             prompt_caching=config.prompt_caching_enabled,
         )
 
-    async def complete(self, request: LLMRequest) -> dict[str, Any]:
-        """One LLM call with bounded backoff on transient errors; the output a plan step stores."""
+    @property
+    def provider_name(self) -> str:
+        llm = self.agent.llm
+        return getattr(llm, "provider", "") or type(llm).__name__.removesuffix("Provider").lower()
+
+    async def complete(self, request: LLMRequest, key: str | None = None) -> dict[str, Any]:
+        """One LLM call with bounded backoff on transient errors; the output a plan step stores.
+        With `key`, its text may stream to the hooks' sink as it is written (`text_sink`)."""
         started = time.monotonic()
         policy = self.agent.retry
         attempts = max(1, policy.attempts)  # attempts=0 still makes the call once
         for attempt in range(attempts):
+            sink = await self.hooks.text_sink(key, attempt) if key else None
             try:
-                response = await self.agent.llm.complete(request)
+                if sink is None:
+                    response = await self.agent.llm.complete(request)
+                else:
+                    try:
+                        response = await self.agent.llm.stream(request, sink)
+                    finally:
+                        await sink.aclose()  # its last text goes out before the step is stored
                 break
             except LLMError as exc:
                 if not exc.transient or attempt == attempts - 1:
                     raise
                 await asyncio.sleep(policy.delay(attempt))
-        return {"response": response.to_dict(), "duration_ms": _ms_since(started)}
+        return {"response": response.to_dict(), "duration_ms": _ms_since(started), "provider": self.provider_name}
 
     async def execute_tool(self, tool: Any, call: ToolCallBlock) -> dict[str, Any]:
         """Run a tool with bounded backoff on `TransientToolError`; the output a tool step stores."""
@@ -221,7 +248,7 @@ class AgentRun:
 
     async def think(self, index: int) -> LLMResponse:
         key = f"plan.{index}"
-        output = await self.hooks.run_step(key, "llm", lambda: self.complete(self.build_request()))
+        output = await self.hooks.run_step(key, "llm", lambda: self.complete(self.build_request(), key))
         response = LLMResponse.from_dict(output["response"])
         self.llm_calls += 1
         self.usage = self.usage + response.usage
@@ -229,7 +256,8 @@ class AgentRun:
         action = "tool_call" if calls else "response"
         await self.hooks.emit(
             "llm.request.complete",
-            {"model": response.model, "stop_reason": response.stop_reason, **response.usage.to_dict()},
+            {"provider": output.get("provider"), "model": response.model, "stop_reason": response.stop_reason,
+             "duration_ms": output.get("duration_ms"), **response.usage.to_dict()},
             loop_index=index,
             step_key=key,
         )
@@ -311,8 +339,8 @@ class AgentRun:
         self.usage = self.usage + response.usage
         await self.hooks.emit(
             "llm.request.complete",
-            {"model": response.model, "stop_reason": response.stop_reason, "purpose": "structured_output",
-             **response.usage.to_dict()},
+            {"provider": output.get("provider"), "model": response.model, "stop_reason": response.stop_reason,
+             "purpose": "structured_output", "duration_ms": output.get("duration_ms"), **response.usage.to_dict()},
             step_key="structured",
         )
         assert self.schema is not None

@@ -6,6 +6,7 @@ A skill is a directory holding `SKILL.md` (YAML front matter with `name` and
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,41 @@ def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
     return meta, text[match.end():]
 
 
+class SkillLocationError(ConfigError):
+    """A skill location that resolves outside the directory its skills may be read from."""
+
+
+def resolve_skill_location(location: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """`location` with every symlink followed (a relative one is taken under `root`), or
+    SkillLocationError unless that is `root` itself or lies inside it."""
+    real_root = Path(os.path.realpath(root))
+    try:
+        real = Path(os.path.realpath(real_root / location))
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the system
+        raise SkillLocationError(f"skill location {str(location)!r} is not a usable path: {exc}") from None
+    if real != real_root and real_root not in real.parents:
+        raise SkillLocationError(f"skill location {str(location)!r} resolves to {real}, outside {real_root}")
+    return real
+
+
+def confined_skill_file(location: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """The SKILL.md a location names (the directory holding it, or the file itself), checked to
+    be inside `root` after symlinks: a SKILL.md linking out of `root` is refused like a location."""
+    real = resolve_skill_location(location, root)
+    if real.is_dir():
+        real = resolve_skill_location(real / "SKILL.md", root)
+    return real
+
+
 @dataclass
 class Skill:
     name: str
     description: str = ""
     content: str | None = None
     location: str | None = None
+    # Set for skills whose location came from outside the code (published over the API):
+    # their files are read only from inside this directory.
+    root: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SKILL_NAME_RE.match(self.name):
@@ -78,6 +108,9 @@ class Skill:
     def load_text(self) -> str:
         if self.content is not None:
             return self.content
+        if self.root is not None:
+            # Checked again at each load: the files may have changed since the skill was published.
+            return Skill.from_directory(confined_skill_file(self.location, self.root)).content or ""  # type: ignore[arg-type]
         return Skill.from_directory(self.location).content or ""  # type: ignore[arg-type]
 
 

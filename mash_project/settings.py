@@ -13,9 +13,41 @@ import sys
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
+
+
+class _SecretFiles(environ.FileAwareMapping):
+    """django-environ's `NAME_FILE` lookup (a secret read from a file keeps it out of `ps`
+    and environment listings), made strict like mash_core.secrets: NAME and NAME_FILE
+    together are refused rather than one silently shadowing the other, an unreadable or
+    empty file names its variable (an empty MASH_API_KEY would turn auth off), and the
+    trailing newline secret files end with is dropped."""
+
+    def __getitem__(self, key):
+        path = self.env.get(f"{key}_FILE")
+        if not path:
+            return self.env[key]
+        if self.env.get(key):
+            raise ImproperlyConfigured(f"both {key} and {key}_FILE are set: set only one of them")
+        try:
+            value = super().__getitem__(key)
+        except (OSError, UnicodeDecodeError) as exc:
+            # A decode error's text quotes the bytes it choked on: report only its kind.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ImproperlyConfigured(f"{key}_FILE names {path!r}, which cannot be read: {reason}") from None
+        value = value.removesuffix("\n").removesuffix("\r")
+        if not value:
+            raise ImproperlyConfigured(f"{key}_FILE names {path!r}, which is empty")
+        return value
+
+
+class _Env(environ.FileAwareEnv):
+    ENVIRON = _SecretFiles()
+
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-env = environ.Env()
+# Every setting may come from a file: MASH_API_KEY_FILE, DATABASE_URL_FILE, MASH_SECRET_KEY_FILE, ...
+env = _Env()
 
 DATA_DIR = Path(env.str("MASH_DATA_DIR", default=str(Path.cwd() / ".mash"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -44,8 +76,38 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 DEBUG = env.bool("MASH_DEBUG", default=env.bool("DEBUG", default=False))
-ALLOWED_HOSTS = env.list("MASH_ALLOWED_HOSTS", default=["*"])
+
+
+def _allowed_hosts() -> list[str]:
+    """The Host names the server answers to (also what a browser socket's Origin must be).
+
+    Loopback names, the address `mash host serve --host` binds (MASH_API_HOST), and the
+    names in MASH_ALLOWED_HOSTS (a proxy's public name; `*` allows any). Binding every
+    interface adds this machine's own name and addresses: a client that reaches it by
+    another name (a DNS name, a port-mapped container) needs MASH_ALLOWED_HOSTS.
+    """
+    hosts = ["localhost", ".localhost", "127.0.0.1", "[::1]"]
+    bind = env.str("MASH_API_HOST", default="").strip()
+    if bind in ("0.0.0.0", "::", "[::]"):
+        import socket
+
+        name = socket.gethostname()
+        hosts += [name, socket.getfqdn()]
+        try:
+            hosts += [info[4][0] if ":" not in info[4][0] else f"[{info[4][0]}]"
+                      for info in socket.getaddrinfo(name, None)]
+        except OSError:
+            pass
+    elif bind:
+        hosts.append(f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind)
+    hosts += env.list("MASH_ALLOWED_HOSTS", default=[])
+    return list(dict.fromkeys(h for h in hosts if h))
+
+
+ALLOWED_HOSTS = _allowed_hosts()
 CSRF_TRUSTED_ORIGINS = env.list("MASH_CSRF_TRUSTED_ORIGINS", default=[])
+# The largest request body read (bytes); a larger one is answered 413 PAYLOAD_TOO_LARGE.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MASH_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 
 INSTALLED_APPS = [
     # First, for its runserver (daphne's, imported only when it runs: mash_project/management).
@@ -121,7 +183,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-    _db["TEST"] = {"NAME": env.str("MASH_TEST_SQLITE_NAME", default=str(DATA_DIR / "test_mash.sqlite3"))}
+    # One file per test run (by process id): two runs side by side must not share a database.
+    _db["TEST"] = {"NAME": env.str("MASH_TEST_SQLITE_NAME", default=str(DATA_DIR / f"test_mash_{os.getpid()}.sqlite3"))}
 elif _db["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.postgresql_psycopg2"):
     _db["ENGINE"] = "django.db.backends.postgresql"
     if IS_WORKER or not env.bool("MASH_DB_POOL", default=True):
@@ -183,8 +246,23 @@ Q_CLUSTER = {
     "label": "Queue",
     "poll": env.float("MASH_QUEUE_POLL", default=0.05),
 }
+
+
+def _redis_broker(url: str) -> dict:
+    """django-q2's Redis client, told to reconnect and retry: built from a bare URL it does
+    not, and a dropped connection (a Redis restart, CLIENT KILL) killed the pusher until
+    the sentinel restarted it 10 s later."""
+    from redis.backoff import ExponentialBackoff
+    from redis.connection import parse_url
+    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+
+    return {**parse_url(url), "retry": Retry(ExponentialBackoff(cap=2, base=0.05), 5),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError], "health_check_interval": 30}
+
+
 if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["redis"] = _redis_broker(REDIS_URL)
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -204,16 +282,19 @@ MASH_LEASE_SECONDS = env.int("MASH_LEASE_SECONDS", default=30)
 # Seconds an API log row may wait to be written with others in one batch (0: write each
 # row before its response returns). See mash_telemetry/middleware.py.
 MASH_API_LOG_FLUSH_SECONDS = env.float("MASH_API_LOG_FLUSH_SECONDS", default=0.1)
+# Skills published over the API with a `location` must resolve inside this directory:
+# their text is served to the model, so a location elsewhere would hand it any file.
+MASH_SKILLS_DIR = Path(env.str("MASH_SKILLS_DIR", default=str(DATA_DIR / "skills")))
 
 # -- the rest ---------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "mash_api.renderers.JSONRenderer",
         # Served to logged-in staff browsers only: clients asking for JSON get JSON.
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["mash_api.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["mash_api.permissions.HasApiKey"],
     "EXCEPTION_HANDLER": "mash_api.errors.exception_handler",

@@ -12,5 +12,6 @@ urlpatterns = [
     path("telemetry/", include("mash_telemetry.urls")),
 ]
 
+handler400 = "mash_api.errors.handler400"
 handler404 = "mash_api.errors.handler404"
 handler500 = "mash_api.errors.handler500"

@@ -9,9 +9,12 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
+
+from mash_runtime.storable import StorableJSONField
 
 
 def new_interaction_id() -> str:
@@ -30,9 +33,9 @@ class Agent(models.Model):
 
     agent_id = models.CharField(max_length=64, unique=True)
     role = models.CharField(max_length=16, choices=Role.choices)
-    metadata = models.JSONField(null=True, blank=True)
+    metadata = StorableJSONField(null=True, blank=True)
     model_name = models.CharField(max_length=128, blank=True, default="")
-    config = models.JSONField(default=dict, blank=True)
+    config = StorableJSONField(default=dict, blank=True)
     # False once the host app no longer defines the agent; its history stays browsable.
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -125,8 +128,8 @@ class Request(models.Model):
     trace_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     session_seq = models.PositiveIntegerField(default=0)
     message = models.TextField()
-    structured_output = models.JSONField(null=True, blank=True)
-    metadata = models.JSONField(default=dict, blank=True)
+    structured_output = StorableJSONField(null=True, blank=True)
+    metadata = StorableJSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED, db_index=True)
 
     lease_owner = models.CharField(max_length=128, blank=True, default="")
@@ -138,7 +141,7 @@ class Request(models.Model):
     # Highest event seq handed out; appends bump it under the row lock.
     last_seq = models.PositiveIntegerField(default=0)
 
-    response = models.JSONField(null=True, blank=True)
+    response = StorableJSONField(null=True, blank=True, untrusted=True)
     error = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")
     retryable = models.BooleanField(default=False)
@@ -420,14 +423,17 @@ def _reserve_seqs(request_id, count: int) -> int:
     return row[0]
 
 
-_new_request_texts: dict[str, str] = {}
+_new_request_texts: dict[tuple, str] = {}
 
 
-def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
+def insert_request_in_one_statement(req: "Request", first_event: tuple, along: tuple[models.Model, ...] = ()) -> bool:
     """A new request as one statement, committed on its own: its session's next seq taken
     (`Session.take_next_request_seq`), `req` inserted with that seq and its first event
     (seq 1: `req.last_seq` is 1 already) inserted; five round trips (BEGIN, three
-    statements, COMMIT) become one.
+    statements, COMMIT) become one. `along` are rows of other models that belong with the
+    request (its `IdempotencyKey`), inserted in the same statement (their pks are not read
+    back); a unique constraint they break fails the whole statement (IntegrityError), so
+    nothing of the request is written either.
 
     `req.session` is the session to take the seq from, by agent and session id; it may be
     unsaved, and comes back as the stored row's. Only on PostgreSQL, outside a transaction,
@@ -442,10 +448,14 @@ def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
     fields = Request._meta.concrete_fields
     from_session = {"session_id": "s.id", "session_seq": "s.last_request_seq"}
     event = RuntimeEvent._new(req, 1, first_event)
-    if "sql" not in _new_request_texts:
+    text_key = tuple(type(obj) for obj in along)
+    if text_key not in _new_request_texts:
         seq = column(Session, "last_request_seq", conn)
         events_insert = _insert_head(RuntimeEvent, conn.vendor)[1]
-        _new_request_texts["sql"] = (
+        # Data-modifying CTEs run whether or not the final SELECT reads them.
+        along_inserts = "".join(f", a{number} AS ({_insert_head(model, conn.vendor)[1]} WHERE EXISTS (SELECT 1 FROM r))"
+                                for number, model in enumerate(text_key))
+        _new_request_texts[text_key] = (
             f"WITH s AS (UPDATE {quote(Session._meta.db_table)} SET {column(Session, 'last_activity_at', conn)} = %s, "
             f"{seq} = {seq} + 1 WHERE {column(Session, 'agent', conn)} = %s "
             f"AND {column(Session, 'session_id', conn)} = %s "
@@ -453,21 +463,24 @@ def insert_request_in_one_statement(req: "Request", first_event: tuple) -> bool:
             f"r AS (INSERT INTO {quote(Request._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
             f"SELECT {', '.join(from_session.get(f.attname) or _typed('%s', f, conn) for f in fields)}"
             f" FROM s RETURNING 1), "
-            f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {column(RuntimeEvent, 'pk', conn)} AS id) "
+            f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {column(RuntimeEvent, 'pk', conn)} AS id)"
+            f"{along_inserts} "
             f"SELECT s.id, s.last_request_seq, e.id FROM s, e")
     now = timezone.now()
     params: list[Any] = [now, req.agent_id, req.session.session_id]
     params += [f.get_db_prep_save(f.pre_save(req, True), conn) for f in fields if f.attname not in from_session]
     params += _unnest_insert([event], conn)[1]
+    for obj in along:
+        params += _unnest_insert([obj], conn)[1]
     with bound_cursor() as cursor:
-        cursor.execute(_new_request_texts["sql"], params)
+        cursor.execute(_new_request_texts[text_key], params)
         row = cursor.fetchone()
     if row is None:
         return False
     session_pk, session_seq, event.pk = row
     req.session = Session.with_seq_taken(req.agent, req.session.session_id, session_pk, session_seq, now)
     req.session_seq = session_seq
-    for obj in (req, event):
+    for obj in (req, event, *along):
         obj._state.adding, obj._state.db = False, conn.alias
     req._event_keys = {event.dedupe_key} if event.dedupe_key else set()
     return True
@@ -487,7 +500,7 @@ class RuntimeEvent(models.Model):
     trace_id = models.UUIDField()
     loop_index = models.IntegerField(null=True, blank=True)
     step_key = models.CharField(max_length=100, blank=True, default="")
-    payload = models.JSONField(default=dict)
+    payload = StorableJSONField(default=dict, untrusted=True)
     # Set for every event a replay could emit again; a second append with the same key
     # returns the first row instead of adding a frame.
     dedupe_key = models.CharField(max_length=200, null=True, blank=True)
@@ -682,7 +695,7 @@ class StepCheckpoint(models.Model):
     request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="checkpoints")
     step_key = models.CharField(max_length=100)
     kind = models.CharField(max_length=32)
-    output = models.JSONField()
+    output = StorableJSONField(untrusted=True)
     duration_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -723,12 +736,12 @@ class Interaction(models.Model):
     step_key = models.CharField(max_length=100)
     type = models.CharField(max_length=16, choices=Type.choices)
     prompt = models.TextField()
-    schema = models.JSONField(default=dict)
-    default_response = models.JSONField(null=True, blank=True)
+    schema = StorableJSONField(default=dict, untrusted=True)
+    default_response = StorableJSONField(null=True, blank=True, untrusted=True)
     timeout_seconds = models.PositiveIntegerField()
     expires_at = models.DateTimeField(db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
-    response = models.JSONField(null=True, blank=True)
+    response = StorableJSONField(null=True, blank=True)
     answered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -756,10 +769,10 @@ class MemoryTurn(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TURN)
     user_message = models.TextField(blank=True, default="")
     agent_response = models.TextField(blank=True, default="")
-    token_usage = models.JSONField(default=dict, blank=True)
+    token_usage = StorableJSONField(default=dict, blank=True, untrusted=True)
     session_total_tokens = models.BigIntegerField(default=0)
-    signals = models.JSONField(default=dict, blank=True)
-    metadata = models.JSONField(default=dict, blank=True)
+    signals = StorableJSONField(default=dict, blank=True, untrusted=True)
+    metadata = StorableJSONField(default=dict, blank=True, untrusted=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -827,7 +840,39 @@ class Worker(models.Model):
         return max(0, self.slots - self.in_use)
 
 
-__all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn", "Worker"]
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` for one submit, per agent: the same key again gets the
+    first request back instead of a second one (`services.submit_request`). The unique
+    constraint, not a read before the insert, decides between two submits racing with one
+    key. Written with its request, all or nothing; kept `KEEP` (a day), then the sweeper and
+    `mash prune` delete it."""
+
+    KEEP = timedelta(hours=24)
+    MAX_LENGTH = 255
+
+    # No index of its own: uniq_idempotency_key_per_agent (agent, key) serves lookups by agent.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
+    key = models.CharField(max_length=MAX_LENGTH)
+    # sha256 of the submit's body (services.submit_fingerprint): the same key with another body is refused.
+    body_hash = models.CharField(max_length=64)
+    request = models.OneToOneField(Request, on_delete=models.CASCADE, related_name="idempotency_key")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "key"], name="uniq_idempotency_key_per_agent")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}/{self.key}"
+
+    @classmethod
+    def expired(cls, now=None) -> "models.QuerySet[IdempotencyKey]":
+        from django.utils import timezone
+
+        return cls.objects.filter(created_at__lt=(now or timezone.now()) - cls.KEEP)
+
+
+__all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn", "Worker",
+           "IdempotencyKey"]
 
 
 # -- workflows and publishing -------------------------------------------------------------
@@ -841,9 +886,9 @@ class WorkflowDefinition(models.Model):
     workflow_id = models.CharField(max_length=64, unique=True)
     source = models.CharField(max_length=16, choices=Source.choices)
     agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="workflows")
-    tasks = models.JSONField()  # [{task_id, agent_id, structured_output}]
-    metadata = models.JSONField(null=True, blank=True)
-    task_message = models.JSONField(null=True, blank=True)
+    tasks = StorableJSONField()  # [{task_id, agent_id, structured_output}]
+    metadata = StorableJSONField(null=True, blank=True)
+    task_message = StorableJSONField(null=True, blank=True)
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -855,11 +900,25 @@ class WorkflowDefinition(models.Model):
         return self.workflow_id
 
     def describe(self) -> dict[str, Any]:
+        # Tolerant of rows stored before `clean()` checked the task list (the admin saved them).
+        tasks = self.tasks if isinstance(self.tasks, list) else []
         return {
             "workflow_id": self.workflow_id,
-            "tasks": [{"task_id": t["task_id"], "agent_id": t["agent_id"]} for t in self.tasks],
+            "tasks": [{"task_id": t.get("task_id"), "agent_id": t.get("agent_id")} for t in tasks if isinstance(t, dict)],
             "metadata": self.metadata,
         }
+
+    def clean(self) -> None:
+        """The task list the publish API would accept (the admin's form calls this)."""
+        from django.core.exceptions import ValidationError
+
+        from mash_runtime.services import ServiceError
+        from mash_runtime.workflow_engine import validate_tasks  # imports this module
+
+        try:
+            self.tasks = validate_tasks(self.tasks, code="INVALID_AGENT_WORKFLOW")
+        except ServiceError as exc:
+            raise ValidationError({"tasks": exc.message}) from None
 
 
 class PublishedSkill(models.Model):
@@ -894,8 +953,8 @@ class WorkflowRun(models.Model):
     workflow = models.ForeignKey(WorkflowDefinition, on_delete=models.CASCADE, related_name="runs")
     dedup_key = models.CharField(max_length=200, null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING, db_index=True)
-    input = models.JSONField(default=dict, blank=True)
-    output = models.JSONField(null=True, blank=True)
+    input = StorableJSONField(default=dict, blank=True)
+    output = StorableJSONField(null=True, blank=True, untrusted=True)
     error = models.TextField(blank=True, default="")
     task_index = models.PositiveIntegerField(default=0)
     last_seq = models.PositiveIntegerField(default=0)
@@ -927,7 +986,7 @@ class WorkflowTaskRun(models.Model):
     agent_id = models.CharField(max_length=64)
     request = models.OneToOneField(Request, null=True, blank=True, on_delete=models.SET_NULL, related_name="task_run")
     status = models.CharField(max_length=16, default="running")
-    output = models.JSONField(null=True, blank=True)
+    output = StorableJSONField(null=True, blank=True, untrusted=True)
     error = models.TextField(blank=True, default="")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -936,25 +995,31 @@ class WorkflowTaskRun(models.Model):
         ordering = ["run", "index"]
         constraints = [models.UniqueConstraint(fields=["run", "index"], name="uniq_task_run_index")]
 
+    def __str__(self) -> str:
+        return f"{self.run_id} · task {self.index + 1} {self.task_id} ({self.status})"
+
 
 class WorkflowTaskState(models.Model):
     """A task's last structured output: handed to the same task in the next run."""
 
     workflow = models.ForeignKey(WorkflowDefinition, on_delete=models.CASCADE, related_name="task_states")
     task_id = models.CharField(max_length=64)
-    state = models.JSONField()
+    state = StorableJSONField(untrusted=True)
     run = models.ForeignKey(WorkflowRun, null=True, blank=True, on_delete=models.SET_NULL)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workflow", "task_id"], name="uniq_task_state")]
 
+    def __str__(self) -> str:
+        return f"{self.workflow.workflow_id}/{self.task_id} state"
+
 
 class WorkflowRunEvent(models.Model):
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveIntegerField()
     event_type = models.CharField(max_length=100)
-    payload = models.JSONField(default=dict)
+    payload = StorableJSONField(default=dict, untrusted=True)
     dedupe_key = models.CharField(max_length=200, null=True, blank=True)
     created_at = models.FloatField(default=time.time)
 
@@ -964,6 +1029,9 @@ class WorkflowRunEvent(models.Model):
             models.UniqueConstraint(fields=["run", "seq"], name="uniq_run_event_seq"),
             models.UniqueConstraint(fields=["run", "dedupe_key"], name="uniq_run_event_dedupe"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq} {self.event_type}"
 
     @property
     def stream_name(self) -> str:

@@ -2,27 +2,70 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from mash_core.errors import ConfigError
-from mash_core.skills import SKILL_NAME_RE, Skill, SkillRegistry
+from mash_core.skills import SKILL_NAME_RE, Skill, SkillLocationError, SkillRegistry, resolve_skill_location
 from mash_runtime.models import Agent, PublishedSkill, WorkflowDefinition, bound_cursor
 from mash_runtime.queries import hosted_agent
 from mash_runtime.services import NotFound, ServiceError, get_agent_row
+from mash_runtime.storable import UnstorableValue, check_storable
 from mash_runtime.workflow_engine import validate_tasks
 
 SKILL_TYPES = ("inline", "filesystem", "directory")
+
+logger = logging.getLogger("mash_runtime.publishing")
+
+
+def skills_root() -> Path:
+    return Path(settings.MASH_SKILLS_DIR)
+
+
+def stored_location(location: str) -> str:
+    """A published location as stored: relative to the skills directory it must resolve inside
+    (symlinks followed), so the row keeps working if that directory moves."""
+    root = skills_root()
+    try:
+        real = resolve_skill_location(location, root)
+    except SkillLocationError as exc:
+        raise ServiceError(f"{exc}; publish the skill as inline content, or put it under MASH_SKILLS_DIR",
+                           code="INVALID_SKILL_LOCATION", details={"location": location}) from None
+    stored = real.relative_to(os.path.realpath(root)).as_posix()
+    limit = PublishedSkill._meta.get_field("location").max_length
+    if len(stored) > limit:
+        raise ServiceError(f"skill location must be at most {limit} characters inside MASH_SKILLS_DIR",
+                           code="INVALID_SKILL_LOCATION", details={"location": location})
+    return stored
+
+
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def storable_body(body: dict[str, Any], *, code: str) -> None:
+    """Refuse what no column stores (`mash_runtime.storable`) before anything is written."""
+    try:
+        check_storable(body, "body")
+    except UnstorableValue as exc:
+        raise ServiceError(str(exc), code=code) from None
 
 
 def publish_skill(agent_id: str, body: Any) -> dict[str, Any]:
     hosted = hosted_agent(agent_id, include_workflow=True)
     if not isinstance(body, dict):
         raise ServiceError("body must be a JSON object", code="INVALID_AGENT_SKILL")
+    storable_body(body, code="INVALID_AGENT_SKILL")
     name = str(body.get("name") or "").strip()
     if not SKILL_NAME_RE.match(name):
         raise ServiceError("skill name must be 1-64 letters, digits, '.', '_' or '-'", code="INVALID_AGENT_SKILL")
+    if not isinstance(body.get("location") or "", str):
+        raise ServiceError("location must be a string: a path inside MASH_SKILLS_DIR", code="INVALID_SKILL_LOCATION")
     location = str(body.get("location") or "").strip()
     content = body.get("content")
     content = content.strip() if isinstance(content, str) else ""
@@ -31,6 +74,8 @@ def publish_skill(agent_id: str, body: Any) -> dict[str, Any]:
     kind = str(body.get("type") or ("inline" if content else "filesystem")).strip()
     if kind not in SKILL_TYPES:
         raise ServiceError(f"type must be one of {', '.join(SKILL_TYPES)}", code="INVALID_AGENT_SKILL")
+    if location:
+        location = stored_location(location)
     PublishedSkill.objects.update_or_create(
         agent=get_agent_row(hosted.agent_id, include_workflow=True),
         name=name,
@@ -58,9 +103,18 @@ def add_published_skills(agent_id: str, registry: SkillRegistry) -> SkillRegistr
     with bound_cursor() as cursor:
         cursor.execute(sql, [agent_id])
         rows = cursor.fetchall()
+    root = skills_root()
     for name, description, content, location in rows:
+        if location:
+            # Rows stored before locations were checked (or the directory changed since).
+            try:
+                resolve_skill_location(location, root)
+            except SkillLocationError as exc:
+                logger.warning("published skill %r of agent %r is not offered to the model: %s", name, agent_id, exc)
+                continue
         try:
-            skill = Skill(name=name, description=description, content=content or None, location=location or None)
+            skill = Skill(name=name, description=description, content=content or None, location=location or None,
+                          root=str(root))
         except ConfigError:
             continue
         registry.register(skill, replace=True)
@@ -71,6 +125,7 @@ def publish_workflow(agent_id: str, body: Any) -> dict[str, Any]:
     hosted = hosted_agent(agent_id, include_workflow=True)
     if not isinstance(body, dict):
         raise ServiceError("body must be a JSON object", code="INVALID_AGENT_WORKFLOW")
+    storable_body(body, code="INVALID_AGENT_WORKFLOW")
     workflow_id = str(body.get("workflow_id") or "").strip()
     if not SKILL_NAME_RE.match(workflow_id):
         raise ServiceError("workflow_id must be 1-64 letters, digits, '.', '_' or '-'", code="INVALID_AGENT_WORKFLOW")
@@ -79,6 +134,8 @@ def publish_workflow(agent_id: str, body: Any) -> dict[str, Any]:
     task_message = body.get("task_message")
     if metadata is not None and not isinstance(metadata, dict):
         raise ServiceError("metadata must be an object", code="INVALID_AGENT_WORKFLOW")
+    if metadata is not None and len(json.dumps(metadata, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        raise ServiceError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON", code="INVALID_AGENT_WORKFLOW")
     if task_message is not None and not (isinstance(task_message, dict) and
                                          isinstance(task_message.get("skill_name", ""), str)):
         raise ServiceError("task_message must be an object like {\"skill_name\": \"...\"}", code="INVALID_AGENT_WORKFLOW")

@@ -92,6 +92,34 @@ def worker_status(now=None) -> dict[str, Any]:
     return data
 
 
+_WARNING_CACHE_SECONDS = 5.0
+_warning_cache: tuple[float, str | None] = (float("-inf"), None)
+
+
+def no_worker_warning() -> str | None:
+    """`worker_status`'s warning, or None while a worker is live; read at most every 5 s per
+    process (every submit asks, and the answer changes on the scale of seconds)."""
+    import time
+
+    global _warning_cache
+    checked_at, warning = _warning_cache
+    if time.monotonic() - checked_at < _WARNING_CACHE_SECONDS:
+        return warning
+    from django.utils import timezone
+
+    if Worker.live(timezone.now()).exists():
+        warning = None
+    else:
+        warning = worker_status().get("warning")
+    _warning_cache = (time.monotonic(), warning)
+    return warning
+
+
+def forget_worker_warning() -> None:
+    global _warning_cache
+    _warning_cache = (float("-inf"), None)
+
+
 def parse_limit(value: Any, *, default: int, maximum: int, name: str = "limit") -> int:
     if value in (None, ""):
         return default

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import re
 import uuid
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
+from mash_runtime.dbfaults import once_more_if_dropped
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
-from mash_runtime.models import (Agent, Interaction, Request, Session, insert_request_in_one_statement,
-                                 insert_rows, select_rows)
+from mash_runtime.models import (Agent, IdempotencyKey, Interaction, Request, Session,
+                                 insert_request_in_one_statement, insert_rows, select_rows)
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime.run import lifecycle
+from mash_runtime.storable import UnstorableValue, check_storable
 
 
 class ServiceError(Exception):
@@ -117,9 +121,14 @@ def create_request(
     parent: Request | None = None,
     workflow_run=None,
     request_id: uuid.UUID | None = None,
+    idempotency: tuple[str, str] | None = None,
 ) -> Request:
     """Insert the request and its first event, all or nothing; the caller owns the enqueue
-    (after commit: `enqueue_request_on_commit`), and the transaction if there is one."""
+    (after commit: `enqueue_request_on_commit`), and the transaction if there is one.
+
+    `idempotency` is a client's (key, body hash): its `IdempotencyKey` row is written with the
+    request, and a key the agent has already (the unique constraint) raises IntegrityError with
+    nothing written (`submit_request` answers from the stored request then)."""
     session_key = session_id or Session.default_session_id(agent.agent_id)
     req = Request(
         id=request_id or uuid.uuid4(),
@@ -135,16 +144,105 @@ def create_request(
     # No doorbell: nobody can follow a request before its id is returned, and tails pick the
     # event up with the next ring (the claim's, a few ms later) or their own poll.
     accepted = ("request.accepted", {**base_payload(req), "status": "accepted"}, "accepted", None, "")
-    if insert_request_in_one_statement(req, accepted):
+    along = () if idempotency is None else (
+        IdempotencyKey(agent=agent, key=idempotency[0], body_hash=idempotency[1], request=req),)
+    if insert_request_in_one_statement(req, accepted, along):
         return req
-    with transaction.atomic(savepoint=False):
+    # With a key, a savepoint inside a caller's transaction: a key taken already fails this block
+    # alone, and the caller can still read who took it.
+    with transaction.atomic(savepoint=bool(along)):
         req.session = Session.take_next_request_seq(agent, session_key)
         req.session_seq = req.session.last_request_seq
         insert_rows([req])
         req.last_seq = 0  # as before the reservation: the append takes it
         req._event_keys = set()  # a new stream: appends can skip the dedupe read (RuntimeEvent.append_many)
         append_events(req, [accepted], ring=False, reserved_to=1)
+        if along:
+            insert_rows(list(along))
     return req
+
+
+# Printable ASCII, as the Idempotency-Key header's draft standard (and every client's UUIDs) has it.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]+")
+
+
+def clean_idempotency_key(value: Any) -> str | None:
+    """The `Idempotency-Key` a client sent (None: it sent none), or a 400 INVALID_IDEMPOTENCY_KEY."""
+    if value is None:
+        return None
+    key = value.strip() if isinstance(value, str) else ""
+    if not key or len(key) > IdempotencyKey.MAX_LENGTH or not _IDEMPOTENCY_KEY.fullmatch(key):
+        msg = f"must be 1 to {IdempotencyKey.MAX_LENGTH} printable ASCII characters"
+        raise ServiceError(f"Idempotency-Key {msg}", code="INVALID_IDEMPOTENCY_KEY",
+                           details={"errors": [{"loc": ["header", "Idempotency-Key"], "msg": msg, "type": "value_error"}]})
+    return key
+
+
+def submit_fingerprint(message: str, session_id: str | None, structured_output: Any, metadata: Any) -> str:
+    """sha256 of a submit's body as the service reads it (keys sorted, blanks as the service
+    treats them): a retry of the same submit has the same one whatever its JSON spacing."""
+    body = {"message": message, "session_id": session_id, "structured_output": structured_output,
+            "metadata": metadata or None}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _accepted(request_id, agent_id: str, session_id: str, *, replayed: bool = False) -> dict[str, Any]:
+    data = {"request_id": str(request_id), "agent_id": agent_id, "session_id": session_id, "status": "accepted"}
+    if replayed:
+        data["replayed"] = True
+    return data
+
+
+_INSERT_AGAIN = "insert again"
+
+
+def _stored_submit(agent: Agent, request_id: uuid.UUID, key: str | None, fingerprint: str) -> dict[str, Any] | str | None:
+    """After an insert hit a unique constraint: the answer the stored request gives; None when
+    nothing stored explains the conflict; `_INSERT_AGAIN` when the key that did had expired
+    (it is gone now)."""
+    if key is not None:
+        found = (IdempotencyKey.objects.select_related("request__session").filter(agent=agent, key=key).first())
+        if found is not None and found.request_id != request_id:
+            if found.created_at < timezone.now() - IdempotencyKey.KEEP:
+                # Expired, the sweeper has not come by yet: forget it (unless someone just did) and insert again.
+                IdempotencyKey.objects.filter(pk=found.pk, created_at=found.created_at).delete()
+                return _INSERT_AGAIN
+            if found.body_hash != fingerprint:
+                raise ServiceError(
+                    "Idempotency-Key was used for another request with a different body; use a new key for a new "
+                    "request", code="IDEMPOTENCY_KEY_REUSED", status=422, details={"request_id": str(found.request_id)})
+            if found.request.status == Request.Status.ACCEPTED:
+                # Maybe never enqueued (its submit died between commit and enqueue, answering
+                # 503): a second delivery is harmless, a lost one waits for the sweeper.
+                enqueue_request_on_commit(found.request_id)
+            return _accepted(found.request_id, agent.agent_id, found.request.session.session_id, replayed=True)
+    # Our own first try, committed though its connection dropped before it could say so.
+    mine = Request.objects.select_related("session").filter(pk=request_id).first()
+    if mine is None:
+        return None
+    enqueue_request_on_commit(mine.pk)  # that try never got as far as its enqueue
+    return _accepted(mine.pk, agent.agent_id, mine.session.session_id)
+
+
+def _submit_once(agent_id: str, message: str, session_id: str | None, schema, metadata, request_id: uuid.UUID,
+                 key: str | None, fingerprint: str) -> dict[str, Any]:
+    agent = get_agent_row(agent_id)
+    idempotency = (key, fingerprint) if key is not None else None
+    for attempt in range(2):  # a second insert only after an expired key was forgotten
+        try:
+            req = create_request(agent, message, session_id=session_id, structured_output=schema, metadata=metadata,
+                                 request_id=request_id, idempotency=idempotency)
+        except IntegrityError:
+            stored = _stored_submit(agent, request_id, key, fingerprint)
+            if stored is _INSERT_AGAIN and attempt == 0:
+                continue
+            if not isinstance(stored, dict):
+                raise
+            return stored
+        enqueue_request_on_commit(req.pk)
+        return _accepted(req.pk, agent.agent_id, req.session.session_id)
+    raise AssertionError("unreachable: the second insert returns or raises")
 
 
 def submit_request(
@@ -153,7 +251,15 @@ def submit_request(
     session_id: str | None = None,
     structured_output: Any = None,
     metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
+    """Store a new request and enqueue it: `{request_id, agent_id, session_id, status}`.
+
+    With `idempotency_key` (the `Idempotency-Key` header), a submit the agent already took
+    under that key within `IdempotencyKey.KEEP` answers with that request (`replayed: True`)
+    instead of making another; the same key with a different body is 422
+    IDEMPOTENCY_KEY_REUSED.
+    """
     agent_id = (agent_id or "").strip()
     message = (message or "").strip() if isinstance(message, str) else message
     if not isinstance(message, str) or not message:
@@ -171,11 +277,23 @@ def submit_request(
             raise ServiceError(str(exc), code="INVALID_STRUCTURED_OUTPUT") from None
     if metadata is not None and not isinstance(metadata, dict):
         raise ServiceError("metadata must be an object", code="INVALID_REQUEST")
-    agent = get_agent_row(agent_id)
-    req = create_request(agent, message, session_id=session_id, structured_output=schema, metadata=metadata)
-    enqueue_request_on_commit(req.pk)
-    return {"request_id": str(req.pk), "agent_id": agent.agent_id, "session_id": req.session.session_id,
-            "status": "accepted"}
+    key = clean_idempotency_key(idempotency_key)
+    fingerprint = submit_fingerprint(message, session_id, structured_output, metadata) if key is not None else ""
+    # A connection that drops under the submit is tried once more, on a live one. That is safe
+    # although the first try's outcome is unknown when the connection died during its COMMIT
+    # (or during the one statement that commits on its own): both tries insert the same
+    # request id (chosen here, once) and the same key, so the second can never make a second
+    # request. If the first committed, the second's insert hits the primary key or the key's
+    # unique constraint and answers with the stored request (`_stored_submit`, which also
+    # enqueues it: the first never got that far). If it did not, nothing of it exists (one
+    # statement, or one transaction) and the second stores it afresh. A first try still being
+    # decided by the server cannot fool the second either: an insert of a duplicate key waits
+    # for the transaction holding it to end, then fails or goes ahead. Two tries at most;
+    # then the error goes to the caller (the API answers 503 DATABASE_UNAVAILABLE, retryable;
+    # the client's retry with the same Idempotency-Key is safe for the same reasons).
+    request_id = uuid.uuid4()
+    return once_more_if_dropped(
+        lambda: _submit_once(agent_id, message, session_id, schema, metadata, request_id, key, fingerprint), "submit")
 
 
 # -- status, cancel, resume ---------------------------------------------------------------
@@ -289,6 +407,10 @@ def answer_interaction(request_id, interaction_id: str, response: Any, agent_id:
         if itr.status == Interaction.Status.PENDING:
             time_out_interaction(itr)
         raise Gone(f"Interaction '{interaction_id}' timed out", code="INTERACTION_TIMED_OUT")
+    try:
+        check_storable(response, "response")
+    except UnstorableValue as exc:
+        raise ServiceError(str(exc), code="VALIDATION_ERROR", status=422) from None
     value = _validate_answer(itr, response)
     resolved = _resolve_interaction(itr, value, Interaction.Status.ANSWERED)
     if not resolved:

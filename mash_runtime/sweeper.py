@@ -16,7 +16,7 @@ from django.db import close_old_connections
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from mash_runtime.models import Request, Worker
+from mash_runtime.models import IdempotencyKey, Request, Worker
 from mash_runtime.queue import enqueue_request
 from mash_runtime.run import lifecycle
 from mash_runtime.services import expire_interactions
@@ -107,6 +107,12 @@ def forget_workers(now) -> int:
     return stale.delete()[0] + Worker.objects.filter(name__in=dead).delete()[0]
 
 
+def forget_idempotency_keys(now) -> int:
+    """Delete Idempotency-Keys older than `IdempotencyKey.KEEP` (a day): the same key then
+    makes a new request. One indexed DELETE (the rows have no dependents)."""
+    return IdempotencyKey.expired(now).delete()[0]
+
+
 SWEEP_SCHEDULE = "mash-sweep"
 
 
@@ -145,6 +151,7 @@ def sweep() -> dict[str, int]:
         "requeued": requeue_stale(now),
         "interactions_timed_out": expire_interactions(now),
         "workers_forgotten": forget_workers(now),
+        "idempotency_keys_forgotten": forget_idempotency_keys(now),
     }
     if any(result.values()):
         logger.info("sweep: %s", result)

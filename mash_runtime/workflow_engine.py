@@ -32,6 +32,7 @@ from mash_runtime.models import (
     epoch,
 )
 from mash_runtime.queue import enqueue_request_on_commit
+from mash_runtime.storable import UnstorableValue, check_storable
 from mash_runtime.services import (
     Conflict,
     NotFound,
@@ -137,6 +138,10 @@ def _start_task(run: WorkflowRun, index: int, earlier: dict[str, Any]) -> Workfl
     return task_run
 
 
+MAX_DEDUP_KEY = WorkflowRun._meta.get_field("dedup_key").max_length
+MAX_TASKS = 100
+
+
 def start_run(workflow_id: str, *, input: Any = None, dedup_key: Any = None) -> dict[str, Any]:
     wf = get_definition(workflow_id)
     if input is not None and not isinstance(input, dict):
@@ -146,6 +151,12 @@ def start_run(workflow_id: str, *, input: Any = None, dedup_key: Any = None) -> 
         if not isinstance(dedup_key, str) or not dedup_key.strip():
             raise ServiceError("dedup_key must be a non-empty string", code="INVALID_REQUEST")
         dedup_key = dedup_key.strip()
+        if len(dedup_key) > MAX_DEDUP_KEY:
+            raise ServiceError(f"dedup_key must be at most {MAX_DEDUP_KEY} characters", code="INVALID_REQUEST")
+    try:
+        check_storable({"input": input, "dedup_key": dedup_key}, "body")
+    except UnstorableValue as exc:
+        raise ServiceError(str(exc), code="VALIDATION_ERROR", status=422) from None
     try:
         with transaction.atomic():
             run = WorkflowRun.objects.create(run_id=new_run_id(wf.workflow_id), workflow=wf, dedup_key=dedup_key,
@@ -361,12 +372,16 @@ def validate_tasks(tasks: Any, *, code: str) -> list[dict[str, Any]]:
     host = get_host()
     if not isinstance(tasks, list) or not tasks:
         raise ServiceError("tasks must be a non-empty list", code=code)
+    if len(tasks) > MAX_TASKS:
+        raise ServiceError(f"a workflow has at most {MAX_TASKS} tasks", code=code)
     seen: set[str] = set()
     out = []
     for task in tasks:
         if not isinstance(task, dict) or not isinstance(task.get("task_id"), str) or not task["task_id"].strip():
             raise ServiceError("each task needs a task_id", code=code)
         task_id = task["task_id"].strip()
+        if len(task_id) > 64:
+            raise ServiceError("a task_id is at most 64 characters", code=code)
         if task_id in seen:
             raise ServiceError(f"two tasks are named '{task_id}'", code=code)
         seen.add(task_id)

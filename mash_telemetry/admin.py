@@ -11,6 +11,9 @@
   maps a UUID to an indexed equality instead of a `LIKE` over every row.
 - Operator actions go through `mash_runtime.services` (cancel, resume, answer), the
   same code the API runs, and need the model's change permission.
+- Changelists show a few chosen columns that fit a 1400 px screen (previews clipped,
+  long ids cut with the whole value on hover); every timestamp follows the pages' one
+  clock (`mash_telemetry.clock`: server time zone, labelled, seconds shown).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from mash_runtime import models as runtime_models
-from mash_runtime.models import (Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session, StepCheckpoint,
-                                 Worker)
+from mash_runtime.models import (Agent, Interaction, MemoryTurn, PublishedSkill, Request, RuntimeEvent, Session,
+                                 StepCheckpoint, Worker, WorkflowDefinition, WorkflowRun, WorkflowRunEvent,
+                                 WorkflowTaskRun, WorkflowTaskState)
 from mash_runtime.services import ServiceError, answer_interaction, cancel_request, resume_request
+from mash_telemetry import clock
 from mash_telemetry.forms import AnswerForm
 from mash_telemetry.models import ApiRequestLog
 from mash_telemetry.paginators import EstimatedCountPaginator
@@ -82,6 +86,31 @@ def clip(text, limit: int = 80) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def clipped(text, limit: int = 60, css: str = "clip") -> str:
+    """`text` cut to `limit` characters (and to the column's width by admin.css), the whole
+    of it on hover."""
+    flat = " ".join(str(text or "").split())
+    shown = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return format_html('<span class="{}" title="{}">{}</span>', css, flat[:2000], shown)
+
+
+def when_display(field: str, description: str):
+    """A timestamp column or field by the pages' one clock (server time zone, labelled,
+    seconds shown; the full timestamp and the relative time on hover)."""
+
+    @admin.display(description=description, ordering=field)
+    def shown(self, obj):
+        return clock.when(getattr(obj, field), ago=False)
+
+    return shown
+
+
+def trace_link(request_id, label: str = "trace") -> str:
+    if not request_id:
+        return "–"
+    return format_html('<a href="{}">{}</a>', reverse("telemetry:request", args=[request_id]), label)
+
+
 def count_of(model, fk: str, **filters):
     """A correlated COUNT subquery: evaluated per displayed row, not as a GROUP BY over the table."""
     qs = model.objects.filter(**{fk: OuterRef("pk")}, **filters).order_by().values(fk)
@@ -123,7 +152,20 @@ class FixedChoicesFilter(admin.SimpleListFilter):
         return queryset.filter(**{self.field: value})
 
 
-class HistoryAdmin(admin.ModelAdmin):
+# The app list beside every page took 300 px of a 1400 px screen, and with a changelist's
+# filters that left 750 px for the table: dates and tokens went behind a sideways scroll.
+# The admin's index and breadcrumbs navigate; the pages keep the table's width.
+admin.site.enable_nav_sidebar = False
+
+
+class MashAdmin(admin.ModelAdmin):
+    """The admin pages of Mash's records: compact changelists (admin.css)."""
+
+    class Media:
+        css = {"all": ("mash_telemetry/admin.css",)}
+
+
+class HistoryAdmin(MashAdmin):
     """A record of what happened: viewable, never added, edited or deleted here."""
 
     show_full_result_count = False
@@ -162,12 +204,12 @@ class BigTableAdmin(HistoryAdmin):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
-    list_display = ("agent_id", "role", "model_name", "active", "sessions", "requests", "tokens", "updated_at")
+class AgentAdmin(MashAdmin):
+    list_display = ("agent_id", "role", "model_name", "active", "sessions", "requests", "tokens", "updated")
     list_filter = ("role", "active")
     search_fields = ("agent_id",)
     readonly_fields = ("agent_id", "role", "model_name", "active", "shown_metadata", "shown_config", "related",
-                       "created_at", "updated_at")
+                       "created", "updated")
     fields = readonly_fields
     show_full_result_count = False
 
@@ -196,6 +238,8 @@ class AgentAdmin(admin.ModelAdmin):
 
     shown_metadata = json_display("metadata", "metadata")
     shown_config = json_display("config", "config")
+    created = when_display("created_at", "created")
+    updated = when_display("updated_at", "updated")
 
     @admin.display(description="records")
     def related(self, obj):
@@ -214,23 +258,24 @@ class AgentAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        # Only an agent the host no longer defines, and only when nothing of it still runs.
+        # Only an agent the host no longer defines, and only one without history: deleting
+        # would delete its sessions and requests, which are not deletable here (the admin
+        # could only say "Cannot delete"); `mash prune` removes old history first.
         if obj is None:
             return super().has_delete_permission(request)
         return (super().has_delete_permission(request, obj) and not obj.active
-                and not obj.requests.exclude(status__in=Request.TERMINAL).exists())
+                and not obj.sessions.exists() and not obj.requests.exists())
 
 
 @admin.register(Session)
-class SessionAdmin(admin.ModelAdmin):
-    list_display = ("session_id", "agent", "requests", "turns", "session_total_tokens", "last_activity_at",
-                    "created_at", "telemetry")
+class SessionAdmin(MashAdmin):
+    list_display = ("short_session_id", "agent", "requests", "turns", "tokens", "last_activity", "telemetry")
     list_filter = ("agent",)
     search_fields = ("session_id", "=agent__agent_id")
     list_select_related = ("agent",)
     raw_id_fields = ("agent",)
-    readonly_fields = ("session_id", "agent", "session_total_tokens", "last_request_seq", "created_at",
-                       "last_activity_at", "related")
+    readonly_fields = ("session_id", "agent", "session_total_tokens", "last_request_seq", "created",
+                       "last_activity", "related")
     fields = readonly_fields
     show_full_result_count = False
     ordering = ("-last_activity_at",)
@@ -238,6 +283,17 @@ class SessionAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             turn_count=count_of(MemoryTurn, "session", kind=MemoryTurn.Kind.TURN))
+
+    @admin.display(description="session", ordering="session_id")
+    def short_session_id(self, obj):
+        return clipped(obj.session_id, 60)
+
+    @admin.display(description="tokens", ordering="session_total_tokens")
+    def tokens(self, obj):
+        return f"{obj.session_total_tokens:,}"
+
+    created = when_display("created_at", "created")
+    last_activity = when_display("last_activity_at", "last activity")
 
     @admin.display(description="requests", ordering="last_request_seq")
     def requests(self, obj):
@@ -268,11 +324,10 @@ class SessionAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        # Deleting a session deletes its requests: never while one of them is unfinished.
-        if obj is None:
-            return super().has_delete_permission(request)
-        return (super().has_delete_permission(request, obj)
-                and not obj.requests.exclude(status__in=Request.TERMINAL).exists())
+        # Deleting a session would delete its requests, events and turns, which are history and
+        # not deletable here: the button could only lead to "Cannot delete". Retention is
+        # `mash prune`.
+        return False
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -303,14 +358,12 @@ class OperatorActions:
         return request.user.has_perm("mash_runtime.change_interaction")
 
 
-# Workflows are being added to the runtime; the request admin shows the link once it exists.
-WORKFLOW_RUN = ("workflow_run",) if any(f.name == "workflow_run" for f in Request._meta.get_fields()) else ()
+WORKFLOW_RUN = ("workflow_run",)
 
 
 @admin.register(Request)
 class RequestAdmin(OperatorActions, HistoryAdmin):
-    list_display = ("short_id", "agent", "session_link", "status", "tokens", "duration", "events",
-                    "pending_questions", "created_at")
+    list_display = ("short_id", "created", "agent", "shown_status", "short_message", "tokens", "duration", "events")
     list_filter = ("status", RequestKindFilter, "agent", ("created_at", admin.DateFieldListFilter))
     search_fields = ("=id",)
     list_select_related = ("agent", "session")
@@ -321,16 +374,16 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
         (None, {"fields": ("id", "agent", "session", "parent", "status", "related", "message")}),
         ("Result", {"fields": ("shown_response", "error", "error_code", "retryable", "structured_schema")}),
         ("Tokens and timing", {"fields": ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                                          "created_at", "started_at", "finished_at", "duration")}),
+                                          "created", "started", "finished", "duration")}),
         ("Execution", {"classes": ("collapse",), "fields": (
             "trace_id", "session_seq", "last_seq", "run_attempt", "recovery_attempts", "cancel_requested",
-            "lease_owner", "lease_expires_at", *WORKFLOW_RUN, "shown_metadata")}),
+            "lease_owner", "lease_expires", *WORKFLOW_RUN, "shown_metadata")}),
     )
     readonly_fields = ("id", "agent", "session", "parent", "status", "related", "message", "shown_response", "error",
                        "error_code", "retryable", "structured_schema", "input_tokens", "output_tokens",
-                       "cache_read_tokens", "cache_write_tokens", "created_at", "started_at", "finished_at",
+                       "cache_read_tokens", "cache_write_tokens", "created", "started", "finished",
                        "duration", "trace_id", "session_seq", "last_seq", "run_attempt", "recovery_attempts",
-                       "cancel_requested", "lease_owner", "lease_expires_at", *WORKFLOW_RUN, "shown_metadata")
+                       "cancel_requested", "lease_owner", "lease_expires", *WORKFLOW_RUN, "shown_metadata")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -350,13 +403,18 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
         return format_html('<span title="{}">{}</span>{}', obj.pk, str(obj.pk)[:8],
                            " ↳" if obj.parent_id else "")
 
-    @admin.display(description="session", ordering="session__session_id")
-    def session_link(self, obj):
-        return link(Session, obj.session_id, clip(obj.session.session_id, 40))
+    @admin.display(description="message")
+    def short_message(self, obj):
+        return clipped(obj.message, 80)
 
     @admin.display(description="tokens")
     def tokens(self, obj):
         return f"{obj.total_tokens:,}"
+
+    created = when_display("created_at", "created")
+    started = when_display("started_at", "started")
+    finished = when_display("finished_at", "finished")
+    lease_expires = when_display("lease_expires_at", "lease expires")
 
     @admin.display(description="duration")
     def duration(self, obj):
@@ -367,11 +425,12 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
         return format_html('<a href="{}">{}</a>', changelist_url(RuntimeEvent, request__id__exact=obj.pk),
                            obj.last_seq)
 
-    @admin.display(description="pending", ordering="pending_count")
-    def pending_questions(self, obj):
+    @admin.display(description="status", ordering="status")
+    def shown_status(self, obj):
+        """The status, and a link to its unanswered questions when it has some."""
         if not obj.pending_count:
-            return ""
-        return format_html('<a href="{}">{} pending</a>',
+            return obj.get_status_display()
+        return format_html('{} · <a href="{}">{} pending</a>', obj.get_status_display(),
                            changelist_url(Interaction, request__id__exact=obj.pk, status__exact="pending"),
                            obj.pending_count)
 
@@ -380,6 +439,7 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
         links = [
             ("trace", reverse("telemetry:request", args=[obj.pk])),
             (f"{obj.last_seq} events", changelist_url(RuntimeEvent, request__id__exact=obj.pk)),
+            ("event log page", reverse("telemetry:request-events", args=[obj.pk])),
             ("checkpoints", changelist_url(StepCheckpoint, request__id__exact=obj.pk)),
             ("interactions", changelist_url(Interaction, request__id__exact=obj.pk)),
             ("subagent requests", changelist_url(Request, parent__id__exact=obj.pk)),
@@ -387,6 +447,8 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
         turn = MemoryTurn.objects.filter(request=obj).values_list("pk", flat=True).first()
         if turn is not None:
             links.append(("memory turn", change_url(MemoryTurn, turn)))
+        if getattr(obj, "workflow_run_id", None):
+            links.append(("workflow run", reverse("telemetry:run", args=[obj.workflow_run_id])))
         return format_html_join(" · ", '<a href="{1}">{0}</a>', links)
 
     shown_response = json_display("response", "response")
@@ -471,7 +533,7 @@ def request_link(obj) -> str:
 
 @admin.register(RuntimeEvent)
 class RuntimeEventAdmin(RequestChildAdmin, BigTableAdmin):
-    list_display = ("id", "request_ref", "seq", "event_type", "agent_id", "session_id", "step_key", "when")
+    list_display = ("id", "request_ref", "seq", "event_type", "agent_id", "step_key", "when")
     list_filter = (EventFamilyFilter, EventTypeFilter, AgentIdFilter)
     search_fields = ("=session_id",)
     search_help_text = "A request or trace id, an exact session id, or the start of an event type."
@@ -489,12 +551,7 @@ class RuntimeEventAdmin(RequestChildAdmin, BigTableAdmin):
             return queryset.filter(Q(request_id=value) | Q(trace_id=value)), False
         return queryset.filter(Q(session_id=term) | Q(event_type__startswith=term)), False
 
-    @admin.display(description="created", ordering="created_at")
-    def when(self, obj):
-        from mash_telemetry.templatetags.telemetry import epoch
-
-        moment = epoch(obj.created_at)
-        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if moment else "–"
+    when = when_display("created_at", "created")
 
     shown_payload = json_display("payload", "payload")
 
@@ -508,15 +565,16 @@ class CheckpointKindFilter(FixedChoicesFilter):
 
 @admin.register(StepCheckpoint)
 class StepCheckpointAdmin(RequestChildAdmin, BigTableAdmin):
-    list_display = ("id", "request_ref", "step_key", "kind", "duration_ms", "created_at")
+    list_display = ("id", "request_ref", "step_key", "kind", "duration_ms", "created")
     list_filter = (CheckpointKindFilter,)
     search_fields = ("=step_key",)
     search_help_text = "A request id or an exact step key (plan.0, tool.1.0, ...)."
     raw_id_fields = ("request",)
-    fields = ("id", "request_ref", "step_key", "kind", "duration_ms", "created_at", "shown_output")
+    fields = ("id", "request_ref", "step_key", "kind", "duration_ms", "created", "shown_output")
     readonly_fields = fields
 
     shown_output = json_display("output", "output")
+    created = when_display("created_at", "created")
 
 
 # -- interactions ---------------------------------------------------------------------------------
@@ -525,21 +583,25 @@ class StepCheckpointAdmin(RequestChildAdmin, BigTableAdmin):
 @admin.register(Interaction)
 class InteractionAdmin(RequestChildAdmin, OperatorActions, HistoryAdmin):
     list_display = ("interaction_id", "request_ref", "type", "status", "short_prompt", "shown_answer",
-                    "created_at", "expires_at", "answer_link")
+                    "created", "expires", "answer_link")
     list_filter = ("status", "type")
     search_fields = ("=interaction_id",)
     search_help_text = "An interaction id (itr_...) or a request id."
     raw_id_fields = ("request",)
     actions = ("approve_selected", "deny_selected")
     fields = ("interaction_id", "request_ref", "step_key", "type", "status", "prompt", "shown_schema",
-              "timeout_seconds", "expires_at", "shown_default", "shown_response", "answered_at", "created_at",
+              "timeout_seconds", "expires", "shown_default", "shown_response", "answered", "created",
               "answer_link")
     readonly_fields = fields
     ordering = ("-created_at",)
 
+    created = when_display("created_at", "created")
+    expires = when_display("expires_at", "expires")
+    answered = when_display("answered_at", "answered")
+
     @admin.display(description="prompt")
     def short_prompt(self, obj):
-        return clip(obj.prompt, 80)
+        return clipped(obj.prompt, 60)
 
     @admin.display(description="answer")
     def shown_answer(self, obj):
@@ -621,11 +683,13 @@ class InteractionAdmin(RequestChildAdmin, OperatorActions, HistoryAdmin):
 class WorkerAdmin(HistoryAdmin):
     """Worker processes by their heartbeat rows; a row not seen for a while is a process gone."""
 
-    list_display = ("name", "hostname", "pid", "slots", "in_use", "draining", "live", "last_seen_at", "started_at")
+    list_display = ("name", "hostname", "pid", "slots", "in_use", "draining", "live", "last_seen", "started")
     list_filter = ("hostname", "draining")
-    fields = ("name", "hostname", "pid", "slots", "in_use", "draining", "started_at", "last_seen_at")
+    fields = ("name", "hostname", "pid", "slots", "in_use", "draining", "started", "last_seen")
     readonly_fields = fields
     ordering = ("-last_seen_at",)
+    started = when_display("started_at", "started")
+    last_seen = when_display("last_seen_at", "last seen")
 
     @admin.display(boolean=True, description=f"seen in the last {Worker.LIVE_SECONDS} s")
     def live(self, obj):
@@ -638,15 +702,15 @@ class WorkerAdmin(HistoryAdmin):
 
 @admin.register(MemoryTurn)
 class MemoryTurnAdmin(HistoryAdmin):
-    list_display = ("turn_id", "agent", "session_link", "kind", "short_user", "short_agent", "tokens",
-                    "session_total_tokens", "created_at", "trace")
+    list_display = ("short_turn_id", "created", "agent", "session_link", "short_user", "short_agent", "tokens",
+                    "trace")
     list_filter = ("kind", "agent")
     search_fields = ("user_message", "agent_response")
     list_select_related = ("agent", "session")
     raw_id_fields = ("agent", "session", "request")
     paginator = EstimatedCountPaginator
     fields = ("turn_id", "agent", "session", "request", "kind", "user_message", "agent_response", "shown_usage",
-              "session_total_tokens", "shown_signals", "shown_metadata", "created_at")
+              "session_total_tokens", "shown_signals", "shown_metadata", "created")
     readonly_fields = fields
     ordering = ("-created_at",)
 
@@ -656,17 +720,24 @@ class MemoryTurnAdmin(HistoryAdmin):
             return queryset.filter(Q(pk=value) | Q(request_id=value)), False
         return super().get_search_results(request, queryset, search_term)
 
+    @admin.display(description="turn", ordering="turn_id")
+    def short_turn_id(self, obj):
+        return format_html('<span title="{}">{}</span>', obj.turn_id, str(obj.turn_id)[:8])
+
     @admin.display(description="session", ordering="session__session_id")
     def session_link(self, obj):
-        return link(Session, obj.session_id, clip(obj.session.session_id, 40))
+        return link(Session, obj.session_id, clipped(obj.session.session_id, 28, "clip short"))
 
     @admin.display(description="user")
     def short_user(self, obj):
-        return clip(obj.user_message, 60)
+        label = clipped(obj.user_message, 80, "clip mid")
+        return format_html("{} {}", label, "(summary)") if obj.kind == MemoryTurn.Kind.SUMMARY else label
 
     @admin.display(description="agent answer")
     def short_agent(self, obj):
-        return clip(obj.agent_response, 60)
+        return clipped(obj.agent_response, 80, "clip mid")
+
+    created = when_display("created_at", "created")
 
     @admin.display(description="tokens")
     def tokens(self, obj):
@@ -684,85 +755,223 @@ class MemoryTurnAdmin(HistoryAdmin):
     shown_metadata = json_display("metadata", "metadata")
 
 
-# -- workflows (registered when the runtime defines them) -------------------------------------------
+# -- workflows -----------------------------------------------------------------------------------
 
 
-def model_fields(model, names) -> tuple:
-    """The names that are fields of `model`: an admin that names a missing field fails every check."""
-    present = {f.name for f in model._meta.get_fields()}
-    return tuple(n for n in names if n in present)
+def run_page_link(run_id, label=None) -> str:
+    if not run_id:
+        return "–"
+    return format_html('<a href="{}">{}</a>', reverse("telemetry:run", args=[run_id]), label or run_id)
 
 
-WorkflowDefinition = getattr(runtime_models, "WorkflowDefinition", None)
-WorkflowRun = getattr(runtime_models, "WorkflowRun", None)
-WorkflowRunEvent = getattr(runtime_models, "WorkflowRunEvent", None)
-WorkflowTaskRun = getattr(runtime_models, "WorkflowTaskRun", None)
-WorkflowTaskState = getattr(runtime_models, "WorkflowTaskState", None)
-PublishedSkill = getattr(runtime_models, "PublishedSkill", None)
+@admin.register(WorkflowDefinition)
+class WorkflowDefinitionAdmin(MashAdmin):
+    list_display = ("workflow_id", "source", "agent", "task_list", "active", "updated")
+    list_filter = ("source", "active")
+    search_fields = ("workflow_id",)
+    list_select_related = ("agent",)
+    raw_id_fields = ("agent",)
+    show_full_result_count = False
 
-if WorkflowDefinition is not None:
+    @admin.display(description="tasks")
+    def task_list(self, obj):
+        tasks = obj.tasks if isinstance(obj.tasks, list) else []
+        return clipped(" → ".join(str(t.get("task_id")) for t in tasks if isinstance(t, dict)), 60)
 
-    @admin.register(WorkflowDefinition)
-    class WorkflowDefinitionAdmin(admin.ModelAdmin):
-        list_display = model_fields(WorkflowDefinition, ("workflow_id", "source", "agent", "active", "updated_at"))
-        list_filter = model_fields(WorkflowDefinition, ("source", "active"))
-        search_fields = model_fields(WorkflowDefinition, ("workflow_id",))
-        list_select_related = model_fields(WorkflowDefinition, ("agent",))
-        raw_id_fields = model_fields(WorkflowDefinition, ("agent",))
-        show_full_result_count = False
+    updated = when_display("updated_at", "updated")
 
 
-if WorkflowRun is not None:
+class TaskRunInline(admin.TabularInline):
+    """A run's tasks on its page: status, links to each task's request and trace, output."""
 
-    @admin.register(WorkflowRun)
-    class WorkflowRunAdmin(HistoryAdmin):
-        list_display = model_fields(WorkflowRun, ("run_id", "workflow", "status", "task_index", "created_at",
-                                                  "finished_at"))
-        list_filter = model_fields(WorkflowRun, ("status",))
-        search_fields = tuple(f"={n}" for n in model_fields(WorkflowRun, ("run_id", "dedup_key")))
-        list_select_related = model_fields(WorkflowRun, ("workflow",))
-        raw_id_fields = model_fields(WorkflowRun, ("workflow",))
-        paginator = EstimatedCountPaginator
+    model = WorkflowTaskRun
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("index", "task_id", "agent_id", "status", "request_links", "short_output", "short_error", "started",
+              "finished")
+    readonly_fields = fields
+    ordering = ("index",)
 
+    def has_add_permission(self, request, obj=None):
+        return False
 
-if WorkflowRunEvent is not None:
+    def has_change_permission(self, request, obj=None):
+        return False
 
-    @admin.register(WorkflowRunEvent)
-    class WorkflowRunEventAdmin(BigTableAdmin):
-        list_display = model_fields(WorkflowRunEvent, ("id", "run", "seq", "event_type", "created_at"))
-        search_fields = tuple(f"={n}" for n in model_fields(WorkflowRunEvent, ("run",)))
-        raw_id_fields = model_fields(WorkflowRunEvent, ("run",))
+    def has_delete_permission(self, request, obj=None):
+        return False
 
+    @admin.display(description="request")
+    def request_links(self, obj):
+        if not obj.request_id:
+            return "–"
+        return format_html('{} · {}', link(Request, obj.request_id, str(obj.request_id)[:8]),
+                           trace_link(obj.request_id))
 
-if WorkflowTaskRun is not None:
+    @admin.display(description="output")
+    def short_output(self, obj):
+        return clipped(pretty(obj.output), 80) if obj.output is not None else "–"
 
-    @admin.register(WorkflowTaskRun)
-    class WorkflowTaskRunAdmin(HistoryAdmin):
-        list_display = model_fields(WorkflowTaskRun, ("id", "run", "index", "task_id", "agent_id", "status",
-                                                      "started_at", "finished_at"))
-        list_filter = model_fields(WorkflowTaskRun, ("status",))
-        raw_id_fields = model_fields(WorkflowTaskRun, ("run", "request"))
-        paginator = EstimatedCountPaginator
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return clipped(obj.error, 60) or "–"
 
-
-if WorkflowTaskState is not None:
-
-    @admin.register(WorkflowTaskState)
-    class WorkflowTaskStateAdmin(HistoryAdmin):
-        list_display = model_fields(WorkflowTaskState, ("id", "workflow", "task_id", "run", "updated_at"))
-        list_select_related = model_fields(WorkflowTaskState, ("workflow",))
-        raw_id_fields = model_fields(WorkflowTaskState, ("workflow", "run"))
+    started = when_display("started_at", "started")
+    finished = when_display("finished_at", "finished")
 
 
-if PublishedSkill is not None:
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(HistoryAdmin):
+    list_display = ("short_run_id", "workflow", "status", "progress", "created", "duration", "telemetry")
+    list_filter = ("status", "workflow")
+    search_fields = ("=run_id", "=dedup_key")
+    search_help_text = "An exact run id or dedup key."
+    list_select_related = ("workflow",)
+    raw_id_fields = ("workflow",)
+    paginator = EstimatedCountPaginator
+    inlines = (TaskRunInline,)
+    fields = ("run_id", "workflow", "status", "dedup_key", "related", "progress", "created", "started", "finished",
+              "duration", "error", "shown_input", "shown_output")
+    readonly_fields = fields
 
-    @admin.register(PublishedSkill)
-    class PublishedSkillAdmin(admin.ModelAdmin):
-        list_display = model_fields(PublishedSkill, ("name", "agent", "type", "updated_at"))
-        list_filter = model_fields(PublishedSkill, ("type",))
-        search_fields = model_fields(PublishedSkill, ("name",))
-        list_select_related = model_fields(PublishedSkill, ("agent",))
-        raw_id_fields = model_fields(PublishedSkill, ("agent",))
+    @admin.display(description="run", ordering="run_id")
+    def short_run_id(self, obj):
+        return clipped(obj.run_id, 48)
+
+    @admin.display(description="tasks")
+    def progress(self, obj):
+        tasks = obj.workflow.tasks if isinstance(obj.workflow.tasks, list) else []
+        at = min(obj.task_index + 1, len(tasks)) if tasks else obj.task_index + 1
+        return f"task {at} of {len(tasks)}"
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        from mash_telemetry.queries import run_duration_ms
+
+        return ms(run_duration_ms(obj))
+
+    @admin.display(description="")
+    def telemetry(self, obj):
+        return run_page_link(obj.pk, "run page")
+
+    @admin.display(description="records")
+    def related(self, obj):
+        return format_html_join(" · ", '<a href="{1}">{0}</a>', [
+            ("run page (timeline)", reverse("telemetry:run", args=[obj.pk])),
+            ("task runs", changelist_url(WorkflowTaskRun, run__run_id__exact=obj.pk)),
+            ("task requests", changelist_url(Request, workflow_run__run_id__exact=obj.pk)),
+            (f"{obj.last_seq} events", changelist_url(WorkflowRunEvent, run__run_id__exact=obj.pk)),
+        ])
+
+    created = when_display("created_at", "created")
+    started = when_display("started_at", "started")
+    finished = when_display("finished_at", "finished")
+    shown_input = json_display("input", "input")
+
+    @admin.display(description="output")
+    def shown_output(self, obj):
+        """The run's output with its task requests as links (the rest as indented JSON)."""
+        output = obj.output
+        if output is None:
+            return "–"
+        if not isinstance(output, dict) or not isinstance(output.get("task_requests"), dict):
+            return json_block(output)
+        rows = format_html_join("", "<li><strong>{}</strong>: {} · {}</li>", [
+            (task_id, link(Request, request_id, str(request_id)[:8]), trace_link(request_id))
+            for task_id, request_id in output["task_requests"].items()
+        ])
+        rest = {k: v for k, v in output.items() if k != "task_requests"}
+        return format_html("<div>task requests:<ul>{}</ul></div>{}", rows, json_block(rest))
+
+
+@admin.register(WorkflowRunEvent)
+class WorkflowRunEventAdmin(BigTableAdmin):
+    list_display = ("id", "run_short", "seq", "event_type", "task", "when")
+    search_fields = ("=run__run_id",)
+    search_help_text = "An exact run id."
+    raw_id_fields = ("run",)
+    fields = ("id", "run_ref", "seq", "event_type", "dedupe_key", "when", "shown_payload")
+    readonly_fields = fields
+
+    @admin.display(description="run", ordering="run_id")
+    def run_ref(self, obj):
+        return format_html("{} · {}", link(WorkflowRun, obj.run_id, obj.run_id), run_page_link(obj.run_id, "run page"))
+
+    @admin.display(description="run", ordering="run_id")
+    def run_short(self, obj):
+        return link(WorkflowRun, obj.run_id, clipped(obj.run_id, 40, "clip mid"))
+
+    @admin.display(description="task")
+    def task(self, obj):
+        return str((obj.payload or {}).get("task_id") or "") if isinstance(obj.payload, dict) else ""
+
+    when = when_display("created_at", "created")
+    shown_payload = json_display("payload", "payload")
+
+
+@admin.register(WorkflowTaskRun)
+class WorkflowTaskRunAdmin(HistoryAdmin):
+    list_display = ("task_label", "run_link", "agent_id", "status", "request_links", "started", "finished")
+    list_filter = ("status",)
+    search_fields = ("=run__run_id", "=task_id")
+    search_help_text = "An exact run id or task id."
+    list_select_related = ("run",)
+    raw_id_fields = ("run", "request")
+    paginator = EstimatedCountPaginator
+    fields = ("run_ref", "index", "task_id", "agent_id", "status", "request_links", "started", "finished", "error",
+              "shown_output")
+    readonly_fields = fields
+
+    @admin.display(description="task", ordering="index")
+    def task_label(self, obj):
+        return format_html('<span title="{}">{}. {}</span>', str(obj), obj.index + 1, obj.task_id)
+
+    @admin.display(description="run", ordering="run_id")
+    def run_link(self, obj):
+        return link(WorkflowRun, obj.run_id, clipped(obj.run_id, 40, "clip mid"))
+
+    @admin.display(description="run", ordering="run_id")
+    def run_ref(self, obj):
+        return format_html("{} · {}", link(WorkflowRun, obj.run_id, obj.run_id), run_page_link(obj.run_id, "run page"))
+
+    @admin.display(description="request")
+    def request_links(self, obj):
+        if not obj.request_id:
+            return "–"
+        return format_html("{} · {}", link(Request, obj.request_id, str(obj.request_id)[:8]),
+                           trace_link(obj.request_id))
+
+    started = when_display("started_at", "started")
+    finished = when_display("finished_at", "finished")
+    shown_output = json_display("output", "output (the task's new state)")
+
+
+@admin.register(WorkflowTaskState)
+class WorkflowTaskStateAdmin(HistoryAdmin):
+    list_display = ("__str__", "run_ref", "updated")
+    list_select_related = ("workflow",)
+    raw_id_fields = ("workflow", "run")
+    fields = ("workflow", "task_id", "run_ref", "updated", "shown_state")
+    readonly_fields = fields
+
+    @admin.display(description="last run", ordering="run_id")
+    def run_ref(self, obj):
+        return run_page_link(obj.run_id)
+
+    updated = when_display("updated_at", "updated")
+    shown_state = json_display("state", "state (handed to the next run)")
+
+
+@admin.register(PublishedSkill)
+class PublishedSkillAdmin(MashAdmin):
+    list_display = ("name", "agent", "type", "updated")
+    list_filter = ("type",)
+    search_fields = ("name",)
+    list_select_related = ("agent",)
+    raw_id_fields = ("agent",)
+
+    updated = when_display("updated_at", "updated")
 
 
 # -- API request log (written by mash_telemetry/middleware.py) ------------------------------------
@@ -784,8 +993,29 @@ class StatusCodeFilter(FixedChoicesFilter):
 
 @admin.register(ApiRequestLog)
 class ApiRequestLogAdmin(BigTableAdmin):
-    list_display = ("created_at", "method", "path", "status_code", "duration_ms", "streaming", "client")
+    list_display = ("created", "method", "short_path", "status_code", "duration_ms", "streaming", "client")
     list_filter = (MethodFilter, StatusCodeFilter)
     search_fields = ("path",)
     show_full_result_count = False  # append-only and large: no COUNT(*) per page
-    readonly_fields = [f.name for f in ApiRequestLog._meta.fields]
+    fields = ("created", "about", *(f.name for f in ApiRequestLog._meta.fields if f.name not in ("id", "created_at")))
+    readonly_fields = fields
+    list_display_links = ("created",)
+    created = when_display("created_at", "when")
+
+    @admin.display(description="path", ordering="path")
+    def short_path(self, obj):
+        return clipped(obj.path, 70)
+
+    @admin.display(description="about")
+    def about(self, obj):
+        from mash_telemetry.queries import attach_api_log_links
+
+        attach_api_log_links([obj])
+        links = []
+        if obj.trace_request_id:
+            links.append(("trace of request " + obj.trace_request_id[:8], reverse("telemetry:request",
+                                                                                  args=[obj.trace_request_id])))
+        if obj.workflow_run_id:
+            links.append((f"workflow run {obj.workflow_run_id}", reverse("telemetry:run", args=[obj.workflow_run_id])))
+        links.append(("telemetry page", reverse("telemetry:api-log-entry", args=[obj.pk])))
+        return format_html_join(" · ", '<a href="{1}">{0}</a>', links)

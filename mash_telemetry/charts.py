@@ -130,3 +130,104 @@ def stacked_bars(rows: list[tuple[str, dict[str, int]]], segments: dict[str, str
         parts.append(f'<text class="axis" x="{x + 6:.1f}" y="{y + row_h - 6}">{escape(short_number(total))}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
+
+
+def split_bar(parts: list[tuple[str, str, int, str]], total: int, *, title: str, width: int = 720,
+              height: int = 16) -> SafeString:
+    """One horizontal bar cut into (key, label, value, colour) parts: where a request's time went."""
+    parts_svg = []
+    x = 0.0
+    whole = max(total, sum(p[2] for p in parts), 1)
+    for key, label, value, color in parts:
+        w = value / whole * width
+        parts_svg.append(
+            f'<rect class="part-{escape(key)}" x="{x:.2f}" y="0" width="{max(w, 0.5):.2f}" height="{height}" '
+            f'fill="{escape(color)}"><title>{escape(label)}: {escape(duration_text(value))}</title></rect>'
+        )
+        x += w
+    if not parts:
+        parts_svg.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#e9ecef"/>')
+    return mark_safe(
+        f'<svg class="split" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
+        + "".join(parts_svg) + "</svg>"
+    )
+
+
+def duration_text(value_ms: float) -> str:
+    """The `ms` template filter's format, for SVG titles."""
+    from mash_telemetry.templatetags.telemetry import ms
+
+    return ms(value_ms)
+
+
+@dataclass(frozen=True)
+class TimelineBar:
+    label: str
+    start: float | None  # seconds from the timeline's start; None: never started
+    end: float | None
+    color: str
+    title: str
+    href: str = ""
+
+
+def axis_step(span: float) -> float:
+    """A round tick interval giving 4-10 ticks over `span` seconds."""
+    for step in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
+                 14400, 21600, 43200, 86400):
+        if span / step <= 10:
+            return step
+    return 86400 * max(1, int(span / 86400 / 10) + 1)
+
+
+def axis_label(seconds: float) -> str:
+    if seconds < 1 and seconds:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 3600:g} h"
+
+
+def timeline(bars: list[TimelineBar], span: float, *, title: str) -> SafeString:
+    """A Gantt chart: one row per bar on a shared time axis (0 .. `span` seconds); a bar with
+    an `href` is a link (to a task's trace)."""
+    width, row_h, gap = 960, 20, 8
+    left, right, top, bottom = 150, 16, 6, 22
+    plot_w = width - left - right
+    height = top + bottom + max(len(bars), 1) * (row_h + gap)
+    span = max(span, 0.001)
+    parts = [
+        f'<svg class="chart timeline" role="img" viewBox="0 0 {width} {height}" width="100%" '
+        f'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{escape(title)}</title>",
+    ]
+    step = axis_step(span)
+    tick = 0.0
+    while tick <= span + 1e-9:
+        x = left + tick / span * plot_w
+        parts.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}"/>')
+        parts.append(f'<text class="axis" x="{x:.1f}" y="{height - 6}" text-anchor="middle">'
+                     f"{escape(axis_label(round(tick, 6)))}</text>")
+        tick += step
+    for i, bar in enumerate(bars):
+        y = top + i * (row_h + gap)
+        shown = bar.label if len(bar.label) <= 22 else bar.label[:21] + "…"
+        parts.append(f'<text class="label" x="{left - 8}" y="{y + row_h - 6}" text-anchor="end">'
+                     f"<title>{escape(bar.label)}</title>{escape(shown)}</text>")
+        if bar.start is None:
+            parts.append(f'<rect class="bar not-started" x="{left}" y="{y}" width="{plot_w}" height="{row_h}" '
+                         f'fill="none" stroke="{escape(bar.color)}" stroke-dasharray="4 3">'
+                         f"<title>{escape(bar.title)}</title></rect>")
+            parts.append(f'<text class="axis" x="{left + 8}" y="{y + row_h - 6}">not started</text>')
+            continue
+        x = left + max(bar.start, 0) / span * plot_w
+        w = max((min(bar.end if bar.end is not None else span, span) - max(bar.start, 0)) / span * plot_w, 2)
+        rect = (f'<rect class="bar" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h}" rx="3" '
+                f'fill="{escape(bar.color)}"><title>{escape(bar.title)}</title></rect>')
+        if bar.href:
+            rect = f'<a class="task-link" href="{escape(bar.href)}">{rect}</a>'
+        parts.append(rect)
+    parts.append("</svg>")
+    return mark_safe("".join(parts))

@@ -9,6 +9,18 @@ from mash_runtime.models import Interaction, Request
 RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
 
+def label_times_by_zone(form: forms.Form) -> None:
+    """`since` / `until` are read in the server's time zone (the pages' one clock): say so."""
+    from django.utils import timezone
+
+    from mash_telemetry.clock import zone_label
+
+    zone = zone_label(timezone.localtime())
+    for name in ("since", "until"):
+        if name in form.fields:
+            form.fields[name].label = f"{name} ({zone})"
+
+
 class RequestFilterForm(forms.Form):
     agent = forms.ChoiceField(required=False, label="agent")
     status = forms.ChoiceField(required=False, label="status", choices=[("", "any status"), *Request.Status.choices])
@@ -24,6 +36,7 @@ class RequestFilterForm(forms.Form):
     def __init__(self, *args, agents: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["agent"].choices = [("", "any agent"), *((a, a) for a in agents)]
+        label_times_by_zone(self)
 
 
 class SessionFilterForm(forms.Form):
@@ -76,3 +89,22 @@ class AnswerForm(forms.Form):
 
     def answer(self):
         return self.cleaned_data["response"]
+
+
+class RunFilterForm(forms.Form):
+    """The workflow runs list: by workflow, status and creation time (a range or since/until)."""
+
+    workflow = forms.ChoiceField(required=False, label="workflow")
+    status = forms.ChoiceField(required=False, label="status")
+    range = RequestFilterForm.base_fields["range"]
+    since = RequestFilterForm.base_fields["since"]
+    until = RequestFilterForm.base_fields["until"]
+    q = forms.CharField(required=False, max_length=200, label="run id or dedup key")
+
+    def __init__(self, *args, workflows: list[str] = (), **kwargs):
+        from mash_runtime.models import WorkflowRun
+
+        super().__init__(*args, **kwargs)
+        self.fields["workflow"].choices = [("", "any workflow"), *((w, w) for w in workflows)]
+        self.fields["status"].choices = [("", "any status"), *WorkflowRun.Status.choices]
+        label_times_by_zone(self)

@@ -10,6 +10,12 @@ each row is written before the response returns, as in sync mode. Logging is bes
 effort: whatever goes wrong while building or writing a row, the response goes out
 unchanged.
 
+Secrets in URLs never reach a row: the values of known credential parameters (`api_key`,
+`token`, `password`, ... see SECRET_QUERY_PARAMS) are replaced by `[redacted]` in the stored
+query string and in URL-valued headers (Referer, Location); credential headers are redacted
+as the model module says. `redact_url` also filters daphne's access log (`mash host serve
+--access-log`).
+
 Not logged: `/api/v1/health` and `/h2a/health` (probes would drown the log) and the
 API-log routes themselves (`/api/v1/telemetry/api/...`; reading the log would grow
 it, and its stream would log its own polls). Streaming responses are logged when
@@ -23,8 +29,10 @@ import asyncio
 import atexit
 import contextvars
 import logging
+import re
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -32,13 +40,46 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from mash_runtime.models import insert_rows
-from mash_telemetry.models import ApiRequestLog, clean_text, clip_body, redact_headers
+from mash_telemetry.models import REDACTED, ApiRequestLog, clean_text, clip_body, redact_headers
 
 logger = logging.getLogger("mash_telemetry")
 
 LOGGED_PREFIXES = ("/api/", "/h2a/")
 SKIPPED_PATHS = frozenset({"/api/v1/health", "/api/v1/health/", "/h2a/health", "/h2a/health/"})
 SKIPPED_PREFIXES = ("/api/v1/telemetry/api/",)
+
+
+# Query parameter names (lower-cased, '-' read as '_') whose values are credentials.
+SECRET_QUERY_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "password", "secret"})
+# Headers whose values are URLs, which may carry such a query.
+URL_HEADERS = frozenset({"referer", "location", "content-location"})
+_QUERY_SEPARATORS = re.compile(r"([&;])")  # ';' too: some clients use it, and a log must not care
+
+
+def redact_query(query: str) -> str:
+    """`query` as sent, but with the value of every secret parameter replaced by [redacted]."""
+    if not query:
+        return query
+    pieces = _QUERY_SEPARATORS.split(query)
+    for index in range(0, len(pieces), 2):
+        name, sep, value = pieces[index].partition("=")
+        if sep and value and unquote_plus(name).strip().lower().replace("-", "_") in SECRET_QUERY_PARAMS:
+            pieces[index] = f"{name}={REDACTED}"
+    return "".join(pieces)
+
+
+def redact_url(url: str) -> str:
+    """A URL or request target with its query's secret values redacted (see `redact_query`)."""
+    path, sep, query = url.partition("?")
+    if not sep:
+        return url
+    query, hash_sep, fragment = query.partition("#")
+    return f"{path}?{redact_query(query)}{hash_sep}{fragment}"
+
+
+def logged_headers(headers) -> dict[str, str]:
+    return {name: (redact_url(value) if name.lower() in URL_HEADERS else value)
+            for name, value in redact_headers(headers).items()}
 
 
 def should_log(path: str) -> bool:
@@ -92,17 +133,17 @@ def build_entry(request, response, started: float, request_body: tuple[str, bool
     return {
         "method": (request.method or "")[:16],
         "path": clean_text(request.path[:2048]),
-        "query_string": clean_text(request.META.get("QUERY_STRING", "") or ""),
+        "query_string": clean_text(redact_query(request.META.get("QUERY_STRING", "") or "")),
         "route": clean_text(route[:512]),
         "status_code": response.status_code,
         "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
         # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a trusted proxy
         # rewrites it (daphne --proxy-headers puts the real address in REMOTE_ADDR then).
         "client": str(request.META.get("REMOTE_ADDR") or "")[:64],
-        "request_headers": redact_headers(request.headers),
+        "request_headers": logged_headers(request.headers),
         "request_body": request_body[0],
         "request_body_truncated": request_body[1],
-        "response_headers": redact_headers(response.headers),
+        "response_headers": logged_headers(response.headers),
         "response_body": body,
         "response_body_truncated": body_truncated,
         "streaming": bool(getattr(response, "streaming", False)),

@@ -7,15 +7,18 @@ here writes to the database.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncHour
+from django.urls import reverse
 from django.utils import timezone
 
 from mash_runtime.models import Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session
+from mash_runtime import queries as runtime_queries
 from mash_telemetry import charts
 from mash_telemetry.models import ApiRequestLog
 
@@ -25,6 +28,7 @@ SWEEP_SCHEDULE = "mash-sweep"
 QUEUE_STALL_SECONDS = 60
 # The sweep schedule runs every minute; this late and the scheduler (the qcluster) is not running.
 SCHEDULER_LATE_SECONDS = 180
+WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 
 
 def total_tokens_expr():
@@ -47,6 +51,7 @@ class Health:
     sweep_next_run: dt.datetime | None = None
     last_event_at: dt.datetime | None = None
     requests_last_hour: int = 0
+    workers: dict[str, Any] = field(default_factory=dict)
 
     def problem(self, text: str) -> None:
         self.ok = False
@@ -76,6 +81,9 @@ def host_health(now: dt.datetime | None = None) -> Health:
     if health.oldest_queued and (now - health.oldest_queued).total_seconds() > QUEUE_STALL_SECONDS:
         health.problem("a request has waited over a minute for a worker: is the qcluster running?")
     health.pending_interactions = Interaction.objects.filter(status=Interaction.Status.PENDING).count()
+    health.workers = runtime_queries.worker_status(now)
+    if "warning" in health.workers:
+        health.problem(health.workers["warning"])
     try:
         from django_q.models import Schedule
 
@@ -329,3 +337,413 @@ def latest_events(agent: str = "", limit: int = 50) -> list[RuntimeEvent]:
     if agent:
         qs = qs.filter(agent_id=agent)
     return list(qs[:limit])  # newest first, as the live tail adds rows on top
+
+
+def highlight_spans(text: str, terms) -> list[tuple[str, bool]]:
+    """`text` cut into (piece, matched) runs: whole words of `terms`, any case, are matched
+    (the memory search matches words, not substrings). Pure: the template filter escapes."""
+    words = sorted({w.lower() for term in terms for w in WORD_RE.findall(str(term))}, key=len, reverse=True)
+    if not words or not text:
+        return [(text, False)] if text else []
+    pattern = re.compile(r"(?<![^\W_])(" + "|".join(re.escape(w) for w in words) + r")(?![^\W_])", re.IGNORECASE)
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for match in pattern.finditer(text):
+        if match.start() > at:
+            pieces.append((text[at:match.start()], False))
+        pieces.append((match.group(0), True))
+        at = match.end()
+    if at < len(text):
+        pieces.append((text[at:], False))
+    return pieces
+
+
+def memory_terms(text: str) -> list[str]:
+    """The terms the memory search matched for `text` (for highlighting its previews)."""
+    from mash_runtime.memory_search import parse_query
+
+    try:
+        return list(parse_query(text, require_prefix=False).terms)
+    except Exception:  # a query the search refused has nothing to highlight
+        return []
+
+
+# -- where a request's time went ------------------------------------------------------------
+
+# The events that move a request between waiting and running (no payload needed).
+MARK_TYPES = ("request.accepted", "request.waiting", "request.started", "request.interaction.create",
+              "request.interaction.ack", "request.completed", "request.error")
+SPLIT_PARTS = (
+    # key, label, colour
+    ("queued", "queued for a worker", "#74c0fc"),
+    ("session", "waiting for the session", "#66d9e8"),
+    ("running", "running", "#1c7ed6"),
+    ("input", "waiting for input", "#f08c00"),
+    ("stopped", "stopped until resumed", "#adb5bd"),
+)
+
+
+@dataclass
+class TimeSplit:
+    """A request's wall time from submit to end (or now), by what it was doing.
+
+    - queued: accepted, and no worker had claimed it yet;
+    - session: from `request.waiting` (an earlier request of its session was unfinished) to
+      its `request.started` (the moments between that request's end and the claim are
+      counted here too);
+    - running: claimed and not waiting for an answer (a subagent working for it counts);
+    - input: a question of its own or of a subagent's (surfaced to it) was unanswered;
+    - stopped: it had failed or been cancelled, until a resume started it again.
+    `steps_ms` is what its steps report (model and tool time), for comparison with running.
+    """
+
+    total_ms: int = 0
+    queued_ms: int = 0
+    session_ms: int = 0
+    running_ms: int = 0
+    input_ms: int = 0
+    stopped_ms: int = 0
+    steps_ms: int | None = None
+    finished: bool = True
+
+    def parts(self) -> list[tuple[str, str, int, str]]:
+        """(key, label, ms, colour) of the non-empty parts, in SPLIT_PARTS order."""
+        return [(key, label, getattr(self, f"{key}_ms"), color) for key, label, color in SPLIT_PARTS
+                if getattr(self, f"{key}_ms") > 0]
+
+    @property
+    def waiting_ms(self) -> int:
+        return self.queued_ms + self.session_ms + self.input_ms + self.stopped_ms
+
+    @property
+    def overhead_ms(self) -> int | None:
+        """Running time the steps do not account for (claiming, loading context, storing)."""
+        return None if self.steps_ms is None else max(0, self.running_ms - self.steps_ms)
+
+    @property
+    def svg(self):
+        return charts.split_bar(self.parts(), self.total_ms, title=self.summary)
+
+    @property
+    def svg_small(self):
+        return charts.split_bar(self.parts(), self.total_ms, title=self.summary, width=120, height=10)
+
+    @property
+    def summary(self) -> str:
+        from mash_telemetry.templatetags.telemetry import ms
+
+        return ", ".join(f"{label} {ms(value)}" for _, label, value, _ in self.parts()) or "no time recorded"
+
+
+def split_time(req: Request, marks: list[tuple[str, float]], steps_ms: int | None = None,
+               now: dt.datetime | None = None) -> TimeSplit:
+    """Replay the request's state changes (`marks`: (event type, epoch seconds), in stream
+    order) from its `created_at` to its `finished_at` (or `now`)."""
+    spent = {key: 0.0 for key, _, _ in SPLIT_PARTS}
+    at = req.created_at.timestamp()
+    start = at
+    state, pending = "queued", 0
+    for kind, moment in marks:
+        moment = max(float(moment), at)  # clocks of two processes: never count backwards
+        spent[state] += moment - at
+        at = moment
+        if kind == "request.waiting" and state == "queued":
+            state = "session"
+        elif kind == "request.started":
+            state = "input" if pending else "running"
+        elif kind == "request.interaction.create":
+            pending += 1
+            if state == "running":
+                state = "input"
+        elif kind == "request.interaction.ack":
+            pending = max(0, pending - 1)
+            if not pending and state == "input":
+                state = "running"
+        elif kind in ("request.completed", "request.error"):
+            state, pending = "stopped", 0
+    finished = req.is_terminal
+    if not finished:
+        end = max((now or timezone.now()).timestamp(), at)
+        spent[state] += end - at
+        at = end
+    elif req.finished_at is not None and state != "stopped":
+        # Terminal by the row but the terminal event is not among the marks (pruned, or cut).
+        end = max(req.finished_at.timestamp(), at)
+        spent[state] += end - at
+        at = end
+    split = TimeSplit(total_ms=int(round((at - start) * 1000)), steps_ms=steps_ms, finished=finished)
+    for key in spent:
+        setattr(split, f"{key}_ms", int(round(spent[key] * 1000)))
+    return split
+
+
+def request_time_split(req: Request, steps_ms: int | None = None) -> TimeSplit:
+    marks = list(RuntimeEvent.objects.filter(request=req, event_type__in=MARK_TYPES).order_by("seq")
+                 .values_list("event_type", "created_at"))
+    return split_time(req, marks, steps_ms)
+
+
+def time_splits(requests: list[Request]) -> dict[Any, TimeSplit]:
+    """Splits for a page of requests in one query (their state-change events only)."""
+    if not requests:
+        return {}
+    marks: dict[Any, list[tuple[str, float]]] = {r.pk: [] for r in requests}
+    rows = (RuntimeEvent.objects.filter(request_id__in=list(marks), event_type__in=MARK_TYPES)
+            .order_by("request_id", "seq").values_list("request_id", "event_type", "created_at"))
+    for request_id, kind, moment in rows:
+        marks[request_id].append((kind, moment))
+    now = timezone.now()
+    return {r.pk: split_time(r, marks[r.pk], now=now) for r in requests}
+
+
+def request_events(req: Request, limit: int = 1000) -> tuple[list[RuntimeEvent], bool]:
+    """The request's own stream, oldest first (the subagent mirror frames included: they are
+    part of it), cut at `limit`."""
+    rows = list(RuntimeEvent.objects.filter(request=req).order_by("seq")[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+# -- API log entries and what they touched --------------------------------------------------
+
+PATH_REQUEST_RE = re.compile(r"/requests?/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                             r"[0-9a-fA-F]{12})(?:/|$)")
+PATH_RUN_RE = re.compile(r"/runs/([^/]{1,120})(?:/|$)")
+BODY_REQUEST_RE = re.compile(r'"request_id"\s*:\s*"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
+                             r'[0-9a-fA-F]{12})"')
+BODY_RUN_RE = re.compile(r'"run_id"\s*:\s*"([^"\\]{1,120})"')
+
+
+def api_log_targets(row: ApiRequestLog) -> tuple[str | None, str | None]:
+    """The request id and workflow run id an API call was about: from its path, or from the
+    response of a submit / run start (bodies may be cut, so read with patterns, not JSON)."""
+    from urllib.parse import unquote
+
+    request_id = run_id = None
+    match = PATH_REQUEST_RE.search(row.path) or BODY_REQUEST_RE.search(row.response_body or "")
+    if match:
+        request_id = match.group(1).lower()
+    match = PATH_RUN_RE.search(row.path)
+    if match:
+        run_id = unquote(match.group(1))
+    else:
+        match = BODY_RUN_RE.search(row.response_body or "")
+        if match:
+            run_id = match.group(1)
+    return request_id, run_id
+
+
+def attach_api_log_links(rows: list[ApiRequestLog]) -> list[ApiRequestLog]:
+    """Set `trace_request_id` / `workflow_run_id` on each row whose request or run still
+    exists (two queries for the page, whatever its size)."""
+    from mash_runtime.models import WorkflowRun
+
+    found = [(row, *api_log_targets(row)) for row in rows]
+    request_ids = {uuid.UUID(r) for _, r, _ in found if r}
+    run_ids = {run for _, _, run in found if run}
+    known_requests = {str(pk) for pk in Request.objects.filter(pk__in=request_ids).values_list("pk", flat=True)}
+    known_runs = set(WorkflowRun.objects.filter(pk__in=run_ids).values_list("pk", flat=True)) if run_ids else set()
+    for row, request_id, run_id in found:
+        row.trace_request_id = request_id if request_id in known_requests else None
+        row.workflow_run_id = run_id if run_id in known_runs else None
+    return rows
+
+
+# -- workflows ------------------------------------------------------------------------------
+
+
+def workflow_choices() -> list[str]:
+    from mash_runtime.models import WorkflowDefinition
+
+    return list(WorkflowDefinition.objects.order_by("workflow_id").values_list("workflow_id", flat=True))
+
+
+def run_tokens_subquery():
+    from django.db.models import IntegerField, OuterRef, Subquery
+    from django.db.models.functions import Coalesce
+
+    tokens = (Request.objects.filter(workflow_run=OuterRef("pk")).order_by().values("workflow_run")
+              .annotate(n=Sum(total_tokens_expr())).values("n")[:1])
+    return Coalesce(Subquery(tokens, output_field=IntegerField()), 0)
+
+
+def filter_runs(workflow: str = "", status: str = "", since: dt.datetime | None = None,
+                until: dt.datetime | None = None, q: str = ""):
+    from django.db.models import IntegerField, OuterRef, Subquery
+    from django.db.models.functions import Coalesce
+
+    from mash_runtime.models import WorkflowRun, WorkflowTaskRun
+
+    done = (WorkflowTaskRun.objects.filter(run=OuterRef("pk"), status="completed").order_by().values("run")
+            .annotate(n=Count("pk")).values("n")[:1])
+    qs = WorkflowRun.objects.select_related("workflow").annotate(
+        tokens=run_tokens_subquery(),
+        tasks_done=Coalesce(Subquery(done, output_field=IntegerField()), 0),
+    ).order_by("-created_at")
+    if workflow:
+        qs = qs.filter(workflow__workflow_id=workflow)
+    if status:
+        qs = qs.filter(status=status)
+    if since:
+        qs = qs.filter(created_at__gte=since)
+    if until:
+        qs = qs.filter(created_at__lt=until)
+    if q:
+        qs = qs.filter(Q(pk=q) | Q(dedup_key=q))
+    return qs
+
+
+def run_duration_ms(run, now: dt.datetime | None = None) -> int | None:
+    start = run.started_at or run.created_at
+    end = run.finished_at or (None if run.is_terminal else (now or timezone.now()))
+    if start is None or end is None:
+        return None
+    return max(0, int((end - start).total_seconds() * 1000))
+
+
+@dataclass
+class TaskRow:
+    index: int
+    task_id: str
+    agent_id: str
+    status: str  # the task run's status, "not started" for a declared task the run never reached
+    task_run: Any = None
+    request: Request | None = None
+    split: TimeSplit | None = None
+    output: str | None = None
+    error: str = ""
+
+    @property
+    def started(self):
+        return self.task_run.started_at if self.task_run is not None else None
+
+    @property
+    def finished(self):
+        if self.task_run is None:
+            return None
+        return self.task_run.finished_at or (self.request.finished_at if self.request is not None else None)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started is None:
+            return None
+        end = self.finished or (None if self.status != "running" else timezone.now())
+        return None if end is None else max(0, int((end - self.started).total_seconds() * 1000))
+
+    @property
+    def tokens(self) -> int:
+        return self.request.total_tokens if self.request is not None else 0
+
+    @property
+    def dom_id(self) -> str:
+        return f"task-{self.index}"
+
+
+@dataclass
+class RunView:
+    run: Any
+    tasks: list[TaskRow]
+    timeline: Any
+    events: list
+    event_total: int
+    all_events: bool
+    input: str
+    output: str | None
+    duration_ms: int | None
+    tokens: int
+
+    @property
+    def tasks_done(self) -> int:
+        return sum(t.status == "completed" for t in self.tasks)
+
+
+TASK_STATUS_COLORS = {"completed": "#2f9e44", "failed": "#e03131", "running": "#1c7ed6", "cancelled": "#868e96"}
+MAX_RUN_EVENTS = 500
+
+
+def run_view(run_id: str, all_events: bool = False) -> RunView | None:
+    """One run: its declared tasks (run or not), each task's request and time split, the
+    timeline chart, its events (`workflow.*` only unless `all_events`)."""
+    from mash_runtime.models import WorkflowRun, WorkflowRunEvent, WorkflowTaskRun
+    from mash_telemetry.templatetags.telemetry import ms
+    from mash_telemetry.trace import pretty
+
+    run = WorkflowRun.objects.select_related("workflow").filter(pk=run_id).first()
+    if run is None:
+        return None
+    task_runs = list(WorkflowTaskRun.objects.filter(run=run).select_related("request", "request__agent")
+                     .order_by("index"))
+    splits = time_splits([t.request for t in task_runs if t.request is not None])
+    by_index = {t.index: t for t in task_runs}
+    declared = run.workflow.tasks if isinstance(run.workflow.tasks, list) else []
+    rows: list[TaskRow] = []
+    for index in range(max(len(declared), max(by_index, default=-1) + 1)):
+        spec = declared[index] if index < len(declared) and isinstance(declared[index], dict) else {}
+        task_run = by_index.get(index)
+        if task_run is None:
+            rows.append(TaskRow(index, str(spec.get("task_id") or f"#{index}"), str(spec.get("agent_id") or ""),
+                                "not started"))
+            continue
+        req = task_run.request
+        rows.append(TaskRow(
+            index, task_run.task_id, task_run.agent_id, task_run.status, task_run=task_run, request=req,
+            split=splits.get(req.pk) if req is not None else None,
+            output=pretty(task_run.output) if task_run.output is not None else None, error=task_run.error,
+        ))
+    now = timezone.now()
+    start = run.started_at or run.created_at
+    end = run.finished_at or now
+    bars = []
+    for row in rows:
+        if row.started is None:
+            bars.append(charts.TimelineBar(label=row.task_id, start=None, end=None, color="#ced4da",
+                                           title=f"{row.task_id}: not started"))
+            continue
+        finished = row.finished or (now if row.status == "running" else row.started)
+        detail = row.split.summary if row.split is not None else ""
+        bars.append(charts.TimelineBar(
+            label=row.task_id, start=(row.started - start).total_seconds(), end=(finished - start).total_seconds(),
+            color=TASK_STATUS_COLORS.get(row.status, "#868e96"),
+            href=reverse("telemetry:request", args=[row.request.pk]) if row.request is not None else "",
+            title=f"{row.task_id} ({row.agent_id}): {row.status}, {ms(row.duration_ms)}"
+                  + (f"; {detail}" if detail else ""),
+        ))
+    timeline = charts.timeline(bars, max((end - start).total_seconds(), 0.001),
+                               title=f"Tasks of run {run.pk} on a time axis from its start")
+    events_qs = WorkflowRunEvent.objects.filter(run=run).order_by("seq")
+    event_total = run.last_seq
+    if not all_events:
+        events_qs = events_qs.filter(event_type__startswith="workflow.")
+    events = list(events_qs[:MAX_RUN_EVENTS])
+    return RunView(
+        run=run, tasks=rows, timeline=timeline, events=events, event_total=event_total, all_events=all_events,
+        input=pretty(run.input), output=pretty(run.output) if run.output is not None else None,
+        duration_ms=run_duration_ms(run, now), tokens=sum(r.tokens for r in rows),
+    )
+
+
+def workflow_rows(since: dt.datetime) -> list[dict[str, Any]]:
+    """Each workflow with its runs since `since` by status (one grouped query over recent runs)."""
+    from mash_runtime.models import WorkflowDefinition, WorkflowRun
+
+    counts: dict[str, dict[str, int]] = {}
+    for workflow_id, status, n in (WorkflowRun.objects.filter(created_at__gte=since)
+                                   .values_list("workflow__workflow_id", "status").annotate(n=Count("pk"))):
+        counts.setdefault(workflow_id, {})[status] = n
+    rows = []
+    for wf in WorkflowDefinition.objects.order_by("workflow_id"):
+        tasks = wf.tasks if isinstance(wf.tasks, list) else []
+        recent = counts.get(wf.workflow_id, {})
+        rows.append({"workflow_id": wf.workflow_id, "source": wf.source, "active": wf.active,
+                     "tasks": [str(t.get("task_id")) for t in tasks if isinstance(t, dict)],
+                     "runs": sum(recent.values()), "failed": recent.get("failed", 0),
+                     "running": recent.get("running", 0)})
+    return rows
+
+
+def task_of_request(req: Request):
+    """The workflow task run a request ran for (None for an ordinary request)."""
+    if not req.workflow_run_id:
+        return None
+    from mash_runtime.models import WorkflowTaskRun
+
+    return WorkflowTaskRun.objects.filter(request=req).select_related("run", "run__workflow").first()

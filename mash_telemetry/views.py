@@ -1,7 +1,8 @@
 """The telemetry pages: staff only, server-rendered, thin over `queries` and `trace`.
 
 Every view is wrapped in `staff_required`: anonymous visitors go to the login page,
-signed-in users without staff status get a 403. The few POST views (answer, cancel,
+signed-in users without staff status get a 403, and a page that is not there is the
+telemetry 404 (layout and navigation included). The few POST views (answer, cancel,
 resume) also need the matching model permission, as the admin actions do.
 """
 
@@ -16,9 +17,9 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import InvalidPage
-from django.http import Http404
+from django.http import Http404, HttpResponsePermanentRedirect
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse, reverse_lazy
+from django.urls import Resolver404, resolve, reverse, reverse_lazy
 from django.utils import timezone
 from django.views import static
 from django.views.decorators.http import require_GET, require_POST
@@ -32,6 +33,7 @@ from mash_telemetry.forms import (
     ApiLogFilterForm,
     MemorySearchForm,
     RequestFilterForm,
+    RunFilterForm,
     SessionFilterForm,
 )
 from mash_telemetry.models import ApiRequestLog
@@ -50,9 +52,16 @@ def staff_required(view):
             return redirect_to_login(request.get_full_path(), reverse("telemetry:login"))
         if not (user.is_active and user.is_staff):
             return render(request, "telemetry/403.html", status=403)
-        return view(request, *args, **kwargs)
+        try:
+            return view(request, *args, **kwargs)
+        except Http404 as exc:
+            return not_found_page(request, str(exc))
 
     return wrapped
+
+
+def not_found_page(request, reason: str = ""):
+    return render(request, "telemetry/404.html", {"reason": reason, "path": request.path}, status=404)
 
 
 def may_operate(user, model: str) -> bool:
@@ -119,22 +128,32 @@ def overview(request):
 def request_list(request):
     form = RequestFilterForm(request.GET or None, agents=queries.agent_choices())
     filters = form.cleaned_data if form.is_valid() else {}
-    since = filters.get("since")
-    if filters.get("range"):
-        since = timezone.now() - dt.timedelta(hours=RANGES[filters["range"]])
     qs = queries.filter_requests(
         agent=filters.get("agent", ""), status=filters.get("status", ""), session=filters.get("session", ""),
-        since=since, until=filters.get("until"), q=filters.get("q", ""), top_level=filters.get("top", False),
+        since=created_since(filters), until=filters.get("until"), q=filters.get("q", ""),
+        top_level=filters.get("top", False),
     )
-    return render(request, "telemetry/requests.html", {"nav": "requests", "form": form, "page": paginate(request, qs)})
+    page = paginate(request, qs)
+    splits = queries.time_splits(list(page.object_list))
+    rows = [(r, splits.get(r.pk)) for r in page.object_list]
+    return render(request, "telemetry/requests.html", {"nav": "requests", "form": form, "page": page, "rows": rows})
+
+
+def created_since(filters: dict):
+    if filters.get("range"):
+        return timezone.now() - dt.timedelta(hours=RANGES[filters["range"]])
+    return filters.get("since")
 
 
 def _trace_context(request, req: Request) -> dict:
     trace = build_trace(req)
+    steps_ms = sum(step.total_ms or 0 for step in trace.steps) if trace.steps else None
     return {
         "nav": "requests",
         "trace": trace,
         "req": req,
+        "split": queries.request_time_split(req, steps_ms),
+        "task": queries.task_of_request(req),
         "live": not req.is_terminal,
         "can_operate": may_operate(request.user, "request"),
         "can_answer": may_operate(request.user, "interaction"),
@@ -151,6 +170,15 @@ def request_detail(request, request_id: uuid.UUID):
         # The live trace asks for this after each WebSocket frame and swaps it in place.
         return render(request, "telemetry/_trace_body.html", context)
     return render(request, "telemetry/trace.html", context)
+
+
+@require_GET
+@staff_required
+def request_events(request, request_id: uuid.UUID):
+    req = get_object_or_404(Request.objects.select_related("agent", "session"), pk=request_id)
+    events, cut = queries.request_events(req)
+    return render(request, "telemetry/request_events.html", {"nav": "requests", "req": req, "events": events,
+                                                             "cut": cut})
 
 
 @require_GET
@@ -220,6 +248,32 @@ def session_detail(request, pk: int):
     return render(request, "telemetry/session.html", {"nav": "sessions", "view": view, "s": view.session})
 
 
+# -- workflows ---------------------------------------------------------------------------------
+
+
+@require_GET
+@staff_required
+def run_list(request):
+    workflows = queries.workflow_choices()
+    form = RunFilterForm(request.GET or None, workflows=workflows)
+    filters = form.cleaned_data if form.is_valid() else {}
+    qs = queries.filter_runs(workflow=filters.get("workflow", ""), status=filters.get("status", ""),
+                             since=created_since(filters), until=filters.get("until"), q=filters.get("q", ""))
+    return render(request, "telemetry/workflows.html", {
+        "nav": "workflows", "form": form, "page": paginate(request, qs),
+        "workflows": queries.workflow_rows(timezone.now() - dt.timedelta(hours=24)),
+    })
+
+
+@require_GET
+@staff_required
+def run_detail(request, run_id: str):
+    view = queries.run_view(run_id, all_events=request.GET.get("events") == "all")
+    if view is None:
+        raise Http404(f"No workflow run {run_id}")
+    return render(request, "telemetry/run.html", {"nav": "workflows", "view": view, "run": view.run})
+
+
 # -- live tail ---------------------------------------------------------------------------------
 
 
@@ -242,15 +296,17 @@ def live(request):
 @staff_required
 def memory(request):
     form = MemorySearchForm(request.GET or None, agents=queries.agent_choices())
-    hits, error = None, ""
+    hits, error, terms = None, "", []
     if form.is_valid() and form.cleaned_data["q"].strip():
         data = form.cleaned_data
+        terms = queries.memory_terms(data["q"].strip())
         try:
             hits = queries.search_memory(data["q"].strip(), data.get("who") or "user", data.get("agent", ""),
                                          data.get("session", ""))
         except services.ServiceError as exc:
             error = exc.message
-    return render(request, "telemetry/memory.html", {"nav": "memory", "form": form, "hits": hits, "error": error})
+    return render(request, "telemetry/memory.html", {"nav": "memory", "form": form, "hits": hits, "error": error,
+                                                     "terms": terms, "searched": hits is not None or bool(error)})
 
 
 @require_GET
@@ -261,6 +317,7 @@ def api_log(request):
     qs = queries.filter_api_log(filters.get("method", ""), (filters.get("status") or "").strip(),
                                 (filters.get("path") or "").strip())
     rows, next_before = queries.keyset_page(qs, filters.get("before"))
+    queries.attach_api_log_links(rows)
     return render(request, "telemetry/api_log.html", {"nav": "api", "form": form, "rows": rows,
                                                       "next_before": next_before,
                                                       "paged": bool(filters.get("before"))})
@@ -270,4 +327,22 @@ def api_log(request):
 @staff_required
 def api_log_detail(request, pk: int):
     row = get_object_or_404(ApiRequestLog, pk=pk)
+    queries.attach_api_log_links([row])
     return render(request, "telemetry/api_log_detail.html", {"nav": "api", "row": row})
+
+
+def not_found(request, rest: str = ""):
+    """Every other path under /telemetry/: the telemetry 404, or the path with its slash
+    when that is a page (what APPEND_SLASH would do, which a catch-all route stops).
+
+    Open to anyone, like any 404: it shows nothing but the address asked for, and the
+    navigation only to staff (the layout's rule)."""
+    if not request.path.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.url_name != "not-found":
+            query = request.META.get("QUERY_STRING", "")
+            return HttpResponsePermanentRedirect(request.path + "/" + (f"?{query}" if query else ""))
+    return not_found_page(request, "There is no telemetry page at this address.")

@@ -1,7 +1,10 @@
 """Pilot: the example host app. A primary `pilot` agent answers questions about this
 repository and delegates to one copilot per top-level package. Built only on public names.
 
-`MASH_LLM=scripted` runs it offline on a scripted model (a demo, no API key needed).
+The model is the provider whose key is set (ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY /
+GOOGLE_API_KEY, or OPENAI_CHAT_BASE_URL for a local OpenAI-compatible server); `MASH_LLM=anthropic|
+openai|openai-chat|gemini` forces one, and `MASH_LLM=scripted` runs it offline on a scripted model (a
+demo, no API key needed). See `mash_core.llm.provider_from_env`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mash_core.config import AgentConfig
-from mash_core.llm import AnthropicProvider, LLMRequest, ScriptedProvider
+from mash_core.llm import LLMRequest, ScriptedProvider, provider_from_env
 from mash_core.messages import ToolResultBlock
 from mash_core.llm.scripted import loop_position
 from mash_core.skills import Skill, SkillRegistry
@@ -49,7 +52,8 @@ def offline_demo(request: LLMRequest):
     return (
         "This is Pilot's offline demo (MASH_LLM=scripted): no model was called. "
         "I listed the workspace:\n\n```\n" + listing[:1500] + "\n```\n\n"
-        "Set ANTHROPIC_API_KEY (and unset MASH_LLM) for real answers about this repository."
+        "Set ANTHROPIC_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY (and unset MASH_LLM) for real answers "
+        "about this repository."
     )
 
 
@@ -63,9 +67,8 @@ def offline_structured(request: LLMRequest) -> dict[str, Any]:
 
 
 def build_llm_for(agent_id: str):
-    if os.environ.get("MASH_LLM", "").strip().lower() == "scripted":
-        return ScriptedProvider(offline_demo, structured=offline_structured, model="scripted-demo")
-    return AnthropicProvider(app_id=agent_id)
+    return provider_from_env(
+        agent_id, scripted=lambda: ScriptedProvider(offline_demo, structured=offline_structured, model="scripted-demo"))
 
 
 def _readme(package: str) -> str:

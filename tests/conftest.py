@@ -27,3 +27,16 @@ def _api_log_written_inline(request):
     (tests/core also runs without pytest-django, hence no `settings` argument.)"""
     if request.config.pluginmanager.hasplugin("django"):
         request.getfixturevalue("settings").MASH_API_LOG_FLUSH_SECONDS = 0
+
+
+# A developer's shell may export a provider's key; the provider a test meets is its own choice.
+PROVIDER_VARIABLES = ("MASH_LLM", "ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY_FILE", "ANTHROPIC_BASE_URL",
+                      "OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "OPENAI_BASE_URL", "OPENAI_CHAT_BASE_URL",
+                      "OPENAI_CHAT_API_KEY", "GEMINI_API_KEY", "GEMINI_API_KEY_FILE", "GOOGLE_API_KEY",
+                      "GEMINI_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def _no_provider_from_the_shell(monkeypatch):
+    for name in PROVIDER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)

@@ -17,7 +17,13 @@ from mash_api.cli.main import add_connection_arguments, open_client
 from mash_api.cli.render import make_console
 
 
+# Django's flags that mean nothing to a command talking HTTP: still accepted, not shown.
+DJANGO_FLAGS = {"--settings", "--pythonpath", "--traceback", "--no-color", "--force-color", "--skip-checks",
+                "--verbosity", "--version"}
+
+
 class ClientCommand(BaseCommand):
+    suppressed_base_arguments = DJANGO_FLAGS
     requires_system_checks: list = []
     requires_migrations_checks = False
     connection_arguments = True

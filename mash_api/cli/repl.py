@@ -19,7 +19,10 @@ docstring). A handler gets the REPL and the text after the command name; it may 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -32,7 +35,7 @@ from rich.text import Text
 
 from mash_api.client import ClientError, MashClient, subagent_session_id
 from mash_api.cli.config import mash_home
-from mash_api.cli.follow import Follower, Outcome
+from mash_api.cli.follow import Follower, Outcome, Spinner, _StreamState
 from mash_api.cli.lineinput import LineInput, PipeInput, TerminalInput, slash_completer, stdin_is_terminal
 from mash_api.cli.render import (
     agents_table,
@@ -208,33 +211,40 @@ class Repl:
         self.console.print(Text(self.banner or f"{self.app_name} REPL · {self.client.base_url}", style="bold cyan"))
         self.console.print(Text(f"agent {self.agent_id} · session {self.session_id} · /help for commands, "
                                 "Ctrl-D to exit", style="dim"))
-        interrupts = 0
-        while True:
+        self._presses = 0
+        while self._presses < 2:
             try:
-                line = self.input.read(f"{self.agent_id}> ")
+                self._turn()
             except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts >= 2:
-                    break
-                self.console.print(Text("(press Ctrl-C again or Ctrl-D to exit)", style="dim"))
-                continue
-            except EOFError:
+                # A Ctrl-C between prompts (while a line was printed, or before the next prompt
+                # took the terminal) is one more press at the prompt, not a crash.
+                self._presses += 1
+            except (ExitRepl, EOFError):
                 break
-            interrupts = 0
-            try:
-                self.handle(line)
-            except ExitRepl:
-                break
-            except EOFError:
-                break
-            except KeyboardInterrupt:
-                self.console.print(Text("interrupted", style="yellow"))
-            except UsageError as exc:
-                self.console.print(Text(str(exc), style="yellow"))
-            except ClientError as exc:
-                self.console.print(Text(str(exc), style="bold red"))
-        self.console.print(Text("Bye.", style="dim"))
+        try:
+            self.console.print(Text("Bye.", style="dim"))
+        except KeyboardInterrupt:
+            pass
         return 0
+
+    def _turn(self) -> None:
+        """Read one line and handle it; `_presses` counts the Ctrl-C pressed in a row at the prompt."""
+        try:
+            line = self.input.read(f"{self.agent_id}> ")
+        except KeyboardInterrupt:
+            self._presses += 1  # before printing: a second press during the print must find it counted
+            if self._presses < 2:
+                self.console.print(Text("(press Ctrl-C again or Ctrl-D to exit)", style="dim"))
+            return
+        self._presses = 0
+        try:
+            self.handle(line)
+        except KeyboardInterrupt:
+            self.console.print(Text("interrupted", style="yellow"))
+        except UsageError as exc:
+            self.console.print(Text(str(exc), style="yellow"))
+        except ClientError as exc:
+            self.console.print(Text(str(exc), style="bold red"))
 
     def handle(self, line: str) -> None:
         line = line.strip()
@@ -250,10 +260,30 @@ class Repl:
         self.ask(line)
 
     def ask(self, message: str, *, agent_id: str | None = None, session_id: str | None = None) -> Outcome:
-        """Send `message` to an agent (default: the current one), follow and render it to the end."""
+        """Send `message` to an agent (default: the current one), follow and render it to the end.
+
+        Ctrl-C cancels the request, also when it comes while the request is being submitted:
+        raised there, it left a request the server had accepted running with nobody following it."""
         agent = agent_id or self.agent_id
         session = session_id or self.session_for(agent)
-        outcome = self.follower.run_request(agent, message, session_id=session)
+        follower = self.follower
+        spinner = Spinner(self.console)
+        spinner.start("Submitting…")
+        try:
+            with ctrl_c_noted() as pressed:
+                accepted = self.client.submit(agent, message, session_id=session)
+        finally:
+            spinner.stop()
+        state = _StreamState(agent_id=agent, request_id=str(accepted.get("request_id")),
+                             session_id=accepted.get("session_id") or session)
+        try:
+            if pressed():
+                outcome = follower.cancel(state)
+            else:
+                outcome = follower.follow_request(state.agent_id, state.request_id, session_id=state.session_id)
+        except KeyboardInterrupt:
+            # Pressed before the follower was listening for it (or while it was cancelling).
+            outcome = follower.cancel(state)
         self.last_outcome = outcome
         return outcome
 
@@ -280,6 +310,28 @@ class Repl:
             aliases = f" (also {', '.join(command.aliases)})" if command.aliases else ""
             table.add_row(Text(usage), Text(command.help + aliases))
         return table
+
+
+@contextmanager
+def ctrl_c_noted():
+    """Within: the first Ctrl-C is noted rather than raised, so a call under way can finish
+    (a submit, whose request can then be cancelled); a second one raises as usual, so a
+    server that does not answer cannot hold the user. Yields `pressed()`."""
+    presses: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield lambda: False  # signal handlers can only be set from the main thread
+        return
+
+    def note(signum, frame):
+        presses.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield lambda: bool(presses)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _slug(name: str) -> str:

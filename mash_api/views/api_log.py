@@ -184,6 +184,8 @@ class ApiLogListView(ApiView):
 
 
 class ApiLogSearchView(ApiView):
+    write_permissions = {"POST": "mash_telemetry.view_apirequestlog"}
+
     """Filters in a JSON body: method, path (prefix), path_contains, status (404 or 4xx), min_duration_ms,
     since (epoch seconds), limit. Unknown filters are a 422."""
 

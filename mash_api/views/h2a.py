@@ -7,25 +7,39 @@ import json
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from mash_api.auth import authenticate_headers
-from mash_api.errors import contains_unstorable, unstorable_param_error
+from mash_api.auth import authenticate_headers, csrf_refusal, permission_refusal
+from mash_api.errors import unstorable_param_error
 from mash_api.views.streams import event_stream_response, open_request_stream, sse_body
 from mash_runtime import queries, services
 from mash_runtime.host import get_host
 from mash_runtime.services import ServiceError
+from mash_runtime.storable import UnstorableValue, check_storable
 
 
 def h2a_error(code: str, message: str, status: int) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
-def guarded(view):
-    """Method, key and agent checks, and service errors as bare error bodies."""
+def guarded(view=None, *, permission: str | None = None):
+    """Method, key and agent checks, and service errors as bare error bodies.
+
+    The binding speaks to SDK clients with keys, so it is exempt from Django's CSRF
+    middleware; a logged-in browser's writes still pass Django's CSRF check here and need
+    `permission`, as they do on /api/v1.
+    """
+    if view is None:
+        return lambda inner: guarded(inner, permission=permission)
 
     @csrf_exempt
     def wrapper(request, agent_id: str | None = None, **kwargs):
-        if authenticate_headers(request.headers, getattr(request, "user", None)) is None:
+        user = getattr(request, "user", None)
+        principal = authenticate_headers(request.headers, user)
+        if principal is None:
             return h2a_error("UNAUTHORIZED", "Missing or invalid API key", 401)
+        if principal.kind == "staff" and (reason := csrf_refusal(request)) is not None:
+            return h2a_error("CSRF_FAILED", f"CSRF check failed: {reason}", 403)
+        if (reason := permission_refusal(principal, user, request.method, permission)) is not None:
+            return h2a_error("FORBIDDEN", reason, 403)
         if (nul := unstorable_param_error({"agent_id": agent_id, **kwargs}, request.GET)) is not None:
             return h2a_error("INVALID_REQUEST", nul.message, 400)
         if agent_id is not None:
@@ -48,12 +62,14 @@ def _reject_constant(name: str):
 def _json_body(request) -> dict:
     try:
         body = json.loads(request.body or b"{}", parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and NaN / Infinity, which are not JSON
+    except (ValueError, UnicodeDecodeError, RecursionError):  # also NaN / Infinity, and nesting json gives up on
         raise ServiceError("Request body is not valid JSON", code="INVALID_JSON") from None
     if not isinstance(body, dict):
         raise ServiceError("Request body must be a JSON object", code="INVALID_REQUEST")
-    if contains_unstorable(body):
-        raise ServiceError("Request body must not contain NUL or surrogate characters", code="INVALID_REQUEST")
+    try:
+        check_storable(body, "body")
+    except UnstorableValue as exc:
+        raise ServiceError(str(exc), code="INVALID_REQUEST") from None
     return body
 
 
@@ -68,7 +84,7 @@ def health(request):
     return _only(request, "GET") or JsonResponse({"status": "ok", "service": "mash-h2a", **queries.list_agents()})
 
 
-@guarded
+@guarded(permission="mash_runtime.add_request")
 def submit(request, agent_id: str):
     if (wrong := _only(request, "POST")) is not None:
         return wrong
@@ -83,7 +99,7 @@ def submit(request, agent_id: str):
     return JsonResponse(data, status=202)
 
 
-@guarded
+@guarded(permission="mash_runtime.change_interaction")
 def interaction(request, agent_id: str, request_id: str):
     if (wrong := _only(request, "POST")) is not None:
         return wrong
@@ -98,7 +114,7 @@ def status(request, agent_id: str, request_id: str):
     return _only(request, "GET") or JsonResponse(services.get_request_status(request_id, agent_id))
 
 
-@guarded
+@guarded(permission="mash_runtime.change_request")
 def resume(request, agent_id: str, request_id: str):
     return _only(request, "POST") or JsonResponse(services.resume_request(request_id, agent_id))
 

@@ -61,6 +61,8 @@ class CompactSessionSerializer(serializers.Serializer):
 
 
 class CompactSessionView(ApiView):
+    write_permissions = {"POST": "mash_runtime.change_session"}
+
     @extend_schema(summary="Summarise the turns since the last checkpoint into a summary checkpoint turn",
                    request=CompactSessionSerializer)
     def post(self, request, agent_id, session_id):

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from mash_api.auth import authenticate_headers
 from mash_api.errors import Unauthorized, error_json, unavailable_json, unstorable_param_error
 from mash_api.connections import release_connection
-from mash_api.streams import request_frames, sse_frame, tail_frames
+from mash_api.streams import request_frames, sse_delta, sse_frame, tail_frames
+from mash_runtime.dbfaults import once_more_if_dropped
 from mash_runtime.services import ServiceError, stream_target
 
 
 async def authorized(request) -> bool:
     user = await request.auser()
     return await sync_to_async(authenticate_headers)(request.headers, user) is not None
+
+
+STREAM_OPTIONS = ("events", "tokens")
+
+
+def parse_stream_option(query) -> bool:
+    """`?stream=tokens` asks for the token deltas of running steps too (opt-in: the upstream
+    CLI, which does not ask, sees exactly the stored events)."""
+    value = (query.get("stream") or "events").strip()
+    if value not in STREAM_OPTIONS:
+        raise ServiceError("stream must be 'events' or 'tokens'", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", "stream"], "msg": "must be 'events' or 'tokens'",
+                                                "type": "enum"}]})
+    return value == "tokens"
 
 
 def parse_cursor(request) -> int:
@@ -43,7 +58,12 @@ async def sse_body(frames):
     # Frames of one batch go out as one chunk: one write (and one packet) instead of one each.
     pending = []
     async for frame in frames:
-        pending.append(sse_frame(frame.event) if frame.event is not None else ": keep-alive\n\n")
+        if frame.event is not None:
+            pending.append(sse_frame(frame.event))
+        elif frame.delta is not None:
+            pending.append(sse_delta(frame.delta))
+        else:
+            pending.append(": keep-alive\n\n")
         if not frame.more:
             yield "".join(pending)
             pending = []
@@ -59,8 +79,8 @@ async def open_request_stream(request, agent_id: str, request_id: str):
 
     def check():  # one trip to a thread for the key and the request lookups
         try:
-            return checked()
-        except OperationalError as exc:
+            return once_more_if_dropped(checked, "stream checks")  # read-only: safe to repeat
+        except (OperationalError, InterfaceError) as exc:
             return None, unavailable_json(exc)
         finally:
             release_connection()  # not held while the stream joins its doorbell group and waits
@@ -73,14 +93,16 @@ async def open_request_stream(request, agent_id: str, request_id: str):
         try:
             pk = stream_target(request_id, agent_id.strip())
             after = parse_cursor(request)
+            with_tokens = parse_stream_option(request.GET)
         except ServiceError as exc:
             return None, error_json(exc.code, exc.message, exc.status, exc.details)
-        return pk, after
+        return pk, (after, with_tokens)
 
     found, detail = await sync_to_async(check)()
     if found is None:
         return None, detail
-    return request_frames(found, detail), None
+    after, with_tokens = detail
+    return request_frames(found, after, tokens=with_tokens), None
 
 
 @csrf_exempt  # a POST here is a wrong method (405 envelope), not a CSRF failure page

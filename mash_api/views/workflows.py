@@ -26,6 +26,8 @@ class WorkflowListView(ApiView):
 
 
 class RunWorkflowView(ApiView):
+    write_permissions = {"POST": "mash_runtime.add_workflowrun"}
+
     @extend_schema(summary="Start a run; a dedup_key refuses a second active run", request=RunWorkflowSerializer)
     def post(self, request, workflow_id):
         body = self.body(RunWorkflowSerializer)
@@ -51,12 +53,16 @@ class RunDetailView(ApiView):
 
 
 class RunCancelView(ApiView):
+    write_permissions = {"POST": "mash_runtime.change_workflowrun"}
+
     @extend_schema(summary="Cancel a run and its current task", request=None)
     def post(self, request, workflow_id, run_id):
         return ok(workflow_engine.cancel_run(workflow_id, run_id))
 
 
 class RunResumeView(ApiView):
+    write_permissions = {"POST": "mash_runtime.change_workflowrun"}
+
     @extend_schema(summary="Resume a failed or cancelled run from its failed task", request=None)
     def post(self, request, workflow_id, run_id):
         return ok(workflow_engine.resume_run(workflow_id, run_id))
@@ -79,24 +85,32 @@ async def run_events(request, workflow_id: str, run_id: str):
 
 
 class PublishSkillView(ApiView):
+    write_permissions = {"POST": "mash_runtime.add_publishedskill"}
+
     @extend_schema(summary="Publish a skill to an agent (idempotent by name)")
     def post(self, request, agent_id):
         return ok(publishing.publish_skill(agent_id, request.data))
 
 
 class PublishedSkillView(ApiView):
+    write_permissions = {"DELETE": "mash_runtime.delete_publishedskill"}
+
     @extend_schema(summary="Remove a published skill")
     def delete(self, request, agent_id, name):
         return ok(publishing.remove_skill(agent_id, name))
 
 
 class PublishWorkflowView(ApiView):
+    write_permissions = {"POST": "mash_runtime.add_workflowdefinition"}
+
     @extend_schema(summary="Publish (upsert) a workflow through an agent")
     def post(self, request, agent_id):
         return ok(publishing.publish_workflow(agent_id, request.data))
 
 
 class PublishedWorkflowView(ApiView):
+    write_permissions = {"DELETE": "mash_runtime.delete_workflowdefinition"}
+
     @extend_schema(summary="Remove a published workflow (its runs stay)")
     def delete(self, request, agent_id, workflow_id):
         return ok(publishing.remove_workflow(agent_id, workflow_id))

@@ -1,7 +1,8 @@
 """`AnthropicProvider`: the normalized LLM contract on the official `anthropic` SDK.
 
 The SDK client is built lazily so a server can boot (and serve every other agent)
-without ANTHROPIC_API_KEY; only the first real call needs the key.
+without ANTHROPIC_API_KEY; only the first real call needs the key (from ANTHROPIC_API_KEY,
+or the file ANTHROPIC_API_KEY_FILE names: mash_core.secrets).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import anthropic
 
+from mash_core.errors import ConfigError
 from mash_core.llm.clients import shared_client
 from mash_core.llm.base import (
     LLMError,
@@ -22,6 +24,7 @@ from mash_core.llm.base import (
     TokenUsage,
 )
 from mash_core.messages import ContentBlock, Message, TextBlock, ToolCallBlock, ToolResultBlock
+from mash_core.secrets import read_secret
 
 DEFAULT_MODEL = "claude-haiku-4-5"
 
@@ -39,6 +42,8 @@ _STOP_REASONS: dict[str | None, StopReason] = {
 
 
 class AnthropicProvider(LLMProvider):
+    provider = "anthropic"
+
     def __init__(
         self,
         app_id: str,
@@ -71,11 +76,14 @@ class AnthropicProvider(LLMProvider):
     def _get_client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
             # Read the env now, not at construction, so a key exported after boot works.
-            key = self._api_key or os.environ.get("ANTHROPIC_API_KEY")
+            try:
+                key = self._api_key or read_secret("ANTHROPIC_API_KEY")
+            except ConfigError as exc:
+                raise LLMNotConfiguredError(f"{exc} (Anthropic provider for agent '{self.app_id}')") from None
             if not key:
                 raise LLMNotConfiguredError(
-                    "ANTHROPIC_API_KEY is not set: export it (or pass api_key=...) to use "
-                    f"the Anthropic provider for agent '{self.app_id}'"
+                    "ANTHROPIC_API_KEY is not set: export it, point ANTHROPIC_API_KEY_FILE at a file "
+                    f"holding it, or pass api_key=... to use the Anthropic provider for agent '{self.app_id}'"
                 )
             kwargs: dict[str, Any] = {}
             # Without an explicit base_url the SDK itself reads ANTHROPIC_BASE_URL.
@@ -105,6 +113,18 @@ class AnthropicProvider(LLMProvider):
         params = build_params(request, self.model)
         try:
             message = await client.messages.create(**params)
+        except anthropic.APIError as exc:
+            raise self._classify(exc) from exc
+        return to_response(message)
+
+    async def stream(self, request: LLMRequest, on_text) -> LLMResponse:
+        client = self._get_client()
+        params = build_params(request, self.model)
+        try:
+            async with client.messages.stream(**params) as events:
+                async for text in events.text_stream:
+                    await on_text(text)
+                message = await events.get_final_message()
         except anthropic.APIError as exc:
             raise self._classify(exc) from exc
         return to_response(message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from mash_core.errors import MashError
 from mash_core.messages import ContentBlock, Message, TextBlock, ToolCallBlock, block_from_dict
@@ -139,15 +139,30 @@ class LLMNotConfiguredError(LLMError):
         super().__init__(message, transient=False, code="LLM_NOT_CONFIGURED")
 
 
+#: Called with each piece of text a model writes while it writes (`LLMProvider.stream`).
+TextSink = Callable[[str], Awaitable[None]]
+
+
 class LLMProvider(abc.ABC):
     """Base of every provider. Subclasses implement `complete`."""
 
     #: Model name reported in session info and events.
     model: str = ""
+    #: Provider name in `llm.request.complete` events (`gen_ai.provider.name` when exported).
+    provider: str = ""
 
     @abc.abstractmethod
     async def complete(self, request: LLMRequest) -> LLMResponse:
         """Run one model call. Raise `LLMError` (transient or not) on failure."""
+
+    async def stream(self, request: LLMRequest, on_text: "TextSink") -> LLMResponse:
+        """`complete`, telling `on_text` each piece of answer text as the model writes it.
+
+        Providers whose SDK streams override this; the response is the same as
+        `complete`'s. The default answers whole and tells `on_text` nothing: a client
+        following the tokens then sees the step when it is stored.
+        """
+        return await self.complete(request)
 
     async def aclose(self) -> None:  # pragma: no cover - default has nothing to release
         return None

@@ -1,4 +1,5 @@
-"""SDK clients shared per process: one connection pool per provider configuration.
+"""SDK clients shared per process: one connection pool per provider configuration (and the
+key reading and error classification every provider shares).
 
 A host builds a provider for every run (`AgentSpec.build_llm()`); an SDK client per run
 would open a new connection pool, TCP and TLS handshakes included, for every request,
@@ -13,6 +14,10 @@ from __future__ import annotations
 import asyncio
 import weakref
 from typing import Any, Callable, Hashable, TypeVar
+
+from mash_core.errors import ConfigError
+from mash_core.llm.base import LLMError, LLMNotConfiguredError
+from mash_core.secrets import read_secret
 
 T = TypeVar("T")
 
@@ -29,3 +34,56 @@ def shared_client(key: Hashable, make: Callable[[], T]) -> T:
     if key not in clients:
         clients[key] = make()
     return clients[key]
+
+
+# -- what every provider shares besides its client ----------------------------------------
+
+
+def read_key(names: tuple[str, ...], explicit: str | None, provider: str, app_id: str) -> str | None:
+    """The first of the secrets `names` that is set (each NAME or the file NAME_FILE names),
+    unless `explicit` (an api_key argument) is given. A misconfigured secret (both NAME and
+    NAME_FILE, an unreadable file) is LLM_NOT_CONFIGURED, naming the variable, never the value."""
+    if explicit:
+        return explicit
+    for name in names:
+        try:
+            value = read_secret(name)
+        except ConfigError as exc:
+            raise LLMNotConfiguredError(f"{exc} ({provider} provider for agent '{app_id}')") from None
+        if value:
+            return value
+    return None
+
+
+def missing_key_error(names: tuple[str, ...], provider: str, app_id: str) -> LLMNotConfiguredError:
+    either = " or ".join(names)
+    files = " or ".join(f"{n}_FILE" for n in names)
+    return LLMNotConfiguredError(
+        f"{either} is not set: export it, point {files} at a file holding it, or pass api_key=... "
+        f"to use the {provider} provider for agent '{app_id}'"
+    )
+
+
+def status_error(vendor: str, status: int, detail: str, kind: str | None = None) -> LLMError:
+    """The `LLMError` for an HTTP error answer, classified as AnthropicProvider does: rate
+    limits, 408/409 and 5xx are transient (the agent retries them with backoff); 400, 401,
+    403, 404 and other 4xx are permanent."""
+    text = f"{vendor} API error {status}{f' ({kind})' if kind else ''}: {detail}"
+    if status == 429:
+        return LLMError(text, transient=True, status_code=status, code="LLM_RATE_LIMITED")
+    if status >= 500 or status in (408, 409):
+        return LLMError(text, transient=True, status_code=status, code="LLM_UNAVAILABLE")
+    if status in (401, 403):
+        return LLMError(text, transient=False, status_code=status, code="LLM_AUTH_FAILED")
+    if status == 404:
+        return LLMError(text, transient=False, status_code=status, code="LLM_NOT_FOUND")
+    return LLMError(text, transient=False, status_code=status, code="LLM_BAD_REQUEST")
+
+
+def one_line(error: LLMError, secret: str | None) -> LLMError:
+    """`error` with its message on one line and `secret` (a key a proxy may echo back) masked."""
+    line = " ".join(str(error).split())
+    if secret and len(secret) >= 8:  # a toy key would mangle ordinary words
+        line = line.replace(secret, "***")
+    error.args = (line,)
+    return error

@@ -67,6 +67,8 @@ class ScriptedProvider(LLMProvider):
     for structured output: a dict, or a callable of the request returning a dict.
     """
 
+    provider = "scripted"
+
     def __init__(
         self,
         turns: Script,
@@ -102,6 +104,17 @@ class ScriptedProvider(LLMProvider):
         if turn.delay:
             await asyncio.sleep(turn.delay)
         return self._response(turn, loop_position(request))
+
+    async def stream(self, request: LLMRequest, on_text) -> LLMResponse:
+        """`complete`, its text told to `on_text` in pieces of a few words first (tests and
+        demos of token streaming)."""
+        response = await self.complete(request)
+        words = response.text.split(" ") if request.output_schema is None else []
+        for start in range(0, len(words), 3):
+            piece = " ".join(words[start:start + 3])
+            await on_text(piece if start + 3 >= len(words) else piece + " ")
+            await asyncio.sleep(0)
+        return response
 
     def _response(self, turn: ScriptedTurn, position: int) -> LLMResponse:
         content: list[Any] = []

@@ -1,7 +1,13 @@
 """`BashTool`: run shell commands in one persistent bash session per tool instance.
 
-The deny-list is a guard against obvious accidents, not a sandbox: run the tool in a
-container or as an unprivileged user when the model is not trusted.
+The deny-list is a guard rail against obvious accidents, not a sandbox: quoting, variables
+or another program get round it (`'rm' -rf /`, `x=/; rm -rf $x`, `find / -delete`). When
+the model is not trusted, jail the shell (`sandbox="bwrap"`, `"unshare"` or `"auto"`: the
+filesystem read-only outside the working directory, no network; mash_core.tools.sandbox),
+run it as an unprivileged user (`user=`), or both, or run the whole server in a container.
+
+The shell never sees the server's secrets: it gets the scrubbed environment of
+mash_core.tools.environment, plus what `pass_env` and `env` name.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, Iterable
 
 from mash_core.errors import ConfigError
 from mash_core.tools.base import Tool, ToolResult
+from mash_core.tools.environment import check_tool_env, tool_environment
+from mash_core.tools.sandbox import resolve_sandbox, run_as, wrap
 
 MAX_TIMEOUT_SECONDS = 600.0
 
@@ -52,8 +60,25 @@ class BashTool(Tool):
 
     stdout and stderr are merged; stdin is /dev/null so nothing waits for input. A
     timeout or a cancelled call kills the shell's whole process group; the next call
-    starts a fresh shell in `working_dir`. `env` adds to (or overrides) the server's
-    environment rather than replacing it, so PATH and friends keep working.
+    starts a fresh shell in `working_dir`.
+
+    Environment: the shell gets only the server's basics (PATH, HOME, LANG, LC_*, TERM,
+    TMPDIR, TZ, USER, LOGNAME, SHELL), never a variable that looks like a secret (MASH_*,
+    DATABASE_URL, *_API_KEY, *_TOKEN, ...). `pass_env` names further server variables to
+    pass through (naming a secret-looking one is a ConfigError); `env` gives literal values,
+    which win over everything and are kept whatever their names. That stops `env` from
+    printing the server's keys, not a determined model: an unjailed shell of the server's
+    user can still read the server's /proc/<pid>/environ and its files. `sandbox` (own
+    /proc) or `user` closes that.
+
+    `deny_patterns` refuses commands matching a regex: a guard rail against accidents,
+    which a determined model gets round. `sandbox` is the real boundary: "bwrap"
+    (bubblewrap), "unshare" (util-linux) or "auto" (the first that works) run the shell in
+    a jail where only `working_dir` and a private /tmp are writable, /dev is minimal, the
+    network is gone and no capability is left. A sandbox that cannot start here is a
+    ConfigError at construction; the tool never runs unjailed instead. `user` (a name or
+    uid; the server must run as root) runs the shell as that user, so it cannot read
+    root-only files either; HOME, USER and LOGNAME then follow that user.
     """
 
     parameters = {
@@ -79,26 +104,43 @@ class BashTool(Tool):
         env: dict[str, str] | None = None,
         requires_approval: bool = False,
         name: str = "bash",
+        pass_env: Iterable[str] = (),
+        sandbox: str | None = None,
+        user: str | int | None = None,
     ):
         self.working_dir = os.path.abspath(os.fspath(working_dir) if working_dir is not None else os.getcwd())
         if not os.path.isdir(self.working_dir):
             raise ConfigError(f"BashTool working_dir {self.working_dir!r} does not exist or is not a directory")
         if not timeout > 0 or max_output_lines < 1 or max_output_chars < 1:
             raise ConfigError("BashTool timeout, max_output_lines and max_output_chars must be positive")
+        pass_env = pass_env if isinstance(pass_env, str) else tuple(pass_env)
+        check_tool_env(env, pass_env, owner="BashTool")
+        self.deny_patterns = [_compile_deny(p) for p in (DEFAULT_DENY_PATTERNS if deny_patterns is None else deny_patterns)]
+        self._popen_user, user_env = run_as(user, owner="BashTool") if user is not None else ({}, {})
+        if sandbox is not None:
+            # The jail binds the directory itself: a symlinked path would name another place inside.
+            self.working_dir = os.path.realpath(self.working_dir)
+        self.sandbox = resolve_sandbox(sandbox, self.working_dir, user=user, owner="BashTool")
+        self.user = user
         self.name = name
         self.requires_approval = requires_approval
         self.timeout = min(float(timeout), MAX_TIMEOUT_SECONDS)
         self.max_output_lines = max_output_lines
         self.max_output_chars = max_output_chars
-        self.env = {**os.environ, **(env or {})}
-        self.deny_patterns = [_compile_deny(p) for p in (DEFAULT_DENY_PATTERNS if deny_patterns is None else deny_patterns)]
+        # The jail's /tmp is its own (the server's TMPDIR is read-only in there).
+        defaults = {**user_env, **({"TMPDIR": "/tmp"} if self.sandbox else {})}
+        self.env = tool_environment({**defaults, **(env or {})}, pass_env)
+        jail = (
+            f" The shell runs in a sandbox: only {self.working_dir} and /tmp are writable and there "
+            "is no network." if self.sandbox else ""
+        )
         self.description = (
             f"Run a command in a persistent bash shell (starts in {self.working_dir}). The working "
             "directory and exported variables persist between calls. stdout and stderr are merged "
             "and stdin is empty, so don't run interactive programs. Output beyond "
             f"{max_output_lines} lines or {max_output_chars} characters is truncated. Commands are "
             f"killed after {self.timeout:g}s unless `timeout` says otherwise. A non-zero exit code is "
-            "reported, not treated as a failure."
+            f"reported, not treated as a failure.{jail}"
         )
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: _Lifeline | None = None
@@ -208,10 +250,13 @@ class BashTool(Tool):
         await self._kill()
         # A session of its own makes the shell a process-group leader, so killpg reaches
         # every child and background job it started.
+        argv = ["bash", "--noprofile", "--norc"]
+        if self.sandbox:
+            argv = wrap(self.sandbox, self.working_dir, argv, user=self.user)
         self._proc = await asyncio.create_subprocess_exec(
-            "bash", "--noprofile", "--norc",
+            *argv,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=self.working_dir, env=self.env, start_new_session=True,
+            cwd=self.working_dir, env=self.env, start_new_session=True, **self._popen_user,
         )
         self._watcher = _Lifeline.watch(self._proc.pid)
         return self._proc
@@ -284,7 +329,9 @@ class _Lifeline:
         try:
             proc = subprocess.Popen(
                 ["bash", "--noprofile", "--norc", "-c", cls.SCRIPT, "mash-bash-lifeline", str(pgid)],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                # Its /proc/<pid>/environ is readable by a shell of the same user: no secrets in it.
+                env={"PATH": os.environ.get("PATH", os.defpath)})
         except OSError:
             os.close(write_end)
             return None

@@ -171,7 +171,9 @@ def masher_tools() -> ToolRegistry:
 
 class MasherSpec(AgentSpec):
     """The built-in Masher agent. `llm_factory` (no arguments -> an LLMProvider) replaces
-    the default `AnthropicProvider(app_id="masher")`, e.g. with a ScriptedProvider in tests."""
+    the default, e.g. with a ScriptedProvider in tests. The default is the provider the
+    environment chooses (`mash_core.llm.provider_from_env`: MASH_LLM, else the key that is
+    set, else Anthropic), with `model` when given."""
 
     def __init__(self, llm_factory: Callable[[], LLMProvider] | None = None, *, model: str | None = None,
                  max_steps: int = 12):
@@ -185,9 +187,9 @@ class MasherSpec(AgentSpec):
     def build_llm(self) -> LLMProvider:
         if self.llm_factory is not None:
             return self.llm_factory()
-        from mash_core.llm.anthropic import AnthropicProvider
+        from mash_core.llm import provider_from_env
 
-        return AnthropicProvider(app_id=MASHER_AGENT_ID, model=self.model)
+        return provider_from_env(MASHER_AGENT_ID, model=self.model)
 
     def build_agent_config(self) -> AgentConfig:
         return AgentConfig(app_id=MASHER_AGENT_ID, system_prompt=SYSTEM_PROMPT, max_steps=self.max_steps,

@@ -24,6 +24,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 
+from mash_runtime import dbfaults
+
 # How often a thread drops connections that went stale or outlived CONN_MAX_AGE. Checking
 # before every call would cost a health-check query per call (Django resets the check).
 REFRESH_SECONDS = 10.0
@@ -54,12 +56,18 @@ def give_back_connection() -> None:
 
 def _job(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     now = time.monotonic()
-    if now - getattr(_local, "checked", 0.0) > REFRESH_SECONDS:
-        _local.checked = now
+    # Also as soon as another thread found its connection dropped (the server ended them all,
+    # most likely): with CONN_HEALTH_CHECKS the next query checks this one first, so each
+    # thread does not fail a call of its own to find out.
+    if now - getattr(_local, "checked", 0.0) > REFRESH_SECONDS or getattr(_local, "drops", 0) != dbfaults.drops_seen():
+        _local.checked, _local.drops = now, dbfaults.drops_seen()
         close_old_connections()
     try:
         return fn(*args, **kwargs)
-    except DatabaseError:
+    except DatabaseError as exc:
+        # Marked for the awaiting run (run.execute hands its request back instead of failing it).
+        dbfaults.note_if_dropped(exc)
+        _local.drops = dbfaults.drops_seen()
         # A broken connection is closed here, so the thread's next call reconnects.
         for conn in connections.all(initialized_only=True):
             conn.close_if_unusable_or_obsolete()

@@ -9,6 +9,7 @@ import logging
 from mash_core.agent import AgentResult
 from mash_core.llm.base import LLMError
 from mash_core.structured import StructuredOutputError
+from mash_runtime import dbfaults
 from mash_runtime.host import get_host
 from mash_runtime.models import Request
 from mash_runtime.run import lifecycle
@@ -74,15 +75,36 @@ async def execute(state: RunState, db: Db, draining=lambda: False) -> Outcome:
         await fail(Request.Status.FAILED, str(exc), StructuredOutputError.code, False)
         return Outcome.FAILED
     except Exception as exc:
+        if dbfaults.was_dropped(exc):
+            return await handed_back(state, db, exc)
         logger.exception("request %s failed", req.pk)
         await fail(Request.Status.FAILED, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", True)
         return Outcome.FAILED
     state.finishing = True
-    created = await db(lifecycle.complete)(state, result, hosted, *hooks.take())
+    try:
+        created = await db(lifecycle.complete)(state, result, hosted, *hooks.take())
+    except Exception as exc:
+        if not dbfaults.was_dropped(exc):
+            raise
+        # Committed or not (the connection died on the way): if it did, the lease is gone and
+        # nothing is handed back; if not, the next run replays every step but the last.
+        return await handed_back(state, db, exc)
     if created is None:
         return Outcome.LEASE_LOST
     await ring_for(req, hooks.take_unrung() + created)
     return Outcome.COMPLETED
+
+
+async def handed_back(state: RunState, db: Db, exc: BaseException) -> Outcome:
+    """A database connection dropped under the run: that is no failure of the request. Its
+    finished steps are stored (or are run again: whatever did not commit did not happen), so it
+    is handed back (lease cleared, delivered again) and continues from its checkpoints at
+    once, as a drained run does. If the database cannot take even that, the lease expires
+    and the sweeper recovers it."""
+    logger.warning("request %s: the database connection dropped (%s); handing it back", state.key,
+                   " ".join(str(exc).split()))
+    await db(lifecycle.release)(state.owner, [state.key])
+    return Outcome.RELEASED
 
 
 async def stopped(state: RunState, db: Db, fail) -> Outcome:

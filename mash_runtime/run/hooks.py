@@ -18,7 +18,7 @@ from django.utils import timezone
 from mash_core.agent import AgentHooks, AgentRun, StepFn
 from mash_core.messages import ToolCallBlock
 from mash_core.tools.base import ToolResult
-from mash_runtime import doorbell
+from mash_runtime import doorbell, tokens
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.models import Interaction, Request, StepCheckpoint
@@ -156,6 +156,12 @@ class DurableHooks(AgentHooks):
         if event_type == "runtime.tool.call.completed" and payload.get("tool_name") == INVOKE_SUBAGENT:
             event_type = "runtime.subagent.call.completed"
         self.pending.append((event_type, payload, f"{step_key}:{event_type}", loop_index, step_key))
+
+    async def text_sink(self, step_key: str, attempt: int):
+        """Token deltas of this step, while a stream of this request asked for them (tokens.py)."""
+        if not tokens.enabled() or not await tokens.listening(self.request.pk):
+            return None
+        return tokens.DeltaSender(self.request.pk, step_key, attempt)
 
     async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: AgentRun) -> ToolResult:
         if getattr(tool, "name", None) != INVOKE_SUBAGENT:

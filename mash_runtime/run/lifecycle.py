@@ -41,6 +41,7 @@ from mash_runtime.queue import enqueue_request
 from mash_runtime.run.checkpoints import store_steps
 from mash_runtime.run.prepare import prepare_run
 from mash_runtime.run.state import Outcome, RunState
+from mash_runtime.signals import request_terminal
 
 
 def new_lease_owner() -> str:
@@ -303,6 +304,7 @@ def after_terminal(req: Request, queued_behind: bool = True) -> None:
 
     `queued_behind=False` says the session had no later request when this one ended.
     """
+    request_terminal.send_robust(sender=Request, request=req)  # observers (OpenTelemetry export)
     nxt = (
         Request.objects.filter(session_id=req.session_id, session_seq__gt=req.session_seq)
         .exclude(status__in=Request.TERMINAL)

@@ -33,6 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from mash_runtime import dbfaults
 from mash_runtime.models import Worker
 from mash_runtime.queue import enqueue_request
 from mash_runtime.run import lifecycle
@@ -137,10 +138,12 @@ class Runner:
         self.claiming.add(key)
         try:
             claimed = await self.db(lifecycle.claim)(key, self.owner)
-        except Exception:
+        except Exception as exc:
+            self._free.release()
+            if dbfaults.was_dropped(exc):
+                return await self._claim_dropped(key, exc)
             # The request stays accepted: the sweeper delivers it again.
             logger.exception("claiming %s failed", key)
-            self._free.release()
             return Outcome.FAILED
         except BaseException:
             self._free.release()
@@ -153,6 +156,20 @@ class Runner:
         self.runs[key] = claimed
         task = self.tasks[key] = self.loop.create_task(self._run(claimed))
         return await task
+
+    async def _claim_dropped(self, key: str, exc: BaseException) -> Outcome:
+        """The claim's connection dropped: whether it took the lease is unknown. Hand back what
+        it may hold and deliver the request again at once (not after the sweeper's wait for
+        unclaimed requests, or for an orphaned lease to expire)."""
+        logger.warning("claiming %s: the database connection dropped (%s); delivering it again", key,
+                       " ".join(str(exc).split()))
+        try:
+            if not await self.db(lifecycle.release)(self.owner, [key]):
+                await self.db(enqueue_request)(key)
+        except Exception:
+            logger.warning("handing %s back failed; the sweeper delivers it again", key, exc_info=True)
+            return Outcome.FAILED
+        return Outcome.REQUEUED
 
     async def _deliver_again(self, key: str) -> Outcome:
         await self.db(enqueue_request)(key)  # the ORM broker writes a row

@@ -12,8 +12,10 @@ from functools import lru_cache
 
 import nh3
 from django import template
+from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from mash_telemetry import clock
 from mash_telemetry.trace import pretty
 
 register = template.Library()
@@ -74,6 +76,54 @@ def epoch(value):
         return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
+
+
+@register.filter
+def when(value):
+    """A timestamp by the one rule of these pages (see `mash_telemetry.clock`)."""
+    return clock.when(value)
+
+
+@register.simple_tag
+def zone_label() -> str:
+    """The server's time zone as the pages label their times (`UTC`, `EST`)."""
+    from django.utils import timezone
+
+    return clock.zone_label(timezone.localtime())
+
+
+@register.simple_tag
+def zone_attrs() -> str:
+    """`data-zone` and `data-zone-labels` attributes for the scripts that format times."""
+    attrs = clock.zone_attrs()
+    return mark_safe(f'data-zone="{escape(attrs["zone"])}" data-zone-labels="{escape(attrs["labels"])}"')
+
+
+@register.filter
+def highlight(text, terms) -> str:
+    """`text` with the words of `terms` marked. The text is untrusted: matches are found on
+    the raw text and every piece, matched or not, is escaped before the <mark> tags go in."""
+    from mash_telemetry.queries import highlight_spans
+
+    pieces = []
+    for piece, matched in highlight_spans(str(text or ""), terms or ()):
+        pieces.append(f"<mark>{escape(piece)}</mark>" if matched else escape(piece))
+    return mark_safe("".join(pieces))
+
+
+@register.filter
+def run_duration(run):
+    from mash_telemetry.queries import run_duration_ms
+
+    return run_duration_ms(run)
+
+
+@register.filter
+def admin_pk(value) -> str:
+    """A primary key as the admin's URLs spell it (`:` and `/` escaped)."""
+    from django.contrib.admin.utils import quote
+
+    return quote(value)
 
 
 @register.filter

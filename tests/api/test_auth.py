@@ -112,9 +112,24 @@ def test_it_accepts_db_keys_beside_the_env_key(api, keyed):
 
 
 def test_it_lets_a_logged_in_staff_user_in_without_a_key(api, keyed, make_user):
-    api.force_login(make_user("staff", is_staff=True))
+    from django.contrib.auth.models import Permission
+
+    user = make_user("staff", is_staff=True)
+    api.force_login(user)
     assert data(api.get("/api/v1/health"))["status"] == "ok"
+    user.user_permissions.add(Permission.objects.get(codename="add_request", content_type__app_label="mash_runtime"))
     data(post_json(api, "/api/v1/agent/primary/request", {"message": "hi"}), 202)
+
+
+def test_a_staff_session_writes_only_with_the_model_permission(api, keyed, make_user):
+    api.force_login(make_user("viewer", is_staff=True))
+    assert data(api.get("/api/v1/agent"))  # reads stay open to staff
+    refused = post_json(api, "/api/v1/agent/primary/request", {"message": "hi"})
+    assert_error(refused, 403, "FORBIDDEN")
+    assert "mash_runtime.add_request" in refused.json()["error"]["message"]
+    assert_error(api.delete("/api/v1/agent/primary/skill/anything"), 403, "FORBIDDEN")
+    # The same user's key-authenticated calls are not the session's: the key is enough.
+    data(post_json(api, "/api/v1/agent/primary/request", {"message": "hi"}, HTTP_AUTHORIZATION="Bearer k"), 202)
 
 
 def test_it_refuses_a_logged_in_non_staff_user_without_a_key(api, keyed, make_user):

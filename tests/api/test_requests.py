@@ -342,7 +342,7 @@ def test_a_submit_the_database_cannot_take_now_is_a_retryable_503(api, engine, m
 
     monkeypatch.setattr(services, "submit_request", starved)
     response = submit(api, {"message": "hi"})
-    assert_error(response, 503, "SERVICE_UNAVAILABLE")
+    assert_error(response, 503, "DATABASE_UNAVAILABLE")
     assert response.json()["error"]["details"] == {"retryable": True}
     assert response["Retry-After"] == "1"
     assert not Request.objects.exists()
@@ -360,5 +360,5 @@ def test_a_stream_the_database_cannot_open_now_is_a_retryable_503(api, engine, m
 
     monkeypatch.setattr(streams, "stream_target", starved)
     response = api.get(f"/api/v1/agent/primary/request/{rid}/events")
-    assert_error(response, 503, "SERVICE_UNAVAILABLE")
+    assert_error(response, 503, "DATABASE_UNAVAILABLE")
     assert response["Retry-After"] == "1"

@@ -304,3 +304,43 @@ def test_it_picks_the_model_from_arg_then_env_then_default(monkeypatch: pytest.M
     monkeypatch.setenv("ANTHROPIC_MODEL", "claude-from-env")
     assert AnthropicProvider("a").model == "claude-from-env"
     assert AnthropicProvider("a", model="claude-explicit").model == "claude-explicit"
+
+
+def _stream(provider: AnthropicProvider, request: LLMRequest) -> tuple[Any, list[str]]:
+    pieces: list[str] = []
+
+    async def on_text(text: str) -> None:
+        pieces.append(text)
+
+    async def go() -> Any:
+        try:
+            return await provider.stream(request, on_text)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(go()), pieces
+
+
+def test_it_streams_text_as_it_is_written_and_answers_as_complete_does(server: FakeLLM) -> None:
+    provider = AnthropicProvider("demo", model=MODEL, api_key=KEY, base_url=server.url)
+    request = LLMRequest(system="Be brief.", messages=[Message.user("Please say hello plainly")])
+    response, pieces = _stream(provider, request)
+    assert len(pieces) > 1, pieces  # fakellm sends the text in several deltas
+    assert "".join(pieces) == response.text == "Hello from fakellm, friend."
+    assert response.stop_reason == "end_turn" and response.usage.output_tokens > 0
+
+
+def test_a_streamed_tool_call_comes_back_whole(server: FakeLLM) -> None:
+    provider = AnthropicProvider("demo", model=MODEL, api_key=KEY, base_url=server.url)
+    request = LLMRequest(system="", messages=[Message.user("What is the weather in Paris?")], tools=[WEATHER_TOOL])
+    response, _pieces = _stream(provider, request)
+    assert [c.name for c in response.tool_calls] == ["get_weather"]
+    assert response.tool_calls[0].arguments == {"city": "Paris"}
+
+
+def test_a_streamed_call_classifies_errors_like_complete() -> None:
+    # fakellm streams every answer (it does not fail a streamed call): an unreachable server does.
+    provider = AnthropicProvider("demo", model=MODEL, api_key=KEY, base_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(LLMError) as info:
+        _stream(provider, LLMRequest(system="", messages=[Message.user("hello")]))
+    assert info.value.transient and info.value.code == "LLM_UNAVAILABLE"

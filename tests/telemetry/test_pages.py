@@ -333,7 +333,7 @@ def test_memory_search_finds_turn_text_and_links_sessions_and_traces(runs, staff
     assert f"/telemetry/sessions/{turn.session_id}/" in page
     assert f"/telemetry/requests/{turn.request_id}/" in page
     page = html(staff_client.get("/telemetry/memory/", {"q": "no such words", "who": "user"}))
-    assert "Nothing found." in page
+    assert "Nothing in memory matches" in page
     page = html(staff_client.get("/telemetry/memory/"))
     assert 'name="q"' in page and "Nothing found." not in page
 
@@ -371,3 +371,21 @@ def test_the_pages_serve_their_own_assets(runs, client):
     assert client.get("/telemetry/assets/trace.js").status_code == 200
     assert client.get("/telemetry/assets/..%2Fviews.py").status_code == 404
     assert client.get("/telemetry/assets/nothing.css").status_code == 404
+
+
+def test_the_overview_says_when_no_worker_runs_and_shows_live_ones(runs, staff_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from mash_runtime.models import Worker
+
+    Worker.objects.all().delete()
+    page = html(staff_client.get("/telemetry/"))
+    assert "needs attention" in page and "no worker has been seen yet" in page
+    now = timezone.now()
+    Worker.objects.create(name="h1:11:aa", hostname="h1", pid=11, slots=100, in_use=7, started_at=now,
+                          last_seen_at=now - timedelta(seconds=1))
+    page = html(staff_client.get("/telemetry/"))
+    assert "no worker has been seen" not in page
+    assert "7/100 slots in use" in page

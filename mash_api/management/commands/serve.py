@@ -49,6 +49,46 @@ def listen_endpoint(host: str, port: int) -> str:
     return build_endpoint_description_strings(host=host, port=port)[0] + f":backlog={LISTEN_BACKLOG}"
 
 
+def web_argv(python: str, bind: str, port: int, access_log: str | None = None) -> list[str]:
+    """The web child's command line: daphne's own options, run through `run_web` below."""
+    argv = [python, "-m", "mash_api.management.commands.serve", "-e", listen_endpoint(bind, port)]
+    if access_log is not None:
+        argv += ["--access-log", access_log]
+    return argv + ["mash_project.asgi:application"]
+
+
+def run_web(argv: list[str]) -> None:
+    """daphne's command line, with its access log off unless `--access-log` is given, and then
+    with secret query values redacted. daphne itself logs every request, query and all, to
+    stdout at its default verbosity: keys sent as `?api_key=` would land in whatever keeps it."""
+    from daphne.cli import CommandLineInterface
+    from daphne.server import Server
+
+    wanted = any(arg == "--access-log" or arg.startswith("--access-log=") for arg in argv)
+
+    class WebServer(Server):
+        def __init__(self, *args, action_logger=None, **kwargs):
+            if action_logger is not None:
+                action_logger = redacting(action_logger) if wanted else None
+            super().__init__(*args, action_logger=action_logger, **kwargs)
+
+    cli = CommandLineInterface()
+    cli.server_class = WebServer
+    cli.run(argv)
+
+
+def redacting(action_logger):
+    def log(protocol, action, details):
+        # Imported here: the app (and so Django) is loaded by the time daphne logs anything.
+        from mash_telemetry.middleware import redact_url
+
+        if isinstance(details.get("path"), str):
+            details = {**details, "path": redact_url(details["path"])}
+        action_logger(protocol, action, details)
+
+    return log
+
+
 class Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str]):
         self.name, self.argv, self.env = name, argv, env
@@ -95,11 +135,16 @@ class Command(BaseCommand):
                             help="requests each worker process runs at once (default: MASH_WORKER_CONCURRENCY, "
                                  f"currently {settings.MASH_WORKER_CONCURRENCY})")
         parser.add_argument("--api-key", default=None,
-                            help="require this API key on /api/v1 (default: MASH_API_KEY; keys made with "
-                                 "`mash apikey create` also work)")
+                            help="require this API key on /api/v1 (default: MASH_API_KEY, or the file "
+                                 "MASH_API_KEY_FILE names: prefer the file, as a flag's value shows in `ps`; "
+                                 "keys made with `mash apikey create` also work)")
         parser.add_argument("--insecure", action="store_true",
                             help="allow binding a non-loopback address with no API key configured")
         parser.add_argument("--no-migrate", action="store_true", help="skip applying database migrations")
+        parser.add_argument("--access-log", nargs="?", const="-", default=None, metavar="FILE",
+                            help="write the web server's access log to FILE (to stdout with no FILE), with the "
+                                 "values of secret query parameters (api_key, token, password, ...) redacted; "
+                                 "off by default")
         parser.add_argument("--no-worker", action="store_true",
                             help="run only the web process (workers run elsewhere: `mash qcluster`)")
 
@@ -111,6 +156,8 @@ class Command(BaseCommand):
         host_app = options["host_app"] or settings.MASH_HOST_APP
         env["MASH_HOST_APP"] = host_app
         if options["api_key"]:
+            # The flag wins over a key file; the children would refuse to start given both.
+            env.pop("MASH_API_KEY_FILE", None)
             env["MASH_API_KEY"] = options["api_key"]
             settings.MASH_API_KEY = options["api_key"]
         if options["workers"] is not None:
@@ -145,11 +192,11 @@ class Command(BaseCommand):
             check_bind_address(bind, options["insecure"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        env["MASH_API_HOST"] = bind  # the web process answers to the bound address (settings.ALLOWED_HOSTS)
 
         python = sys.executable
         children = [
-            Child("web", [python, "-m", "daphne", "-e", listen_endpoint(bind, port), "mash_project.asgi:application"],
-                  env),
+            Child("web", web_argv(python, bind, port, options["access_log"]), env),
         ]
         if not options["no_worker"]:
             children.append(
@@ -173,6 +220,9 @@ class Command(BaseCommand):
         console.print(f"  telemetry  {base}/telemetry/")
         console.print(f"  database   {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
                       f"data in {settings.DATA_DIR}")
+        if bind in ("0.0.0.0", "::", "[::]") and not env.get("MASH_ALLOWED_HOSTS"):
+            console.print("  hosts      localhost and this machine's own names; clients using another name (a DNS "
+                          "name, a mapped port) need MASH_ALLOWED_HOSTS=name")
         if options["no_worker"]:
             console.print("  workers    none here (run `mash qcluster` where requests should run)")
         else:
@@ -218,3 +268,7 @@ class Command(BaseCommand):
             child.kill_group()
             if child.proc.poll() is None:
                 child.proc.wait(5)
+
+
+if __name__ == "__main__":  # the web child (`web_argv`)
+    run_web(sys.argv[1:])

@@ -2,7 +2,9 @@
 
 Deletes, in batches (one transaction each), requests that finished before the cutoff
 together with their events, checkpoints, interactions and subagent requests; finished
-workflow runs with their events; and API request log rows older than the cutoff.
+workflow runs with their events; and API request log rows older than the cutoff. Submits'
+Idempotency-Keys go with their requests, and any older than a day (`IdempotencyKey.KEEP`,
+whatever the cutoff: the sweeper deletes them too) are deleted as well.
 
 A request is only ever deleted with its whole family (a primary request and the
 subagent requests it started), and only when every member has finished: a parked
@@ -26,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mash_runtime import models as runtime_models
-from mash_runtime.models import Interaction, MemoryTurn, Request, RuntimeEvent, StepCheckpoint
+from mash_runtime.models import IdempotencyKey, Interaction, MemoryTurn, Request, RuntimeEvent, StepCheckpoint
 
 AGE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
@@ -52,6 +54,7 @@ class Tally:
     workflow_runs: int = 0
     workflow_run_events: int = 0
     api_log_rows: int = 0
+    idempotency_keys: int = 0
 
     def add(self, other: "Tally") -> None:
         for f in fields(self):
@@ -150,6 +153,7 @@ class Command(BaseCommand):
                 self.prune_workflow_runs(cutoff, batch, dry, tally, progress)
                 if not options["keep_api_log"]:
                     self.prune_api_log(cutoff, batch, dry, tally, progress)
+                self.prune_idempotency_keys(batch, dry, tally)
         except DatabaseError as exc:
             done = "nothing was deleted" if dry else "batches before the error stay deleted"
             raise CommandError(f"prune stopped on a database error ({done}): {exc}".replace("\n", " ")) from None
@@ -259,6 +263,20 @@ class Command(BaseCommand):
             tally.api_log_rows += deleted
             progress.advance(task, len(ids))
 
+    # -- Idempotency-Keys ---------------------------------------------------------------------------
+
+    def prune_idempotency_keys(self, batch: int, dry: bool, tally: Tally) -> None:
+        """Keys past `IdempotencyKey.KEEP` (those of pruned requests went with them)."""
+        expired = IdempotencyKey.expired()
+        if dry:
+            tally.idempotency_keys = expired.count()
+            return
+        while True:
+            ids = list(expired.order_by("pk").values_list("pk", flat=True)[:batch])
+            if not ids:
+                break
+            tally.idempotency_keys += IdempotencyKey.objects.filter(pk__in=ids).delete()[0]
+
     # -- report ------------------------------------------------------------------------------------
 
     def report(self, console: Console, tally: Tally, cutoff, dry: bool, age: str) -> None:
@@ -273,6 +291,7 @@ class Command(BaseCommand):
             ("workflow runs", tally.workflow_runs),
             ("workflow run events", tally.workflow_run_events),
             ("API log rows", tally.api_log_rows),
+            ("expired idempotency keys", tally.idempotency_keys),
         ]
         for name, count in lines:
             console.print(f"  {count:>10,}  {name}")

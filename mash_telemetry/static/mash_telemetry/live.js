@@ -13,6 +13,83 @@
   var paused = false;
   var MAX_ROWS = 500;
 
+  // One clock for every page: the server's time zone (data-zone, an IANA name) and its
+  // labels by UTC offset (data-zone-labels), never the browser's. Same text as
+  // mash_telemetry/clock.py renders: "Dec 02 08:04:49 UTC", full timestamp on hover.
+  var zone = table.dataset.zone || "UTC";
+  var labels = {};
+  try { labels = JSON.parse(table.dataset.zoneLabels || "{}"); } catch (e) { labels = {}; }
+  var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  var parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-US", {
+      timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+      second: "2-digit", hourCycle: "h23", timeZoneName: "longOffset"
+    });
+  } catch (e) {
+    zone = "UTC";
+    parts = new Intl.DateTimeFormat("en-US", {
+      timeZone: "UTC", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+      second: "2-digit", hourCycle: "h23", timeZoneName: "longOffset"
+    });
+  }
+
+  function serverTime(seconds) {
+    // Whole microseconds first, then milliseconds cut, as Python's datetime does.
+    var micros = Math.round(seconds * 1e6);
+    var date = new Date(Math.floor(micros / 1000));
+    var p = {};
+    parts.formatToParts(date).forEach(function (part) { p[part.type] = part.value; });
+    var offset = (p.timeZoneName || "GMT").replace("GMT", "") || "+00:00";
+    offset = offset.replace("\u2212", "-");
+    var label = labels[offset] || ("UTC" + offset);
+    var hour = p.hour === "24" ? "00" : p.hour;
+    var clockText = hour + ":" + p.minute + ":" + p.second;
+    var millis = String(Math.floor(micros / 1000) % 1000).padStart(3, "0");
+    return {
+      text: MONTHS[parseInt(p.month, 10) - 1] + " " + p.day + " " + clockText,
+      label: label,
+      full: p.year + "-" + p.month + "-" + p.day + " " + clockText + "." + millis + " " + label + " (UTC" + offset + ")",
+      iso: p.year + "-" + p.month + "-" + p.day + "T" + clockText + "." + millis + offset
+    };
+  }
+
+  function relative(seconds) {
+    var delta = Date.now() / 1000 - seconds;
+    var future = delta < 0;
+    delta = Math.abs(delta);
+    if (delta < 5) return "just now";
+    var text;
+    if (delta < 60) text = Math.floor(delta) + " s";
+    else if (delta < 3600) text = Math.floor(delta / 60) + " min";
+    else if (delta < 86400) text = Math.floor(delta / 3600) + " h";
+    else text = Math.floor(delta / 86400) + " d";
+    return future ? "in " + text : text + " ago";
+  }
+
+  function timeCell(tr, seconds) {
+    var td = document.createElement("td");
+    td.className = "nowrap";
+    var t = serverTime(seconds);
+    var rel = relative(seconds);
+    var time = document.createElement("time");
+    time.className = "when";
+    time.dateTime = t.iso;
+    time.title = t.full + " \u00b7 " + rel;
+    time.appendChild(document.createTextNode(t.text + " "));
+    var tz = document.createElement("span");
+    tz.className = "tz";
+    tz.textContent = t.label;
+    time.appendChild(tz);
+    td.appendChild(time);
+    td.appendChild(document.createTextNode(" "));
+    var ago = document.createElement("span");
+    ago.className = "ago";
+    ago.textContent = rel;
+    td.appendChild(ago);
+    tr.appendChild(td);
+  }
+
   function cell(tr, text, cls) {
     var td = document.createElement("td");
     td.textContent = text;
@@ -21,18 +98,11 @@
     return td;
   }
 
-  // One clock for every row: the browser's, 24 h (server-rendered rows carry data-ts).
-  function clock(seconds) {
-    return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
-  }
-  table.querySelectorAll("td[data-ts]").forEach(function (td) {
-    td.textContent = clock(parseFloat(td.dataset.ts));
-  });
-
   function addRow(e) {
     var tr = document.createElement("tr");
     tr.className = "new";
-    cell(tr, clock(e.created_at || 0), "nowrap");
+    tr.dataset.event = String(e.request_id || "") + "#" + e.request_seq;
+    timeCell(tr, e.created_at || 0);
     cell(tr, e.agent_id || "");
     var type = String(e.event_type || "");
     cell(tr, type, "mono ev-" + type.split(".")[0]);
