@@ -196,7 +196,7 @@ class MashClient:
             raise ApiError(method, full, response.status_code, "the server did not answer with JSON") from None
         return body.get("data", body) if isinstance(body, dict) else body
 
-    def stream(self, path: str, *, after: int | None = None) -> Iterator[SSEEvent]:
+    def stream(self, path: str, *, after: int | None = None, params: dict | None = None) -> Iterator[SSEEvent]:
         """Follow an SSE route until the server closes it. `after` resumes after that event id."""
         full = API_PREFIX + path
         headers = {"Accept": "text/event-stream"}
@@ -204,7 +204,7 @@ class MashClient:
             headers["Last-Event-ID"] = str(after)
         started = False
         try:
-            with self._http.stream("GET", full, headers=headers, timeout=STREAM_TIMEOUT) as response:
+            with self._http.stream("GET", full, headers=headers, params=params, timeout=STREAM_TIMEOUT) as response:
                 if response.status_code >= 400:
                     response.read()
                     message, code, details = _error_message(response)
@@ -258,8 +258,11 @@ class MashClient:
             body["structured_output"] = structured_output
         return self.call("POST", f"/agent/{_seg(agent_id)}/request", json_body=body)
 
-    def request_events(self, agent_id: str, request_id: str, *, after: int | None = None) -> Iterator[SSEEvent]:
-        return self.stream(f"/agent/{_seg(agent_id)}/request/{_seg(request_id)}/events", after=after)
+    def request_events(self, agent_id: str, request_id: str, *, after: int | None = None,
+                       tokens: bool = False) -> Iterator[SSEEvent]:
+        """A request's events; with `tokens`, also `agent.delta` frames of the running step's text."""
+        return self.stream(f"/agent/{_seg(agent_id)}/request/{_seg(request_id)}/events", after=after,
+                           params={"stream": "tokens"} if tokens else None)
 
     def answer(self, agent_id: str, request_id: str, interaction_id: str, response: Any) -> dict[str, Any]:
         return self.call("POST", f"/agent/{_seg(agent_id)}/request/{_seg(request_id)}/interaction",

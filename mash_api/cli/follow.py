@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
@@ -23,6 +24,44 @@ from mash_api.cli.render import TraceRenderer, fmt_ms, one_line, render_answer
 RECONNECTS = 5
 CANCEL_WAIT_SECONDS = 15.0
 APPROVAL_OPTIONS = ("approve", "deny", "skip")
+
+
+class LiveText:
+    """The running step's text as the model writes it (`agent.delta` frames), in a rich Live
+    region that vanishes when the stored step arrives and is rendered in its place. A retried
+    attempt of the step replaces the text of the one before it."""
+
+    def __init__(self, console: Console, spinner: Spinner):
+        self.console = console
+        self.spinner = spinner
+        self.live: Live | None = None
+        self.step_key: str | None = None
+        self.attempt = -1
+        self.text = ""
+
+    @property
+    def showing(self) -> bool:
+        return self.live is not None
+
+    def add(self, delta: dict) -> None:
+        if not self.console.is_terminal:
+            return
+        step, attempt = delta.get("step_key"), delta.get("attempt", 0)
+        if step != self.step_key or attempt != self.attempt:
+            self.step_key, self.attempt, self.text = step, attempt, ""
+        self.text += str(delta.get("text") or "")
+        if self.live is None:
+            self.spinner.stop()
+            self.live = Live(Text(self.text), console=self.console, transient=True, refresh_per_second=12)
+            self.live.start()
+        else:
+            self.live.update(Text(self.text))
+
+    def stop(self) -> None:
+        if self.live is not None:
+            live, self.live = self.live, None
+            live.stop()
+            self.step_key, self.attempt, self.text = None, -1, ""
 
 
 @dataclass
@@ -102,7 +141,8 @@ class Follower:
         try:
             spinner.start("Queued…")
             return self._follow(
-                lambda after: self.client.request_events(agent_id, request_id, after=after),
+                lambda after: self.client.request_events(agent_id, request_id, after=after,
+                                                         tokens=self.console.is_terminal),
                 state, spinner, terminal=("request.completed", "request.error"),
             )
         except KeyboardInterrupt:
@@ -166,6 +206,14 @@ class Follower:
 
     def _follow(self, open_stream: Callable[[int | None], Iterator[SSEEvent]], state: "_StreamState",
                 spinner: Spinner, *, terminal: tuple[str, ...], workflow: bool = False) -> Outcome:
+        state.live = LiveText(self.console, spinner)
+        try:
+            return self._follow_events(open_stream, state, spinner, terminal=terminal, workflow=workflow)
+        finally:
+            state.live.stop()
+
+    def _follow_events(self, open_stream: Callable[[int | None], Iterator[SSEEvent]], state: "_StreamState",
+                       spinner: Spinner, *, terminal: tuple[str, ...], workflow: bool = False) -> Outcome:
         trace = TraceRenderer(self.console)
         attempts = 0
         started = time.monotonic()
@@ -214,6 +262,11 @@ class Follower:
                 *, workflow: bool) -> Outcome | None:
         data = event.data if isinstance(event.data, dict) else {}
         name = event.name
+        if name == "agent.delta":
+            state.live.add(data)
+            return None
+        if state.live.showing and (name != "agent.trace" or data.get("step_key") == state.live.step_key):
+            state.live.stop()  # the stored step (or anything after it) replaces the live text
         state.seen_any = True
         prefix = f"  [{data.get('task_id')}]" if workflow and data.get("task_id") else ""
         if name == "request.accepted":
@@ -371,3 +424,4 @@ class _StreamState:
     last_id: int | None = None
     seen_any: bool = False
     answered: set = field(default_factory=set)
+    live: Any = None  # LiveText, while a stream is followed

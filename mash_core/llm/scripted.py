@@ -22,6 +22,7 @@ class ScriptedTurn:
     text: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # [{"name": ..., "arguments": {...}}]
     delay: float = 0.0  # seconds to wait before answering, to make cancellation testable
+    pace: float = 0.0  # seconds between the pieces of text a streamed call tells (`stream`)
 
     @classmethod
     def coerce(cls, value: Any) -> "ScriptedTurn":
@@ -33,7 +34,8 @@ class ScriptedTurn:
             calls = value.get("tool_calls") or []
             if "tool" in value:
                 calls = [{"name": value["tool"], "arguments": value.get("arguments") or value.get("args") or {}}]
-            return cls(text=value.get("text", ""), tool_calls=list(calls), delay=float(value.get("delay", 0.0)))
+            return cls(text=value.get("text", ""), tool_calls=list(calls), delay=float(value.get("delay", 0.0)),
+                       pace=float(value.get("pace", 0.0)))
         raise TypeError(f"cannot make a scripted turn from {type(value).__name__}")
 
 
@@ -82,9 +84,24 @@ class ScriptedProvider(LLMProvider):
         self.calls: list[LLMRequest] = []
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
+        response, _turn = await self._answer(request)
+        return response
+
+    async def stream(self, request: LLMRequest, on_text) -> LLMResponse:
+        """`complete`, its text told to `on_text` in pieces of a few words first, `pace`
+        seconds apart (tests and demos of token streaming)."""
+        response, turn = await self._answer(request)
+        words = response.text.split(" ") if request.output_schema is None else []
+        for start in range(0, len(words), 3):
+            piece = " ".join(words[start:start + 3])
+            await on_text(piece if start + 3 >= len(words) else piece + " ")
+            await asyncio.sleep(turn.pace if turn is not None else 0)
+        return response
+
+    async def _answer(self, request: LLMRequest) -> tuple[LLMResponse, ScriptedTurn | None]:
         self.calls.append(request)
         if request.output_schema is not None:
-            return self._structured_response(request)
+            return self._structured_response(request), None
         if callable(self.turns):
             value = self.turns(request)
             if asyncio.iscoroutine(value):
@@ -99,22 +116,11 @@ class ScriptedProvider(LLMProvider):
                 )
             value = self.turns[position]
         if isinstance(value, LLMResponse):
-            return value
+            return value, None
         turn = ScriptedTurn.coerce(value)
         if turn.delay:
             await asyncio.sleep(turn.delay)
-        return self._response(turn, loop_position(request))
-
-    async def stream(self, request: LLMRequest, on_text) -> LLMResponse:
-        """`complete`, its text told to `on_text` in pieces of a few words first (tests and
-        demos of token streaming)."""
-        response = await self.complete(request)
-        words = response.text.split(" ") if request.output_schema is None else []
-        for start in range(0, len(words), 3):
-            piece = " ".join(words[start:start + 3])
-            await on_text(piece if start + 3 >= len(words) else piece + " ")
-            await asyncio.sleep(0)
-        return response
+        return self._response(turn, loop_position(request)), turn
 
     def _response(self, turn: ScriptedTurn, position: int) -> LLMResponse:
         content: list[Any] = []

@@ -267,3 +267,53 @@ def test_it_completes_slash_commands_in_the_terminal():
     assert words("/use h") == ["helper"]
     assert words("/workflow s") == ["status"]
     assert words("plain text") == []
+
+
+def test_the_follower_shows_token_deltas_live_then_the_stored_answer_in_their_place(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import mash_api.cli.follow as follow
+    from mash_api.cli.follow import Follower
+    from mash_api.client import SSEEvent
+
+    class Events:
+        """A client whose stream plays a fixed list of frames (and records the `tokens` ask)."""
+
+        def __init__(self, frames):
+            self.frames = frames
+            self.asked_tokens = None
+
+        def request_events(self, agent_id, request_id, *, after=None, tokens=False):
+            self.asked_tokens = tokens
+            return iter(self.frames)
+
+    def delta(text, index, attempt=0):
+        return SSEEvent("agent.delta", {"request_id": "r", "step_key": "plan.0", "attempt": attempt,
+                                        "index": index, "text": text})
+
+    frames = [
+        SSEEvent("request.accepted", {}, 1), SSEEvent("request.started", {}, 2),
+        delta("Lost ", 0), delta("attempt", 1),            # attempt 0 failed (a transient error) ...
+        delta("Hello ", 0, attempt=1), delta("there", 1, attempt=1),  # ... attempt 1 starts afresh
+        SSEEvent("agent.trace", {"event_type": "runtime.llm.think.completed", "step_key": "plan.0"}, 3),
+        SSEEvent("request.completed", {"response": {"text": "Hello there"}}, 4),
+    ]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    client = Events(frames)
+    follower = Follower(client, console, line_input=None)
+    seen = []
+    real_add = follow.LiveText.add
+
+    def add(self, data):  # what the live region shows after each delta
+        real_add(self, data)
+        seen.append(self.text)
+
+    monkeypatch.setattr(follow.LiveText, "add", add)
+    outcome = follower.follow_request("a", "r")
+    assert client.asked_tokens is True  # a terminal asks for tokens
+    assert seen == ["Lost ", "Lost attempt", "Hello ", "Hello there"]  # a new attempt replaces the old text
+    assert outcome.ok and outcome.text == "Hello there"
+    assert "Hello there" in out.getvalue()

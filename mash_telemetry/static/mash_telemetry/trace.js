@@ -31,14 +31,33 @@
       .catch(function () { show("refresh failed; reload the page", false); });
   }
 
+  // The running step's text as the model writes it (textContent: model output is untrusted).
+  var tokens = document.getElementById("live-tokens");
+  var tokenStep = null;
+  function addTokens(delta) {
+    if (!tokens) return;
+    var step = delta.step_key + "#" + delta.attempt;
+    if (step !== tokenStep) { tokenStep = step; tokens.textContent = ""; }  // a retried attempt starts afresh
+    tokens.textContent += delta.text || "";
+    tokens.hidden = false;
+  }
+  function clearTokens() {
+    if (!tokens || tokens.hidden) return;
+    tokens.hidden = true;
+    tokens.textContent = "";
+    tokenStep = null;
+  }
+
   function connect() {
     var scheme = window.location.protocol === "https:" ? "wss" : "ws";
     var url = scheme + "://" + window.location.host + "/ws/v1/agent/" + encodeURIComponent(body.dataset.agent) +
-      "/request/" + encodeURIComponent(body.dataset.request) + "/?after=" + encodeURIComponent(after);
+      "/request/" + encodeURIComponent(body.dataset.request) + "/?stream=tokens&after=" + encodeURIComponent(after);
     var ws = new WebSocket(url);
     ws.onopen = function () { show("live", true); };
     ws.onmessage = function (message) {
       var frame = JSON.parse(message.data);
+      if (frame.event === "agent.delta") { addTokens(frame.data || {}); return; }
+      clearTokens();  // a stored frame: the refreshed body shows the step in place of its tokens
       if (typeof frame.id === "number") after = String(frame.id);
       if (frame.event === "request.completed" || frame.event === "request.error") finished = true;
       if (!timer) timer = setTimeout(refresh, 250);
