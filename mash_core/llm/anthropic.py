@@ -7,17 +7,15 @@ or the file ANTHROPIC_API_KEY_FILE names: mash_core.secrets).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import anthropic
 
 from mash_core.errors import ConfigError
-from mash_core.llm.clients import shared_client
+from mash_core.llm.clients import SDKProvider, shared_client
 from mash_core.llm.base import (
     LLMError,
     LLMNotConfiguredError,
-    LLMProvider,
     LLMRequest,
     LLMResponse,
     StopReason,
@@ -41,8 +39,12 @@ _STOP_REASONS: dict[str | None, StopReason] = {
 }
 
 
-class AnthropicProvider(LLMProvider):
+class AnthropicProvider(SDKProvider):
     provider = "anthropic"
+
+    model_env = "ANTHROPIC_MODEL"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    default_model = DEFAULT_MODEL
 
     def __init__(
         self,
@@ -51,27 +53,12 @@ class AnthropicProvider(LLMProvider):
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = 120.0,
-        # The Mash runtime retries transient LLMErrors itself, with backoff, inside a
-        # durable step; SDK retries on top would multiply attempts and hide latency.
         max_retries: int = 0,
         default_headers: dict[str, str] | None = None,
-        # An `httpx2.AsyncClient` (proxies, wire inspection): this provider then owns its
-        # client and aclose closes it. Without one, runs share a client per configuration
-        # (mash_core.llm.clients), and aclose leaves it open for the next run.
         http_client: Any = None,
     ) -> None:
-        self.app_id = app_id
-        self.model = model or os.environ.get("ANTHROPIC_MODEL") or DEFAULT_MODEL
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout = timeout
-        self._max_retries = max_retries
-        self._default_headers = default_headers
-        self._http_client = http_client
-        self._client: anthropic.AsyncAnthropic | None = None
-
-    def __repr__(self) -> str:  # the key must never show up in logs or tracebacks
-        return f"AnthropicProvider(app_id={self.app_id!r}, model={self.model!r})"
+        super().__init__(app_id, model, api_key, base_url, timeout=timeout, max_retries=max_retries,
+                         default_headers=default_headers, http_client=http_client)
 
     def _get_client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
@@ -102,7 +89,7 @@ class AnthropicProvider(LLMProvider):
             if self._http_client is not None:
                 self._client = make()
             else:
-                base_url = self._base_url or os.environ.get("ANTHROPIC_BASE_URL") or ""
+                base_url = self.base_url() or ""
                 headers = tuple(sorted((self._default_headers or {}).items()))
                 self._client = shared_client(("anthropic", key, base_url, self._timeout, self._max_retries, headers),
                                              make)

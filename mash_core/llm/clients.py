@@ -16,7 +16,7 @@ import weakref
 from typing import Any, Callable, Hashable, TypeVar
 
 from mash_core.errors import ConfigError
-from mash_core.llm.base import LLMError, LLMNotConfiguredError
+from mash_core.llm.base import LLMError, LLMNotConfiguredError, LLMProvider
 from mash_core.secrets import read_secret
 
 T = TypeVar("T")
@@ -87,3 +87,41 @@ def one_line(error: LLMError, secret: str | None) -> LLMError:
         line = line.replace(secret, "***")
     error.args = (line,)
     return error
+
+
+class SDKProvider(LLMProvider):
+    """What every provider built on a vendor SDK holds: its configuration (model from the
+    argument, else `model_env`, else `default_model`; base URL from the argument, else
+    `base_url_env`), a `repr` that never shows the key, and the client it makes lazily."""
+
+    model_env = ""
+    base_url_env = ""
+    default_model = ""
+
+    def __init__(self, app_id: str, model: str | None = None, api_key: str | None = None,
+                 base_url: str | None = None, *, timeout: float = 120.0, max_retries: int = 0,
+                 default_headers: dict[str, str] | None = None, http_client: Any = None) -> None:
+        import os
+
+        self.app_id = app_id
+        self.model = model or (os.environ.get(self.model_env) if self.model_env else None) or self.default_model
+        self._api_key = api_key
+        self._base_url = base_url
+        self._timeout = timeout
+        # The Mash runtime retries transient LLMErrors itself, with backoff, inside a durable
+        # step; SDK retries on top would multiply attempts and hide latency.
+        self._max_retries = max_retries
+        self._default_headers = default_headers
+        # An `httpx2.AsyncClient` (proxies, wire inspection): this provider then owns its client
+        # and aclose closes it. Without one, runs share a client per configuration (shared_client).
+        self._http_client = http_client
+        self._client: Any = None
+
+    def __repr__(self) -> str:  # the key must never show up in logs or tracebacks
+        return f"{type(self).__name__}(app_id={self.app_id!r}, model={self.model!r})"
+
+    def base_url(self) -> str | None:
+        """The base URL calls go to: the argument, else the environment variable (else the SDK's default)."""
+        import os
+
+        return self._base_url or (os.environ.get(self.base_url_env) if self.base_url_env else None) or None

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from typing import Any
 
-from mash_core.llm.base import LLMError, LLMProvider, LLMRequest, LLMResponse, StopReason, TokenUsage
-from mash_core.llm.clients import missing_key_error, one_line, read_key, shared_client, status_error
+from mash_core.llm.base import LLMError, LLMRequest, LLMResponse, StopReason, TokenUsage
+from mash_core.llm.clients import SDKProvider, missing_key_error, one_line, read_key, shared_client, status_error
 from mash_core.messages import Message, TextBlock, ToolCallBlock, ToolResultBlock
 
 DEFAULT_MODEL = "gemini-2.5-flash"
@@ -37,12 +36,16 @@ _REFUSALS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", 
              "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "LANGUAGE"}
 
 
-class GeminiProvider(LLMProvider):
+class GeminiProvider(SDKProvider):
     """Gemini through `google-genai`. Model from `model`, else GEMINI_MODEL, else a current
     Flash; base URL from `base_url`, else GEMINI_BASE_URL (else the SDK's own default, which
     honours GOOGLE_GEMINI_BASE_URL). Structured output goes as `response_schema`."""
 
     provider = "gemini"
+
+    model_env = "GEMINI_MODEL"
+    base_url_env = "GEMINI_BASE_URL"
+    default_model = DEFAULT_MODEL
 
     def __init__(
         self,
@@ -53,24 +56,11 @@ class GeminiProvider(LLMProvider):
         *,
         timeout: float = 120.0,
         default_headers: dict[str, str] | None = None,
-        # An `httpx2.AsyncClient` (wire inspection, proxies): this provider then owns its client.
         http_client: Any = None,
     ) -> None:
-        self.app_id = app_id
-        self.model = model or os.environ.get("GEMINI_MODEL") or DEFAULT_MODEL
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout = timeout
-        self._default_headers = default_headers
-        self._http_client = http_client
-        self._client: Any = None
+        super().__init__(app_id, model, api_key, base_url, timeout=timeout, default_headers=default_headers,
+                         http_client=http_client)
         self._signatures: dict[str, bytes] = {}  # call id -> thought signature, for this run
-
-    def __repr__(self) -> str:  # the key must never show up in logs or tracebacks
-        return f"GeminiProvider(app_id={self.app_id!r}, model={self.model!r})"
-
-    def base_url(self) -> str | None:
-        return self._base_url or os.environ.get("GEMINI_BASE_URL") or None
 
     def _get_client(self) -> Any:
         if self._client is None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 from typing import Any
 
-from mash_core.llm.base import LLMError, LLMProvider, LLMRequest, LLMResponse, StopReason, TokenUsage
-from mash_core.llm.clients import missing_key_error, one_line, read_key, shared_client, status_error
+from mash_core.llm.base import LLMError, LLMRequest, LLMResponse, StopReason, TokenUsage
+from mash_core.llm.clients import SDKProvider, missing_key_error, one_line, read_key, shared_client, status_error
 from mash_core.messages import Message, TextBlock, ToolCallBlock, ToolResultBlock
 
 DEFAULT_MODEL = "gpt-5-mini"
@@ -28,7 +27,7 @@ DEFAULT_MODEL = "gpt-5-mini"
 _REASONING_MODEL = re.compile(r"^(gpt-5|o\d)", re.IGNORECASE)
 
 
-class OpenAICompatible(LLMProvider):
+class OpenAICompatible(SDKProvider):
     """What the two OpenAI-SDK providers share: one `AsyncOpenAI` client per configuration
     (mash_core.llm.clients), the key read at the first call, errors classified like
     AnthropicProvider's. Subclasses set the class attributes and implement `complete`."""
@@ -49,34 +48,16 @@ class OpenAICompatible(LLMProvider):
         base_url: str | None = None,
         *,
         timeout: float = 120.0,
-        # The Mash runtime retries transient LLMErrors itself, with backoff, inside a
-        # durable step; SDK retries on top would multiply attempts and hide latency.
         max_retries: int = 0,
         default_headers: dict[str, str] | None = None,
-        # An `httpx2.AsyncClient` (proxies, wire inspection): this provider then owns its
-        # client and aclose closes it. Without one, runs share a client per configuration.
         http_client: Any = None,
         # None: send `temperature` unless the model is a reasoning model (gpt-5*, o1/o3/o4...),
         # which rejects it. True/False: always/never.
         send_temperature: bool | None = None,
     ) -> None:
-        self.app_id = app_id
-        self.model = model or os.environ.get(self.model_env) or self.default_model
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout = timeout
-        self._max_retries = max_retries
-        self._default_headers = default_headers
-        self._http_client = http_client
+        super().__init__(app_id, model, api_key, base_url, timeout=timeout, max_retries=max_retries,
+                         default_headers=default_headers, http_client=http_client)
         self._send_temperature = send_temperature
-        self._client: Any = None
-
-    def __repr__(self) -> str:  # the key must never show up in logs or tracebacks
-        return f"{type(self).__name__}(app_id={self.app_id!r}, model={self.model!r})"
-
-    def base_url(self) -> str | None:
-        """The base URL calls go to: the argument, else the environment variable (else the SDK's default)."""
-        return self._base_url or os.environ.get(self.base_url_env) or None
 
     def takes_temperature(self) -> bool:
         if self._send_temperature is not None:

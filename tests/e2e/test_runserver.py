@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from .conftest import REPO, WebServer, free_port
+from .conftest import REPO, WebServer, free_port, wait_for
 
 
 class RunServer(WebServer):
@@ -71,3 +71,24 @@ def test_processes_that_do_not_serve_http_do_not_import_twisted(cluster_env):
                          env={**cluster_env, "DJANGO_SETTINGS_MODULE": "mash_project.settings"}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]", "mash_project"]
+
+
+def test_runserver_stopped_with_sigterm_stops_its_worker(transactional_db, cluster_env, tmp_path):
+    import os
+    import signal
+
+    server = RunServer(cluster_env, tmp_path / "runserver.log").start()
+    children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "runserver started no worker"
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(60)
+
+    def alive(pid: str) -> bool:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=60, what="the worker to stop with runserver")
+    server.stop()

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 from daphne.management.commands.runserver import Command as DaphneRunserver
 from django.conf import settings
@@ -35,6 +36,13 @@ class Command(DaphneRunserver):
         super().add_arguments(parser)
         parser.add_argument("--noworker", action="store_false", dest="use_worker",
                             help="do not start a worker: requests wait for `mash qcluster` run elsewhere")
+
+    def run(self, **options):
+        # SIGTERM (a process manager, `kill`) would end this process without atexit handlers,
+        # leaving the worker behind: make it an ordinary exit. (Only the main thread may set it.)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        return super().run(**options)
 
     def inner_run(self, *args, **options):
         if options.get("use_worker", True):
