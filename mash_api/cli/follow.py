@@ -26,6 +26,21 @@ CANCEL_WAIT_SECONDS = 15.0
 APPROVAL_OPTIONS = ("approve", "deny", "skip")
 
 
+class Waiting:
+    """A status line that counts the seconds it has been shown ("Queued 12 s…"): rich
+    renders it afresh at every refresh of the spinner."""
+
+    def __init__(self, label: str, since: float):
+        self.label = label
+        self.since = since
+
+    def __rich__(self) -> Text:
+        return Text(f"{self.label} {time.monotonic() - self.since:.0f} s…")
+
+    def __str__(self) -> str:
+        return f"{self.label}…"
+
+
 class LiveText:
     """The running step's text as the model writes it (`agent.delta` frames), in a rich Live
     region that vanishes when the stored step arrives and is rendered in its place. A retried
@@ -270,7 +285,7 @@ class Follower:
         state.seen_any = True
         prefix = f"  [{data.get('task_id')}]" if workflow and data.get("task_id") else ""
         if name == "request.accepted":
-            spinner.start("Queued…")
+            spinner.start(Waiting("Queued", time.monotonic()))
         elif name == "request.waiting":
             spinner.update("Waiting: the session is busy with an earlier request…")
         elif name == "request.started":

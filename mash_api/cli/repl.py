@@ -274,6 +274,8 @@ class Repl:
                 accepted = self.client.submit(agent, message, session_id=session)
         finally:
             spinner.stop()
+        if accepted.get("warning"):  # e.g. no worker has been seen: it would sit queued without a word
+            self.console.print(Text(f"warning: {accepted['warning']}", style="yellow"))
         state = _StreamState(agent_id=agent, request_id=str(accepted.get("request_id")),
                              session_id=accepted.get("session_id") or session)
         try:

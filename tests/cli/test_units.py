@@ -317,3 +317,16 @@ def test_the_follower_shows_token_deltas_live_then_the_stored_answer_in_their_pl
     assert seen == ["Lost ", "Lost attempt", "Hello ", "Hello there"]  # a new attempt replaces the old text
     assert outcome.ok and outcome.text == "Hello there"
     assert "Hello there" in out.getvalue()
+
+
+def test_a_queued_request_shows_its_age():
+    import io
+    import time
+
+    from rich.console import Console
+
+    from mash_api.cli.follow import Waiting
+
+    out = io.StringIO()
+    Console(file=out, width=60).print(Waiting("Queued", time.monotonic() - 12.2))
+    assert out.getvalue().strip() == "Queued 12 s…"
