@@ -249,14 +249,16 @@ class MashClient:
     # -- requests --------------------------------------------------------------------------
 
     def submit(self, agent_id: str, message: str, session_id: str | None = None,
-               structured_output: dict | None = None) -> dict[str, Any]:
-        """`{request_id, agent_id, session_id, status: "accepted"}`."""
+               structured_output: dict | None = None, *, tokens: bool = False) -> dict[str, Any]:
+        """`{request_id, agent_id, session_id, status: "accepted"}`. `tokens`: this client will
+        follow the token deltas, from the first model call on (`?stream=tokens`)."""
         body: dict[str, Any] = {"message": message}
         if session_id:
             body["session_id"] = session_id
         if structured_output is not None:
             body["structured_output"] = structured_output
-        return self.call("POST", f"/agent/{_seg(agent_id)}/request", json_body=body)
+        return self.call("POST", f"/agent/{_seg(agent_id)}/request", json_body=body,
+                         params={"stream": "tokens"} if tokens else None)
 
     def request_events(self, agent_id: str, request_id: str, *, after: int | None = None,
                        tokens: bool = False) -> Iterator[SSEEvent]:

@@ -24,6 +24,7 @@ from mash_runtime.host import ensure_synced
 from mash_runtime.models import (Agent, IdempotencyKey, Interaction, Request, Session,
                                  insert_request_in_one_statement, insert_rows, select_rows)
 from mash_runtime.queue import enqueue_request_on_commit
+from mash_runtime import tokens
 from mash_runtime.run import lifecycle
 from mash_runtime.storable import UnstorableValue, check_storable
 
@@ -252,8 +253,10 @@ def submit_request(
     structured_output: Any = None,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    stream_tokens: bool = False,
 ) -> dict[str, Any]:
     """Store a new request and enqueue it: `{request_id, agent_id, session_id, status}`.
+    `stream_tokens`: the client will follow its token deltas (mash_runtime.tokens).
 
     With `idempotency_key` (the `Idempotency-Key` header), a submit the agent already took
     under that key within `IdempotencyKey.KEEP` answers with that request (`replayed: True`)
@@ -292,6 +295,9 @@ def submit_request(
     # then the error goes to the caller (the API answers 503 DATABASE_UNAVAILABLE, retryable;
     # the client's retry with the same Idempotency-Key is safe for the same reasons).
     request_id = uuid.uuid4()
+    if stream_tokens:
+        # Before it exists: its first model call may start before the client's stream opens.
+        tokens.mark_listening_sync(request_id)
     return once_more_if_dropped(
         lambda: _submit_once(agent_id, message, session_id, schema, metadata, request_id, key, fingerprint), "submit")
 

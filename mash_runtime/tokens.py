@@ -64,6 +64,26 @@ async def mark_listening(request_id) -> None:
         logger.warning("could not mark %s as listening for tokens", request_id, exc_info=True)
 
 
+_sync_client = None
+
+
+def mark_listening_sync(request_id) -> None:
+    """`mark_listening` from sync code: a submit that says its client will follow tokens
+    (`?stream=tokens` on the POST), before the request exists, so its first model call
+    streams even when the worker starts it before the client's stream opens."""
+    global _sync_client
+    if not enabled():
+        return
+    try:
+        if _sync_client is None:
+            import redis
+
+            _sync_client = redis.from_url(settings.REDIS_URL)
+        _sync_client.set(_key(request_id), b"1", ex=LISTEN_SECONDS)
+    except Exception:
+        logger.warning("could not mark %s as listening for tokens", request_id, exc_info=True)
+
+
 async def listening(request_id) -> bool:
     if not enabled():
         return False

@@ -144,7 +144,7 @@ class Follower:
         spinner = Spinner(self.console)
         spinner.start("Submitting…")
         try:
-            accepted = self.client.submit(agent_id, message, session_id=session_id)
+            accepted = self.client.submit(agent_id, message, session_id=session_id, tokens=self.console.is_terminal)
         finally:
             spinner.stop()
         rid = str(accepted.get("request_id"))

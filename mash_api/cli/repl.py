@@ -271,7 +271,7 @@ class Repl:
         spinner.start("Submitting…")
         try:
             with ctrl_c_noted() as pressed:
-                accepted = self.client.submit(agent, message, session_id=session)
+                accepted = self.client.submit(agent, message, session_id=session, tokens=self.console.is_terminal)
         finally:
             spinner.stop()
         if accepted.get("warning"):  # e.g. no worker has been seen: it would sit queued without a word

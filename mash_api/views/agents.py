@@ -18,6 +18,10 @@ IDEMPOTENCY_KEY = OpenApiParameter(
                 "`Idempotent-Replayed: true`, `replayed: true`) instead of making a second one; the same key with "
                 "another body is 422 IDEMPOTENCY_KEY_REUSED. Retry a 503 DATABASE_UNAVAILABLE (or a lost answer) "
                 "with it.")
+STREAM_TOKENS = OpenApiParameter(
+    "stream", str, OpenApiParameter.QUERY, required=False, enum=["events", "tokens"],
+    description="`tokens`: this client will follow the request's token deltas (`agent.delta` on its events stream "
+                "with `?stream=tokens`) from the first model call on.")
 
 
 class RootView(APIView):
@@ -58,7 +62,7 @@ class SubmitRequestView(ApiView):
         once_more_if_dropped(lambda: super(SubmitRequestView, self).initial(request, *args, **kwargs), "submit checks")
 
     @extend_schema(summary="Submit a message; follow the request's events stream", request=SubmitRequestSerializer,
-                   parameters=[IDEMPOTENCY_KEY])
+                   parameters=[IDEMPOTENCY_KEY, STREAM_TOKENS])
     def post(self, request, agent_id):
         queries.hosted_agent(agent_id)  # workflow-only agents run only as workflow tasks (404, as in /h2a)
         body = self.body(SubmitRequestSerializer)
@@ -66,6 +70,7 @@ class SubmitRequestView(ApiView):
             agent_id.strip(), body["message"], session_id=body.get("session_id"),
             structured_output=body.get("structured_output"), metadata=body.get("metadata"),
             idempotency_key=request.headers.get("Idempotency-Key"),
+            stream_tokens=request.query_params.get("stream") == "tokens",
         )
         # A replay answers as the first submit did (202: a client that lost that answer gets it
         # now), and says so.

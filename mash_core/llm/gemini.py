@@ -92,6 +92,12 @@ class GeminiProvider(SDKProvider):
         return self._client
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
+        return await self._call(request, None)
+
+    async def stream(self, request: LLMRequest, on_text) -> LLMResponse:
+        return await self._call(request, on_text)
+
+    async def _call(self, request: LLMRequest, on_text) -> LLMResponse:
         client = self._get_client()
         from google.genai import errors
 
@@ -102,7 +108,17 @@ class GeminiProvider(SDKProvider):
             contents = build_contents(request.messages, self.model, self._signatures,
                                       calls_as_text=request.output_schema is not None)
             config = build_config(request)
-            response = await client.aio.models.generate_content(model=self.model, contents=contents, config=config)
+            if on_text is None:
+                response = await client.aio.models.generate_content(model=self.model, contents=contents,
+                                                                    config=config)
+            else:
+                chunks = []
+                async for chunk in await client.aio.models.generate_content_stream(
+                        model=self.model, contents=contents, config=config):
+                    chunks.append(chunk)
+                    if text := chunk_text(chunk):
+                        await on_text(text)
+                response = merged_chunks(chunks)
         except errors.APIError as exc:
             raise self._classify(exc) from exc
         except LLMError:
@@ -248,6 +264,44 @@ def _wants_signatures(model: str) -> bool:
 
 
 # -- responses -----------------------------------------------------------------------------
+
+
+def chunk_text(chunk: Any) -> str:
+    """The answer text a streamed chunk adds (thought parts are not the answer)."""
+    candidate = chunk.candidates[0] if chunk.candidates else None
+    parts = (candidate.content.parts if candidate is not None and candidate.content else None) or []
+    return "".join(p.text for p in parts if p.text and not p.thought and p.function_call is None)
+
+
+def merged_chunks(chunks: list[Any]) -> Any:
+    """One response from a stream's chunks, as `generate_content` would have answered: every
+    chunk's parts in order (adjacent answer text joined), the last chunk's finish reason,
+    and the last usage reported."""
+    if not chunks:
+        raise LLMError("Gemini streamed no answer", transient=True, code="LLM_UNAVAILABLE")
+    parts: list[Any] = []
+    for chunk in chunks:
+        candidate = chunk.candidates[0] if chunk.candidates else None
+        for part in (candidate.content.parts if candidate is not None and candidate.content else None) or []:
+            plain = part.text and not part.thought and part.function_call is None and not part.thought_signature
+            if plain and parts and parts[-1].text and not parts[-1].thought and parts[-1].function_call is None \
+                    and not parts[-1].thought_signature:
+                parts[-1] = parts[-1].model_copy(update={"text": parts[-1].text + part.text})
+            else:
+                parts.append(part)
+    last = chunks[-1]
+    usage = next((c.usage_metadata for c in reversed(chunks) if c.usage_metadata is not None), None)
+    candidate = next((c.candidates[0] for c in reversed(chunks) if c.candidates), None)
+    if candidate is None:
+        return last
+    if candidate.content is not None:
+        content = candidate.content.model_copy(update={"parts": parts})
+    else:  # the last chunk may carry only the finish reason
+        from google.genai import types
+
+        content = types.Content(role="model", parts=parts)
+    merged_candidate = candidate.model_copy(update={"content": content})
+    return last.model_copy(update={"candidates": [merged_candidate], "usage_metadata": usage})
 
 
 def to_response(response: Any, position: int, model: str) -> tuple[LLMResponse, dict[str, bytes]]:

@@ -160,6 +160,24 @@ class OpenAIProvider(OpenAICompatible):
         result = to_response(response)
         return restore_optional(result, request.output_schema)
 
+    async def stream(self, request: LLMRequest, on_text) -> LLMResponse:
+        import openai
+
+        client = self._get_client()
+        params = build_params(request, self.model, cache_key=self.prompt_cache_key(),
+                              temperature=self.takes_temperature(), store=self.store)
+        try:
+            async with client.responses.stream(**params) as events:
+                async for event in events:
+                    if event.type == "response.output_text.delta" and event.delta:
+                        await on_text(event.delta)
+                response = await events.get_final_response()
+        except openai.APIError as exc:
+            raise self._classify(exc) from exc
+        if response.status == "failed":
+            raise one_line(_failed(response), self._api_key)
+        return restore_optional(to_response(response), request.output_schema)
+
 
 def build_params(request: LLMRequest, model: str, *, cache_key: str | None = None, temperature: bool = True,
                  store: bool = False) -> dict[str, Any]:

@@ -337,3 +337,42 @@ def test_the_agent_retries_a_server_error_and_finishes_a_tool_loop_with_structur
     assert "tools" not in structured and "functionCall" not in json.dumps(structured)
     assert [p["text"] for c in structured["contents"] for p in c["parts"]][1:3] == [
         '(called lookup with {"key": "yes"})', "(lookup returned: value of yes)"]
+
+
+def streamed(p: GeminiProvider, request: LLMRequest) -> tuple[Any, list[str]]:
+    pieces: list[str] = []
+
+    async def on_text(text: str) -> None:
+        pieces.append(text)
+
+    async def go() -> Any:
+        try:
+            return await p.stream(request, on_text)
+        finally:
+            await p.aclose()
+
+    return asyncio.run(go()), pieces
+
+
+def test_it_streams_text_as_it_is_written_and_answers_as_complete_does(fake: FakeGemini) -> None:
+    whole = complete(provider(fake), ask("say hello plainly"))
+    response, pieces = streamed(provider(fake), ask("say hello plainly"))
+    assert len(pieces) > 1 and "".join(pieces) == response.text == whole.text
+    assert response.stop_reason == "end_turn"
+    # The fake's cache is warm for the second call: the prompt is the same size in all.
+    total = response.usage.input_tokens + response.usage.cache_read_tokens
+    assert total == whole.usage.input_tokens + whole.usage.cache_read_tokens > 0
+    assert any(":streamGenerateContent" in r.path for r in fake.requests)
+
+
+def test_a_streamed_tool_call_comes_back_whole(fake: FakeGemini) -> None:
+    response, _ = streamed(provider(fake), LLMRequest(system="s", messages=[Message.user("What is the weather?")],
+                                                      tools=[WEATHER]))
+    [call] = response.tool_calls
+    assert response.stop_reason == "tool_use" and call.name == WEATHER.name and call.id
+
+
+def test_a_streamed_call_classifies_errors_like_complete(fake: FakeGemini) -> None:
+    with pytest.raises(LLMError) as info:
+        streamed(provider(fake), ask("trigger-status-503"))
+    assert info.value.transient

@@ -310,3 +310,39 @@ def test_the_agent_retries_a_rate_limit_and_finishes_a_tool_loop_with_structured
     assert result.tools_used == ["lookup"] and result.structured_output == {"answer": "yes"}
     assert len(fake.requests) == 4  # the 429, the tool call, the answer, the structured call
     assert result.usage.input_tokens > 0 and result.usage.cache_read_tokens > 0
+
+
+def streamed(p: OpenAIProvider, request: LLMRequest) -> tuple[Any, list[str]]:
+    pieces: list[str] = []
+
+    async def on_text(text: str) -> None:
+        pieces.append(text)
+
+    async def go() -> Any:
+        try:
+            return await p.stream(request, on_text)
+        finally:
+            await p.aclose()
+
+    return asyncio.run(go()), pieces
+
+
+def test_it_streams_text_as_it_is_written_and_answers_as_complete_does(fake: FakeResponses) -> None:
+    whole = complete(provider(fake), ask("say hello plainly"))
+    response, pieces = streamed(provider(fake), ask("say hello plainly"))
+    assert len(pieces) > 1 and "".join(pieces) == response.text == whole.text
+    assert response.stop_reason == "end_turn" and response.usage.output_tokens == whole.usage.output_tokens
+    assert fake.bodies("/v1/responses")[-1]["stream"] is True
+
+
+def test_a_streamed_tool_call_comes_back_whole(fake: FakeResponses) -> None:
+    response, _ = streamed(provider(fake), LLMRequest(system="s", messages=[Message.user("What is the weather?")],
+                                                      tools=[WEATHER]))
+    [call] = response.tool_calls
+    assert response.stop_reason == "tool_use" and call.name == WEATHER.name and call.id
+
+
+def test_a_streamed_call_classifies_errors_like_complete(fake: FakeResponses) -> None:
+    with pytest.raises(LLMError) as info:
+        streamed(provider(fake), ask("trigger-status-503"))
+    assert info.value.transient

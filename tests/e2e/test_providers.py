@@ -25,9 +25,11 @@ pytestmark = pytest.mark.e2e
 PROVIDER_HOST = "tests.apps.provider_host:build_host"
 TIMEOUT = httpx.Timeout(30.0, read=60.0)
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-MODELS = {"openai": "gpt-4.1-e2e", "openai-chat": "llama3.2-e2e", "gemini": "gemini-3-flash-e2e"}
+MODELS = {"openai": "gpt-4.1-e2e", "openai-chat": "llama3.2-e2e", "gemini": "gemini-3-flash-e2e",
+          "anthropic": "claude-e2e"}
 # Each fake quotes the tool result it got back, in its API's shape.
 ANSWERS = {"openai": "The tool said: value of yes", "openai-chat": "The tool said: value of yes",
+           "anthropic": "The tool said: value of yes",
            "gemini": 'The tool said: {"output": "value of yes"}'}
 
 
@@ -51,7 +53,10 @@ def fake_api(provider: str, marker: str) -> Iterator[tuple[dict[str, str], Any]]
              "respond": {"content": "", "tool_calls": [{"name": "lookup", "arguments": {"key": "yes"}}]}},
         ]
         with run_fakellm(rules) as server:
-            env = {"OPENAI_CHAT_BASE_URL": f"{server.url}/v1", "OPENAI_CHAT_MODEL": MODELS[provider]}
+            if provider == "anthropic":  # fakellm speaks the Messages API too
+                env = {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "sk-ant-e2e", "ANTHROPIC_MODEL": MODELS[provider]}
+            else:
+                env = {"OPENAI_CHAT_BASE_URL": f"{server.url}/v1", "OPENAI_CHAT_MODEL": MODELS[provider]}
             yield env, lambda: server.stats()["total_requests"]
 
 
@@ -96,3 +101,36 @@ def test_a_durable_run_through_daphne_and_qcluster_calls_a_tool_on_the_provider(
     stored = json.dumps([e.payload for e in events]) + json.dumps(req.response)
     assert not [v for k, v in env.items() if k.endswith("_API_KEY") and v in stored]  # keys never reach events
     assert health["data"]["primary_agent"]["model"] == MODELS[provider]  # the host built the chosen provider
+
+
+TOKENS_REDIS_URL = "redis://127.0.0.1:6379/12"
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "openai-chat", "gemini"])
+def test_each_provider_streams_the_answer_as_token_deltas(provider, clusters, web_servers, settings):
+    """With Redis, a submit and a stream that ask for tokens get the answer's text as
+    `agent.delta` frames from the provider's streaming API, before the stored step."""
+    settings.MASH_HOST_APP = PROVIDER_HOST
+    set_host(None)
+    marker = f"e2e-tokens-{provider}-{uuid.uuid4().hex[:8]}"
+    with fake_api(provider, marker) as (env, _calls):
+        extra = {"MASH_HOST_APP": PROVIDER_HOST, "MASH_LLM": provider, "MASH_REDIS_URL": TOKENS_REDIS_URL, **env}
+        clusters.start(MASH_WORKERS="1", **extra)
+        server = web_servers.start(**extra)
+        response = httpx.post(f"{server.url}/api/v1/agent/primary/request", params={"stream": "tokens"},
+                              timeout=TIMEOUT, json={"message": f"Look up the key, please ({marker})"})
+        assert response.status_code == 202, response.text
+        rid = response.json()["data"]["request_id"]
+        with httpx.stream("GET", f"{server.url}/api/v1/agent/primary/request/{rid}/events",
+                          params={"stream": "tokens"}, timeout=TIMEOUT) as stream:
+            frames = [f for f in sse_frames(stream) if f.event]
+    names = [f.event for f in frames]
+    assert names[-1] == "request.completed", names
+    answer = frames[-1].data["response"]["text"]
+    assert answer == ANSWERS[provider]
+    deltas = [f.data for f in frames if f.event == "agent.delta"]
+    final_step = {d["step_key"] for d in deltas if d["text"]} - {"plan.0"}
+    assert final_step == {"plan.1"}, deltas
+    assert "".join(d["text"] for d in deltas if d["step_key"] == "plan.1") == answer
+    stored = next(i for i, f in enumerate(frames) if f.event == "agent.trace" and f.data.get("step_key") == "plan.1")
+    assert max(i for i, n in enumerate(names) if n == "agent.delta") < stored

@@ -30,9 +30,9 @@ import re
 from typing import Any
 
 try:
-    from tests.fakes.http_fake import HTTPFake, Seen, sample
+    from tests.fakes.http_fake import SSE, HTTPFake, Seen, sample
 except ImportError:  # pragma: no cover - run from tests/fakes itself
-    from http_fake import HTTPFake, Seen, sample  # type: ignore[no-redef]
+    from http_fake import SSE, HTTPFake, Seen, sample  # type: ignore[no-redef]
 
 KEY = "fake-gemini-key-0123456789"
 PLACEHOLDER = b"skip_thought_signature_validator"
@@ -95,7 +95,8 @@ class FakeGemini(HTTPFake):
         return {"GEMINI_BASE_URL": self.url, "GEMINI_API_KEY": self.key}
 
     def answer(self, seen: Seen) -> tuple[int, Any]:
-        route = re.fullmatch(r"/v1(?:beta|alpha)?/models/([^/:]+):generateContent", seen.path.split("?")[0])
+        route = re.fullmatch(r"/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)",
+                             seen.path.split("?")[0])
         if seen.method != "POST" or route is None:
             return 404, error_body(404, f"no route {seen.method} {seen.path}")
         model = route.group(1)
@@ -155,8 +156,9 @@ class FakeGemini(HTTPFake):
                  "totalTokenCount": prompt_tokens + out_tokens + 4}
         if cached:
             usage["cachedContentTokenCount"] = cached
-        return 200, {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
-                     "usageMetadata": usage, "modelVersion": f"{model}-001", "responseId": f"resp-{next(self._ids)}"}
+        response = {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+                    "usageMetadata": usage, "modelVersion": f"{model}-001", "responseId": f"resp-{next(self._ids)}"}
+        return 200, (stream_chunks(response) if route.group(2) == "streamGenerateContent" else response)
 
     def _history_problem(self, contents: list[dict[str, Any]], model: str) -> str | None:
         previous: dict[str, Any] = {}
@@ -179,3 +181,25 @@ class FakeGemini(HTTPFake):
                                 f"turn (content {i}: {p['functionResponse'].get('name')!r} was not called).")
             previous = content
         return None
+
+
+def stream_chunks(response: dict[str, Any]) -> SSE:
+    """`response` as `streamGenerateContent?alt=sse` sends it: text parts in pieces of a few
+    characters, one chunk each, then a chunk with the other parts, the finish reason and the
+    usage (thought and function-call parts come whole, as upstream)."""
+    candidate = response["candidates"][0]
+    head = {k: v for k, v in response.items() if k != "candidates"}
+    chunks: SSE = SSE()
+    rest = []
+    for part in candidate["content"]["parts"]:
+        if "text" in part and not part.get("thought"):
+            text = part["text"]
+            for start in range(0, len(text), 7):
+                piece = {"content": {"role": "model", "parts": [{"text": text[start:start + 7]}]}, "index": 0}
+                chunks.append((None, {"candidates": [piece], "modelVersion": head.get("modelVersion"),
+                                           "responseId": head.get("responseId")}))
+        else:
+            rest.append(part)
+    last = {"content": {"role": "model", "parts": rest}, "finishReason": candidate.get("finishReason"), "index": 0}
+    chunks.append((None, {**head, "candidates": [last]}))
+    return chunks

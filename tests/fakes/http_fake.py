@@ -24,8 +24,14 @@ class Seen:
     body: Any
 
 
+class SSE(list):
+    """An answer sent as server-sent events: a list of (event name or None, JSON data); the
+    connection closes after the last one, as the vendors' streams do."""
+
+
 class HTTPFake:
-    """Subclasses implement `answer(seen) -> (status, json_body)`."""
+    """Subclasses implement `answer(seen) -> (status, json_body)`; a body that is an `SSE`
+    goes out as `text/event-stream`."""
 
     def __init__(self) -> None:
         self.requests: list[Seen] = []
@@ -89,6 +95,17 @@ class HTTPFake:
                     status, payload = fake._handle(seen)
                 except Exception as exc:  # a fake's bug shows up as a 500 with its text
                     status, payload = 500, {"error": {"message": f"fake crashed: {type(exc).__name__}: {exc}"}}
+                if isinstance(payload, SSE):
+                    self.send_response(status)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                    for name, event in payload:
+                        head = f"event: {name}\n" if name else ""  # Gemini's stream names none
+                        self.wfile.write(f"{head}data: {json.dumps(event)}\n\n".encode())
+                        self.wfile.flush()
+                    self.close_connection = True
+                    return
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

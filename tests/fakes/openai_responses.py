@@ -25,9 +25,9 @@ import re
 from typing import Any
 
 try:
-    from tests.fakes.http_fake import HTTPFake, Seen, sample
+    from tests.fakes.http_fake import SSE, HTTPFake, Seen, sample
 except ImportError:  # pragma: no cover - run from tests/fakes itself
-    from http_fake import HTTPFake, Seen, sample  # type: ignore[no-redef]
+    from http_fake import SSE, HTTPFake, Seen, sample  # type: ignore[no-redef]
 
 KEY = "sk-fake-openai-responses"
 
@@ -132,7 +132,7 @@ class FakeResponses(HTTPFake):
         if cache_key:
             self._cache_keys.add(cache_key)
         output_tokens = len(json.dumps(output)) // 8 + 1
-        return 200, {
+        response = {
             "id": f"resp_{next(self._ids)}", "object": "response", "created_at": 1700000000, "model": model,
             "status": status, "incomplete_details": incomplete, "error": None, "output": output,
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": tools, "temperature": body.get("temperature"),
@@ -140,7 +140,46 @@ class FakeResponses(HTTPFake):
                       "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                       "total_tokens": input_tokens + output_tokens},
         }
+        return 200, (stream_events(response) if body.get("stream") else response)
 
     def _message(self, text: str) -> dict[str, Any]:
         return {"type": "message", "id": f"msg_{next(self._ids)}", "role": "assistant", "status": "completed",
                 "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def stream_events(response: dict[str, Any]) -> SSE:
+    """`response` as the Responses API streams it (`stream: true`): created, each output item
+    added, its text in deltas of a few characters (function arguments likewise), done, then
+    completed with the whole response."""
+    events: SSE = SSE()
+    number = itertools.count()
+
+    def emit(kind: str, **fields: Any) -> None:
+        events.append((kind, {"type": kind, "sequence_number": next(number), **fields}))
+
+    emit("response.created", response={**response, "status": "in_progress", "output": []})
+    for index, item in enumerate(response["output"]):
+        if item["type"] == "message":
+            emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []})
+            for part_index, part in enumerate(item["content"]):
+                emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=part_index,
+                     part={**part, "text": ""})
+                text = part["text"]
+                for start in range(0, len(text), 7):
+                    emit("response.output_text.delta", item_id=item["id"], output_index=index,
+                         content_index=part_index, delta=text[start:start + 7], logprobs=[])
+                emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=part_index,
+                     text=text, logprobs=[])
+                emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=part_index,
+                     part=part)
+        elif item["type"] == "function_call":
+            emit("response.output_item.added", output_index=index, item={**item, "arguments": "", "status": "in_progress"})
+            emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                 delta=item["arguments"])
+            emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                 arguments=item["arguments"])
+        else:
+            emit("response.output_item.added", output_index=index, item=item)
+        emit("response.output_item.done", output_index=index, item=item)
+    emit("response.completed" if response["status"] == "completed" else "response.incomplete", response=response)
+    return events
