@@ -196,9 +196,11 @@ async def one_request(client: httpx.AsyncClient, base: str, session: str, agent:
             "total_ms": ((terminal or time.perf_counter()) - started) * 1000, "terminal": terminal is not None}
 
 
-async def run_level(bases: list[str], sessions: int, total: int, progress=None, headers=None) -> dict:
+async def run_level(bases: list[str], sessions: int, total: int, progress=None, headers=None,
+                    catch: tuple[type[BaseException], ...] = (httpx.HTTPError,)) -> dict:
     """`sessions` closed-loop sessions sharing `total` requests; `headers` go on every call
-    (an API key)."""
+    (an API key). A request that raises one of `catch` counts as one without a terminal
+    event (with its error) instead of ending the run."""
     per_session = max(1, total // sessions)
     results: list[dict] = []
 
@@ -213,7 +215,7 @@ async def run_level(bases: list[str], sessions: int, total: int, progress=None, 
                 base = bases[index % len(bases)]
                 try:
                     results.append(await one_request(client, base, f"load-{sessions}-{index}"))
-                except httpx.HTTPError as exc:
+                except catch as exc:
                     results.append({"accept_ms": float("nan"), "first_ms": float("nan"), "total_ms": float("nan"),
                                     "terminal": False, "error": f"{type(exc).__name__}: {exc}"})
                 if progress:

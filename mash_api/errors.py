@@ -16,7 +16,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from mash_runtime.dbfaults import connection_dropped, recover_connections
-from mash_runtime.services import ServiceError
+from mash_runtime.errors import ServiceError
 from mash_runtime.storable import UnstorableValue, is_storable
 
 logger = logging.getLogger("mash_api")

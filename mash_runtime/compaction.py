@@ -42,7 +42,7 @@ from mash_core.messages import Message
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
-from mash_runtime.services import Conflict, NotFound, ServiceError
+from mash_runtime.errors import Conflict, NotFound, ServiceError
 
 logger = logging.getLogger("mash_runtime.compaction")
 

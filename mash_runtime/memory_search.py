@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterable
 from django.db import connection as default_connection
 
 from mash_runtime.models import Agent, MemoryTurn, Session, epoch
-from mash_runtime.services import ServiceError
+from mash_runtime.errors import ServiceError
 
 logger = logging.getLogger("mash_runtime.memory_search")
 

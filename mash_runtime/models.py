@@ -912,7 +912,7 @@ class WorkflowDefinition(models.Model):
         """The task list the publish API would accept (the admin's form calls this)."""
         from django.core.exceptions import ValidationError
 
-        from mash_runtime.services import ServiceError
+        from mash_runtime.errors import ServiceError
         from mash_runtime.workflow_engine import validate_tasks  # imports this module
 
         try:

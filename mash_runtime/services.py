@@ -26,36 +26,8 @@ from mash_runtime.models import (Agent, IdempotencyKey, Interaction, Request, Se
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime import tokens
 from mash_runtime.run import lifecycle
+from mash_runtime.errors import Conflict, Gone, NotFound, ServiceError  # noqa: F401  (their old home)
 from mash_runtime.storable import UnstorableValue, check_storable
-
-
-class ServiceError(Exception):
-    status = 400
-    code = "INVALID_REQUEST"
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None, details: dict | None = None):
-        super().__init__(message)
-        self.message = message
-        if code:
-            self.code = code
-        if status:
-            self.status = status
-        self.details = details or {}
-
-
-class NotFound(ServiceError):
-    status = 404
-    code = "NOT_FOUND"
-
-
-class Conflict(ServiceError):
-    status = 409
-    code = "CONFLICT"
-
-
-class Gone(ServiceError):
-    status = 410
-    code = "GONE"
 
 
 # -- lookups ------------------------------------------------------------------------------

@@ -33,15 +33,8 @@ from mash_runtime.models import (
 )
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime.storable import UnstorableValue, check_storable
-from mash_runtime.services import (
-    Conflict,
-    NotFound,
-    ServiceError,
-    cancel_request,
-    create_request,
-    get_agent_row,
-    resume_request,
-)
+from mash_runtime.errors import Conflict, NotFound, ServiceError
+from mash_runtime.services import cancel_request, create_request, get_agent_row, resume_request
 
 logger = logging.getLogger("mash_runtime.workflows")
 

@@ -35,7 +35,8 @@ from django.utils.html import format_html, format_html_join
 from mash_runtime.models import (Agent, Interaction, MemoryTurn, PublishedSkill, Request, RuntimeEvent, Session,
                                  StepCheckpoint, Worker, WorkflowDefinition, WorkflowRun, WorkflowRunEvent,
                                  WorkflowTaskRun, WorkflowTaskState)
-from mash_runtime.services import ServiceError, answer_interaction, cancel_request, resume_request
+from mash_runtime.services import answer_interaction, cancel_request, resume_request
+from mash_runtime.errors import ServiceError
 from mash_telemetry import clock
 from mash_telemetry.forms import AnswerForm
 from mash_telemetry.models import ApiRequestLog

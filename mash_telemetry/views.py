@@ -25,6 +25,7 @@ from django.views import static
 from django.views.decorators.http import require_GET, require_POST
 
 from mash_runtime import services
+from mash_runtime.errors import ServiceError
 from mash_runtime.models import Interaction, Request
 from mash_telemetry import queries
 from mash_telemetry.forms import (
@@ -199,7 +200,7 @@ def request_action(request, request_id: uuid.UUID, action: str):
         raise Http404("unknown action")
     try:
         result = operation(req.pk)
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"{action.capitalize()}: request is now {result['status']}.")
@@ -220,7 +221,7 @@ def answer(request, request_id: uuid.UUID, interaction_id: str):
         return redirect("telemetry:request", request_id=req.pk)
     try:
         services.answer_interaction(req.pk, itr.interaction_id, form.answer())
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Answered {itr.interaction_id}.")
@@ -303,7 +304,7 @@ def memory(request):
         try:
             hits = queries.search_memory(data["q"].strip(), data.get("who") or "user", data.get("agent", ""),
                                          data.get("session", ""))
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             error = exc.message
     return render(request, "telemetry/memory.html", {"nav": "memory", "form": form, "hits": hits, "error": error,
                                                      "terms": terms, "searched": hits is not None or bool(error)})

@@ -24,7 +24,7 @@ from rest_framework import serializers
 from mash_api.errors import Unauthorized, error_json
 from mash_api.streams import IdCursor
 from mash_api.views.base import ApiView, ok
-from mash_runtime.services import ServiceError
+from mash_runtime.errors import ServiceError
 from mash_telemetry.models import ApiRequestLog
 
 DEFAULT_LIMIT = 100

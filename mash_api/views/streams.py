@@ -12,7 +12,8 @@ from mash_api.errors import Unauthorized, error_json, unavailable_json, unstorab
 from mash_api.connections import release_connection
 from mash_api.streams import request_frames, sse_delta, sse_frame, tail_frames
 from mash_runtime.dbfaults import once_more_if_dropped
-from mash_runtime.services import ServiceError, stream_target
+from mash_runtime.services import stream_target
+from mash_runtime.errors import ServiceError
 
 
 async def authorized(request) -> bool:

@@ -11,7 +11,7 @@ from mash_api.errors import Unauthorized, error_json
 from mash_api.views.base import ApiView, ok
 from mash_api.views.streams import authorized, event_stream_response, parse_cursor
 from mash_runtime import publishing, workflow_engine
-from mash_runtime.services import ServiceError
+from mash_runtime.errors import ServiceError
 
 
 class RunWorkflowSerializer(serializers.Serializer):

@@ -21,7 +21,7 @@ from mash_runtime.compaction import (
 from mash_runtime.host import get_host, set_host
 from mash_runtime.memory import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
-from mash_runtime.services import Conflict
+from mash_runtime.errors import Conflict
 from mash_core.llm.base import TokenUsage
 from tests.apps.engine_host import ScriptedSpec, play, structured_for
 
@@ -224,7 +224,7 @@ def test_a_concurrent_checkpoint_wins(engine, tasks):
 
 
 def test_unknown_sessions_and_agents(engine, tasks):
-    from mash_runtime.services import NotFound
+    from mash_runtime.errors import NotFound
 
     with pytest.raises(NotFound) as info:
         compact_session("primary", "nope")

@@ -5,11 +5,8 @@ import pytest
 from django.utils import timezone
 
 from mash_runtime.models import Interaction, MemoryTurn, Request, Session, StepCheckpoint
+from mash_runtime.errors import Conflict, Gone, NotFound, ServiceError
 from mash_runtime.services import (
-    Conflict,
-    Gone,
-    NotFound,
-    ServiceError,
     answer_interaction,
     cancel_request,
     get_request_status,
