@@ -15,8 +15,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from mash_api.auth import Principal, authenticate_headers, origin_refusal, permission_refusal
 from mash_api.streams import latest_event_id, request_frames, tail_frames, ws_delta, ws_message
-from mash_runtime.services import answer_interaction, get_request
 from mash_runtime.errors import ServiceError
+from mash_runtime.services import answer_interaction, get_request
 
 UNAUTHORIZED = 4401
 NOT_FOUND = 4404

@@ -64,8 +64,8 @@ from typing import Any, Callable, Iterable
 
 from django.db import connection as default_connection
 
-from mash_runtime.models import Agent, MemoryTurn, Session, epoch
 from mash_runtime.errors import ServiceError
+from mash_runtime.models import Agent, MemoryTurn, Session, epoch
 
 logger = logging.getLogger("mash_runtime.memory_search")
 

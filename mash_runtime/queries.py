@@ -8,9 +8,9 @@ from typing import Any
 
 from django.db.models import Count, Q
 
+from mash_runtime.errors import NotFound, ServiceError
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, Worker, epoch
-from mash_runtime.errors import NotFound, ServiceError
 from mash_runtime.signals import signal_definitions
 
 MAX_EVENTS_LIMIT = 20000

@@ -32,8 +32,7 @@ def broker():
         _broker = (os.getpid(), made)
     return made
 
-RUN_REQUEST = "mash_runtime.run.runner.run_request_task"
-SWEEP = "mash_runtime.sweeper.sweep"
+from mash_runtime.tasks import RUN_REQUEST, SWEEP  # noqa: F401  (SWEEP: imported from here by the sweeper)
 
 
 def enqueue(func: str, *args, task_name: str, **q_options) -> None:

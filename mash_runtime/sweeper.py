@@ -20,6 +20,7 @@ from mash_runtime.models import IdempotencyKey, Request, Worker
 from mash_runtime.queue import enqueue_request
 from mash_runtime.run import lifecycle
 from mash_runtime.services import expire_interactions
+from mash_runtime.tasks import SWEEP
 
 logger = logging.getLogger("mash_runtime.sweeper")
 
@@ -127,7 +128,7 @@ def ensure_schedule() -> None:
 
     found = list(Schedule.objects.filter(name=SWEEP_SCHEDULE).order_by("pk").values_list("pk", flat=True))
     if not found:
-        Schedule.objects.create(name=SWEEP_SCHEDULE, func="mash_runtime.sweeper.sweep", schedule_type=Schedule.MINUTES,
+        Schedule.objects.create(name=SWEEP_SCHEDULE, func=SWEEP, schedule_type=Schedule.MINUTES,
                                 minutes=1, repeats=-1)
     elif len(found) > 1:
         Schedule.objects.filter(pk__in=found[1:]).delete()
@@ -137,7 +138,8 @@ def sweep() -> dict[str, int]:
     close_old_connections()
     ensure_schedule()
     now = timezone.now()
-    from mash_runtime.workflow_engine import ADVANCE_RUN, stalled_runs
+    from mash_runtime.tasks import ADVANCE_RUN
+    from mash_runtime.workflow_engine import stalled_runs
 
     stalled = stalled_runs()
     if stalled:

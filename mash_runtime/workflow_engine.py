@@ -13,7 +13,8 @@ import json
 import logging
 import secrets
 import uuid
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -22,6 +23,7 @@ from django.utils import timezone
 
 from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
+from mash_runtime.errors import Conflict, NotFound, ServiceError
 from mash_runtime.models import (
     Request,
     WorkflowDefinition,
@@ -32,13 +34,12 @@ from mash_runtime.models import (
     epoch,
 )
 from mash_runtime.queue import enqueue_request_on_commit
-from mash_runtime.storable import UnstorableValue, check_storable
-from mash_runtime.errors import Conflict, NotFound, ServiceError
 from mash_runtime.services import cancel_request, create_request, get_agent_row, resume_request
+from mash_runtime.storable import UnstorableValue, check_storable
+from mash_runtime.tasks import ADVANCE_RUN
 
 logger = logging.getLogger("mash_runtime.workflows")
 
-ADVANCE_RUN = "mash_runtime.workflow_engine.advance_run_task"
 # Tasks without a declared schema still end in one validated object: their state.
 DEFAULT_TASK_SCHEMA = {
     "type": "object",

@@ -23,20 +23,33 @@ import uuid
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from mash_runtime.models import (Agent, Interaction, MemoryTurn, PublishedSkill, Request, RuntimeEvent, Session,
-                                 StepCheckpoint, Worker, WorkflowDefinition, WorkflowRun, WorkflowRunEvent,
-                                 WorkflowTaskRun, WorkflowTaskState)
-from mash_runtime.services import answer_interaction, cancel_request, resume_request
 from mash_runtime.errors import ServiceError
+from mash_runtime.models import (
+    Agent,
+    Interaction,
+    MemoryTurn,
+    PublishedSkill,
+    Request,
+    RuntimeEvent,
+    Session,
+    StepCheckpoint,
+    Worker,
+    WorkflowDefinition,
+    WorkflowRun,
+    WorkflowRunEvent,
+    WorkflowTaskRun,
+    WorkflowTaskState,
+)
+from mash_runtime.services import answer_interaction, cancel_request, resume_request
 from mash_telemetry import clock
 from mash_telemetry.forms import AnswerForm
 from mash_telemetry.models import ApiRequestLog

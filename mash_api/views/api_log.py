@@ -10,7 +10,8 @@ import asyncio
 import json
 import math
 import time
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from asgiref.sync import sync_to_async

@@ -11,8 +11,8 @@ from mash_api.auth import authenticate_headers, csrf_refusal, permission_refusal
 from mash_api.errors import unstorable_param_error
 from mash_api.views.streams import event_stream_response, open_request_stream, sse_body
 from mash_runtime import queries, services
-from mash_runtime.host import get_host
 from mash_runtime.errors import ServiceError
+from mash_runtime.host import get_host
 from mash_runtime.storable import UnstorableValue, check_storable
 
 

@@ -8,12 +8,12 @@ from django.http import StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from mash_api.auth import authenticate_headers
-from mash_api.errors import Unauthorized, error_json, unavailable_json, unstorable_param_error
 from mash_api.connections import release_connection
+from mash_api.errors import Unauthorized, error_json, unavailable_json, unstorable_param_error
 from mash_api.streams import request_frames, sse_delta, sse_frame, tail_frames
 from mash_runtime.dbfaults import once_more_if_dropped
-from mash_runtime.services import stream_target
 from mash_runtime.errors import ServiceError
+from mash_runtime.services import stream_target
 
 
 async def authorized(request) -> bool:

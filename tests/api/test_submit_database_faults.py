@@ -11,10 +11,10 @@ from django.db import OperationalError, connection
 from mash_runtime import services
 from mash_runtime.dbfaults import connection_dropped
 from mash_runtime.models import IdempotencyKey, Request
+from mash_runtime.tasks import RUN_REQUEST
 from tests.api.conftest import assert_error, data, post_json
 
 URL = "/api/v1/agent/primary/request"
-RUN_REQUEST = "mash_runtime.run.runner.run_request_task"
 
 postgresql_only = pytest.mark.skipif("connection.vendor != 'postgresql'",
                                      reason="SQLite has no server to drop a connection")

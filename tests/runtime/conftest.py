@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mash_runtime.host import set_host
-from mash_runtime.queue import RUN_REQUEST, SWEEP
+from mash_runtime.tasks import RUN_REQUEST, SWEEP
 
 
 def run_now(request_id) -> str:
@@ -35,7 +35,8 @@ class EngineHarness:
 
     def drain(self, limit: int = 500) -> list[str]:
         from mash_runtime.sweeper import sweep
-        from mash_runtime.workflow_engine import ADVANCE_RUN, advance_run_task
+        from mash_runtime.tasks import ADVANCE_RUN
+        from mash_runtime.workflow_engine import advance_run_task
 
         outcomes = []
         while self.queue and limit:

@@ -7,6 +7,7 @@ import pytest
 
 from mash_core.config import AgentConfig
 from mash_core.llm import ScriptedProvider
+from mash_core.llm.base import TokenUsage
 from mash_runtime import HostBuilder
 from mash_runtime.compaction import (
     COMPACT_TASK,
@@ -18,11 +19,10 @@ from mash_runtime.compaction import (
     plan_compaction,
     store_summary,
 )
+from mash_runtime.errors import Conflict
 from mash_runtime.host import get_host, set_host
 from mash_runtime.memory import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
-from mash_runtime.errors import Conflict
-from mash_core.llm.base import TokenUsage
 from tests.apps.engine_host import ScriptedSpec, play, structured_for
 
 CANNED_SUMMARY = (

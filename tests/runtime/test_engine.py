@@ -4,8 +4,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from mash_runtime.models import Interaction, MemoryTurn, Request, Session, StepCheckpoint
 from mash_runtime.errors import Conflict, Gone, NotFound, ServiceError
+from mash_runtime.models import Interaction, MemoryTurn, Request, Session, StepCheckpoint
 from mash_runtime.services import (
     answer_interaction,
     cancel_request,
@@ -411,8 +411,8 @@ def test_it_rings_the_doorbell_after_its_commits(engine):
 
 
 def test_a_primary_with_subagents_gets_a_routing_block_and_the_delegate_tool(engine):
-    from mash_runtime.run.prepare import build_agent
     from mash_runtime.host import get_host
+    from mash_runtime.run.prepare import build_agent
 
     agent = build_agent(get_host().get("primary"))
     assert "InvokeSubagent" in agent.tools

@@ -10,10 +10,10 @@ import pytest
 from django.db import OperationalError, connection
 
 from mash_runtime.models import Request, RuntimeEvent
-from mash_runtime.queue import RUN_REQUEST
 from mash_runtime.run import hooks, lifecycle
 from mash_runtime.run.runner import Runner
 from mash_runtime.run.state import Outcome
+from mash_runtime.tasks import RUN_REQUEST
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ import pytest
 from django.utils import timezone
 
 from mash_runtime.models import Request, StepCheckpoint
-from mash_runtime.queue import RUN_REQUEST
-from mash_runtime.run import lifecycle, runner as runner_module
+from mash_runtime.run import lifecycle
+from mash_runtime.run import runner as runner_module
 from mash_runtime.run.runner import Runner
 from mash_runtime.run.state import Outcome
+from mash_runtime.tasks import RUN_REQUEST
 from tests.e2e.conftest import wait_for
 
 
