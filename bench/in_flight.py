@@ -142,7 +142,7 @@ class Host:
         raise SystemExit("mash host serve did not become ready with its workers")
 
     def web_pids(self) -> list[int]:
-        return [p for c in children(self.proc.pid) if "daphne" in cmdline(c) for p in tree(c)]
+        return [p for c in children(self.proc.pid) if "mash_project.asgi:application" in cmdline(c) for p in tree(c)]
 
     def worker_pids(self) -> list[int]:
         return [p for c in children(self.proc.pid) if "qcluster" in cmdline(c) for p in tree(c)]

@@ -248,21 +248,10 @@ Q_CLUSTER = {
 }
 
 
-def _redis_broker(url: str) -> dict:
-    """django-q2's Redis client, told to reconnect and retry: built from a bare URL it does
-    not, and a dropped connection (a Redis restart, CLIENT KILL) killed the pusher until
-    the sentinel restarted it 10 s later."""
-    from redis.backoff import ExponentialBackoff
-    from redis.connection import parse_url
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
-    from redis.retry import Retry
-
-    return {**parse_url(url), "retry": Retry(ExponentialBackoff(cap=2, base=0.05), 5),
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError], "health_check_interval": 30}
-
-
 if REDIS_URL:
-    Q_CLUSTER["redis"] = _redis_broker(REDIS_URL)
+    Q_CLUSTER["redis"] = REDIS_URL
+    # A client that reconnects and retries (mash_runtime/run/broker.py), made where it is used.
+    Q_CLUSTER["broker_class"] = "mash_runtime.run.broker.RetryingRedis"
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
