@@ -396,7 +396,7 @@ def main() -> None:
 
     from tests.fakes.slow_anthropic import run_slow_anthropic
 
-    console = Console(width=max(Console().width, 150), stderr=args.json)
+    console = Console(width=max(Console().width, 160), stderr=args.json)
     levels = [int(x) for x in args.levels.split(",")]
     blocked = None
     bin_dir = None

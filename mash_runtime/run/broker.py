@@ -19,7 +19,8 @@ class RetryingRedis(Redis):
     def get_connection(list_key: str | None = None):
         import redis
         from redis.backoff import ExponentialBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
         from redis.retry import Retry
 
         return redis.Redis.from_url(Conf.REDIS, retry=Retry(ExponentialBackoff(cap=2, base=0.05), 5),
