@@ -26,7 +26,9 @@ per run and as medians over the rounds: throughput (req/s: streams that delivere
 terminal event, per second; ended/s: every stream that ended, per second, as the
 original's can end without it), p50/p95 POST -> terminal, streams without a terminal
 event, model calls per request (from the fake), CPU per request by process (web, worker,
-PostgreSQL, Redis, the client; the original is one process, counted as web), and the
+PostgreSQL: this run's database's backends and the server's own processes, Redis, the
+client, the fake, and "other": the machine's busy CPU outside them, which shows a run that
+shared the machine; the original is one process, counted as web), and the
 ratios ours/original (the median of each round's ratio: runs of one round are minutes
 apart, rounds further), then the issue's targets.
 
@@ -60,8 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.http_load import (cpu_by_role, drop_database, free_port, fresh_backends, raise_fd_limit,  # noqa: E402
-                             run_level)
+from bench.http_load import (CLK_TCK, _proc_table, cpu_by_role, drop_database, free_port,  # noqa: E402
+                             fresh_backends, raise_fd_limit, run_level)
 from bench.in_flight import children, cmdline, tree  # noqa: E402
 
 ORIGINAL_VERSION = "0.4.2"
@@ -323,23 +325,61 @@ class Ours(Served):
                 "worker": [c for c in kids if "qcluster" in cmdline(c)]}
 
 
+def postgres_cpu(db: str | None) -> float:
+    """CPU seconds used so far by this run's PostgreSQL: the backends of database `db` and the
+    server's own processes (postmaster, checkpointer, WAL writer...), not the backends of other
+    databases (another engineer's test suite may be using the same server)."""
+    total = 0.0
+    for pid, (_, name, cpu) in _proc_table().items():
+        if name != "postgres":
+            continue
+        title = cmdline(pid).strip()
+        if title.startswith("postgres:"):  # a child of the postmaster, titled "postgres: 15/main: ..."
+            words = title.split(": ", 2)[-1].split()
+            if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):  # user db host(port) state
+                if words[1] != db:
+                    continue
+            elif words[:2] == ["autovacuum", "worker"] and len(words) > 2 and words[2] != db:
+                continue
+        total += cpu
+    return total
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def snapshot(roots: dict[str, list[int]], db: str | None) -> dict[str, float]:
+    cpu = cpu_by_role(roots)
+    cpu["postgres"] = postgres_cpu(db)
+    cpu["machine"] = machine_busy()
+    return cpu
+
+
 def measure(host: Served, level: int, requests: int, warmup: int, fake, progress=None) -> dict:
     """Warm `host` up, then one level: the load row with CPU per request by role and model calls."""
     if warmup:
         asyncio.run(run_level([host.base], level, max(level, warmup), headers=host.headers, catch=CATCH))
-    roots = host.roots()
+    roots = {**host.roots(), "fake": [fake.proc.pid]}
+    db = host.db if host.uses_postgres else None
     calls_before = fake.stats()["calls"]
-    before = cpu_by_role(roots)
+    before = snapshot(roots, db)
     row = asyncio.run(run_level([host.base], level, requests, progress, headers=host.headers, catch=CATCH))
-    after = cpu_by_role(roots)
+    after = snapshot(roots, db)
     done = max(1, row["requests"] - row["no_terminal"])
     cpu = {k: (after[k] - before[k]) * 1000 / done for k in after}
+    machine = cpu.pop("machine")
+    # Busy CPU on this machine that none of the processes above used: another engineer's tests,
+    # other databases' backends, processes that exited during the run.
+    cpu["other"] = machine - sum(cpu.values())
     if not host.uses_postgres:
-        cpu["postgres"] = float("nan")  # whatever else runs on this machine's PostgreSQL
+        cpu["postgres"] = float("nan")
     if not host.uses_redis:
         cpu["redis"] = float("nan")
     row["cpu_ms_per_request"] = cpu
-    row["server_cpu_ms"] = sum(v for k, v in cpu.items() if k != "client" and not math.isnan(v))
+    row["server_cpu_ms"] = sum(cpu[k] for k in ("web", "worker", "postgres", "redis") if not math.isnan(cpu[k]))
     row["calls_per_request"] = (fake.stats()["calls"] - calls_before) / max(1, row["requests"])
     # Every stream that ended, with a terminal event or not, per second: the original's streams
     # can end without one (its runs still complete), and req/s counts only those with one.
@@ -396,7 +436,7 @@ def main() -> None:
 
     from tests.fakes.slow_anthropic import run_slow_anthropic
 
-    console = Console(width=max(Console().width, 160), stderr=args.json)
+    console = Console(width=max(Console().width, 180), stderr=args.json)
     levels = [int(x) for x in args.levels.split(",")]
     blocked = None
     bin_dir = None
@@ -449,7 +489,8 @@ def main() -> None:
                                               f"{row['req_per_s']:.1f} req/s ({row['ended_per_s']:.1f} "
                                               f"streams ended/s), p50 {row['p50_total']:.1f} ms, "
                                               f"{row['no_terminal']} without terminal, server CPU "
-                                              f"{row['server_cpu_ms']:.1f} ms/request")
+                                              f"{row['server_cpu_ms']:.1f} ms/request, other "
+                                              f"{row['cpu_ms_per_request']['other']:.1f}")
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -513,18 +554,19 @@ def main() -> None:
         return
     table = Table(title=f"Medians over {args.rounds} round(s), {args.requests} requests per run, model "
                         f"{args.delay:g} s{', tool first' if args.tool_first else ''}; CPU = ms per completed "
-                        "request (2 cores = 2,000 ms of CPU per second)")
+                        "request (2 cores = 2,000 ms of CPU per second); server = web + worker + postgres + redis; "
+                        "other = the machine's busy CPU outside the processes shown")
     table.add_column("host", no_wrap=True)
     for column in ("sessions", "requests", "req/s", "ended/s", "p50 ms", "p95 ms", "no terminal", "calls/req",
-                   "web", "worker", "postgres", "redis", "client", "server total"):
+                   "web", "worker", "postgres", "redis", "server", "client", "fake", "other"):
         table.add_column(column, justify="right")
     for (host_label, level), s in summary.items():
         cpu = s["cpu_ms_per_request"]
         table.add_row(host_label, str(level), str(s["requests"]), fmt(s["req_per_s"]), fmt(s["ended_per_s"]),
                       fmt(s["p50_total"]),
                       fmt(s["p95_total"]), str(s["no_terminal"]), fmt(s["calls_per_request"], 2),
-                      *(fmt(cpu[k]) for k in ("web", "worker", "postgres", "redis", "client")),
-                      fmt(s["server_cpu_ms"]))
+                      *(fmt(cpu[k]) for k in ("web", "worker", "postgres", "redis")), fmt(s["server_cpu_ms"]),
+                      *(fmt(cpu[k]) for k in ("client", "fake", "other")))
     console.print(table)
     for (host_label, level), s in summary.items():
         for error, count in s["errors"].items():
