@@ -207,7 +207,7 @@ class Served:
         self.log = open(self.dir / "serve.log", "wb")
         self.proc: subprocess.Popen | None = None
         self.db: str | None = None
-        self.pids: list[int] = []
+        self.pids: dict[int, str] = {}  # the served process tree once ready: pid -> command line
 
     @property
     def base(self) -> str:
@@ -236,7 +236,7 @@ class Served:
                                    + self.tail())
             try:
                 if self.ready():
-                    self.pids = tree(self.proc.pid)
+                    self.pids = {pid: cmdline(pid) for pid in tree(self.proc.pid)}
                     return
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
@@ -254,8 +254,11 @@ class Served:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 pass
-        # Children started in sessions of their own outlive a killed parent: end each by id.
-        for pid in self.pids:
+        # Children started in sessions of their own outlive a killed parent: end each by id (if
+        # that id is still the process it was, not a new one that reused it).
+        for pid, command in self.pids.items():
+            if cmdline(pid) != command:
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -492,7 +495,9 @@ def main() -> None:
                                               f"{row['server_cpu_ms']:.1f} ms/request, other "
                                               f"{row['cpu_ms_per_request']['other']:.1f}")
     finally:
-        if not args.keep:
+        if args.keep:
+            console.print(f"runs' directories (logs, data) kept in {scratch}")
+        else:
             shutil.rmtree(scratch, ignore_errors=True)
     minutes = (time.time() - started) / 60
     hosts = [k for k in ["original", "ours-postgres" + ("+redis" if args.redis else ""), "ours-sqlite"]
