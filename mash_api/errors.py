@@ -36,20 +36,14 @@ def error_json(code: str, message: str, status_code: int, details: dict[str, Any
     return JsonResponse(envelope(code, message, details), status=status_code)
 
 
-def contains_unstorable(value: Any) -> bool:
-    """Whether a value holds what no column stores (NUL, a lone surrogate, NaN, too deep):
-    `mash_runtime.storable` is the one definition."""
-    return not is_storable(value)
-
-
 def unstorable_param_error(path_kwargs: dict[str, Any], query) -> ServiceError | None:
     """A 422 VALIDATION_ERROR for a NUL (or lone surrogate) in a path segment or query value, else None.
 
     Without this check such ids crash the query on PostgreSQL (500) while SQLite answers;
     no id or filter of ours can contain one.
     """
-    locs = [["path", name] for name, value in path_kwargs.items() if contains_unstorable(value)]
-    locs += [["query", name] for name in query if contains_unstorable(name) or contains_unstorable(query.getlist(name))]
+    locs = [["path", name] for name, value in path_kwargs.items() if not is_storable(value)]
+    locs += [["query", name] for name in query if not is_storable(name) or not is_storable(query.getlist(name))]
     if not locs:
         return None
     return ServiceError(f"{locs[0][-1]}: must not contain NUL characters", code="VALIDATION_ERROR", status=422,

@@ -16,7 +16,6 @@ higher `attempt`, and a client shows only the latest attempt's text.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -32,9 +31,6 @@ LISTEN_SECONDS = 45  # a token stream refreshes its key at every keep-alive (15 
 # than the text it carries, and no reader sees 50 ms.
 COALESCE_SECONDS = 0.05
 
-_clients: dict[int, object] = {}
-
-
 def enabled() -> bool:
     return bool(settings.REDIS_URL)
 
@@ -44,14 +40,13 @@ def _key(request_id) -> str:
 
 
 def _client():
-    """One asyncio Redis client per event loop (a client is bound to the loop it was made on)."""
+    """The asyncio Redis client of the running loop (a client is bound to the loop it was
+    made on), shared like the providers' SDK clients and gone with its loop."""
     import redis.asyncio as aioredis
 
-    loop = asyncio.get_running_loop()
-    client = _clients.get(id(loop))
-    if client is None:
-        client = _clients[id(loop)] = aioredis.from_url(settings.REDIS_URL)
-    return client
+    from mash_core.llm.clients import shared_client
+
+    return shared_client(("mash-tokens-redis", settings.REDIS_URL), lambda: aioredis.from_url(settings.REDIS_URL))
 
 
 async def mark_listening(request_id) -> None:

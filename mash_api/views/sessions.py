@@ -3,10 +3,10 @@
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 
-from mash_api.errors import contains_unstorable
 from mash_api.serializers import StrictCharField
 from mash_api.views.base import ApiView, ok
 from mash_runtime import queries
+from mash_runtime.storable import is_storable
 
 LIMIT = OpenApiParameter("limit", int, required=False)
 
@@ -55,7 +55,7 @@ class CompactSessionSerializer(serializers.Serializer):
                                                     default=0)
 
     def validate_reason(self, value):
-        if value is not None and contains_unstorable(value):
+        if value is not None and not is_storable(value):
             raise serializers.ValidationError("NUL and surrogate characters are not allowed.")
         return value
 
