@@ -20,6 +20,11 @@ from mash_core.structured import normalize_schema, validate_structured
 from mash_core.tools import FunctionTool, ToolRegistry
 from tests.fakes.gemini_api import KEY, FakeGemini
 
+try:
+    from tests.core.provider_calls import ask, complete, failure, streamed
+except ImportError:  # tests/core run on its own, without the repository root on the path
+    from provider_calls import ask, complete, failure, streamed  # type: ignore[no-redef]
+
 MODEL = "gemini-3-flash-fake"  # a Gemini 3 model: the fake checks thought signatures
 WEATHER = ToolDefinition(
     name="get_weather",
@@ -51,27 +56,6 @@ def provider(fake: FakeGemini, **kwargs: Any) -> GeminiProvider:
     kwargs.setdefault("model", MODEL)
     kwargs.setdefault("api_key", KEY)
     return GeminiProvider("demo", base_url=fake.url, **kwargs)
-
-
-def complete(p: GeminiProvider, *requests: LLMRequest) -> Any:
-    async def go() -> Any:
-        try:
-            return [await p.complete(r) for r in requests]
-        finally:
-            await p.aclose()
-
-    out = asyncio.run(go())
-    return out[0] if len(out) == 1 else out
-
-
-def failure(p: GeminiProvider, request: LLMRequest) -> LLMError:
-    with pytest.raises(LLMError) as info:
-        complete(p, request)
-    return info.value
-
-
-def ask(text: str, **kwargs: Any) -> LLMRequest:
-    return LLMRequest(system="Be brief.", messages=[Message.user(text)], **kwargs)
 
 
 def test_it_answers_plain_text_with_the_system_instruction(fake: FakeGemini) -> None:
@@ -337,21 +321,6 @@ def test_the_agent_retries_a_server_error_and_finishes_a_tool_loop_with_structur
     assert "tools" not in structured and "functionCall" not in json.dumps(structured)
     assert [p["text"] for c in structured["contents"] for p in c["parts"]][1:3] == [
         '(called lookup with {"key": "yes"})', "(lookup returned: value of yes)"]
-
-
-def streamed(p: GeminiProvider, request: LLMRequest) -> tuple[Any, list[str]]:
-    pieces: list[str] = []
-
-    async def on_text(text: str) -> None:
-        pieces.append(text)
-
-    async def go() -> Any:
-        try:
-            return await p.stream(request, on_text)
-        finally:
-            await p.aclose()
-
-    return asyncio.run(go()), pieces
 
 
 def test_it_streams_text_as_it_is_written_and_answers_as_complete_does(fake: FakeGemini) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from mash_core.llm import LLMError, LLMNotConfiguredError, LLMRequest, OpenAIChatProvider, ToolDefinition
+from mash_core.llm import LLMNotConfiguredError, LLMRequest, OpenAIChatProvider, ToolDefinition
 from mash_core.llm.openai_chat import UNSUPPORTED, to_response
 from mash_core.messages import Message, TextBlock, ToolCallBlock, ToolResultBlock
 from mash_core.structured import normalize_schema
@@ -20,6 +20,10 @@ try:
     from tests.core.fakellm_server import FakeLLM, free_port, run_fakellm
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from fakellm_server import FakeLLM, free_port, run_fakellm  # type: ignore[no-redef]
+try:
+    from tests.core.provider_calls import ask, complete, failure, streamed
+except ImportError:  # tests/core run on its own, without the repository root on the path
+    from provider_calls import ask, complete, failure, streamed  # type: ignore[no-redef]
 
 MODEL = "llama3.2:3b"
 WEATHER = ToolDefinition(
@@ -80,26 +84,6 @@ def provider(server: FakeLLM, wire: Wire | None = None, **kwargs: Any) -> OpenAI
     if wire is not None:
         kwargs["http_client"] = wire.client()
     return OpenAIChatProvider("demo", kwargs.pop("model", MODEL), f"{server.url}/v1", **kwargs)
-
-
-def complete(p: OpenAIChatProvider, request: LLMRequest) -> Any:
-    async def go() -> Any:
-        try:
-            return await p.complete(request)
-        finally:
-            await p.aclose()
-
-    return asyncio.run(go())
-
-
-def failure(p: OpenAIChatProvider, request: LLMRequest) -> LLMError:
-    with pytest.raises(LLMError) as info:
-        complete(p, request)
-    return info.value
-
-
-def ask(text: str, **kwargs: Any) -> LLMRequest:
-    return LLMRequest(system="Be brief.", messages=[Message.user(text)], **kwargs)
 
 
 def test_it_answers_plain_text_with_usage(server: FakeLLM) -> None:
@@ -251,21 +235,6 @@ def test_it_normalizes_cached_tokens_length_and_refusals() -> None:
     called = to_response(completion({"content": None, "tool_calls": [
         {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}, "stop", None))
     assert (called.stop_reason, called.content) == ("tool_use", [ToolCallBlock("t1", "f", {})])
-
-
-def streamed(p: OpenAIChatProvider, request: LLMRequest) -> tuple[Any, list[str]]:
-    pieces: list[str] = []
-
-    async def on_text(text: str) -> None:
-        pieces.append(text)
-
-    async def go() -> Any:
-        try:
-            return await p.stream(request, on_text)
-        finally:
-            await p.aclose()
-
-    return asyncio.run(go()), pieces
 
 
 def test_it_streams_text_as_it_is_written_and_answers_as_complete_does(server: FakeLLM) -> None:

@@ -19,6 +19,11 @@ from mash_core.structured import normalize_schema, validate_structured
 from mash_core.tools import FunctionTool, ToolRegistry
 from tests.fakes.openai_responses import KEY, FakeResponses
 
+try:
+    from tests.core.provider_calls import ask, complete, failure, streamed
+except ImportError:  # tests/core run on its own, without the repository root on the path
+    from provider_calls import ask, complete, failure, streamed  # type: ignore[no-redef]
+
 MODEL = "gpt-4.1-test"
 WEATHER = ToolDefinition(
     name="get_weather",
@@ -51,27 +56,6 @@ def provider(fake: FakeResponses, **kwargs: Any) -> OpenAIProvider:
     kwargs.setdefault("model", MODEL)
     kwargs.setdefault("api_key", KEY)
     return OpenAIProvider("demo", base_url=f"{fake.url}/v1", **kwargs)
-
-
-def complete(p: OpenAIProvider, *requests: LLMRequest) -> Any:
-    async def go() -> Any:
-        try:
-            return [await p.complete(r) for r in requests]
-        finally:
-            await p.aclose()
-
-    out = asyncio.run(go())
-    return out[0] if len(out) == 1 else out
-
-
-def failure(p: OpenAIProvider, request: LLMRequest) -> LLMError:
-    with pytest.raises(LLMError) as info:
-        complete(p, request)
-    return info.value
-
-
-def ask(text: str, **kwargs: Any) -> LLMRequest:
-    return LLMRequest(system="Be brief.", messages=[Message.user(text)], **kwargs)
 
 
 def test_it_answers_plain_text_with_the_system_prompt_as_instructions(fake: FakeResponses) -> None:
@@ -310,21 +294,6 @@ def test_the_agent_retries_a_rate_limit_and_finishes_a_tool_loop_with_structured
     assert result.tools_used == ["lookup"] and result.structured_output == {"answer": "yes"}
     assert len(fake.requests) == 4  # the 429, the tool call, the answer, the structured call
     assert result.usage.input_tokens > 0 and result.usage.cache_read_tokens > 0
-
-
-def streamed(p: OpenAIProvider, request: LLMRequest) -> tuple[Any, list[str]]:
-    pieces: list[str] = []
-
-    async def on_text(text: str) -> None:
-        pieces.append(text)
-
-    async def go() -> Any:
-        try:
-            return await p.stream(request, on_text)
-        finally:
-            await p.aclose()
-
-    return asyncio.run(go()), pieces
 
 
 def test_it_streams_text_as_it_is_written_and_answers_as_complete_does(fake: FakeResponses) -> None:
