@@ -258,7 +258,15 @@ if REDIS_URL:
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
+elif _db["ENGINE"] == "django.db.backends.postgresql" and env.bool("MASH_PG_NOTIFY", default=True):
+    # PostgreSQL alone: new tasks and doorbells cross processes by LISTEN/NOTIFY
+    # (mash_runtime/run/pg_broker.py, mash_runtime/notify_layer.py) instead of polling.
+    # MASH_PG_NOTIFY=off behind a pooler in transaction mode (PgBouncer), which drops LISTEN.
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["broker_class"] = "mash_runtime.run.pg_broker.NotifyingORM"
+    CHANNEL_LAYERS = {"default": {"BACKEND": "mash_runtime.notify_layer.PostgresNotifyLayer"}}
 else:
+    # SQLite (or MASH_PG_NOTIFY=off): the ORM broker polls, and streams poll the database.
     Q_CLUSTER["orm"] = "default"
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

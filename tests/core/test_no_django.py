@@ -23,6 +23,7 @@ MODULES = [
     "mash_core.structured",
     "mash_core.messages",
     "mash_core.errors",
+    "mash_core.mcp",
 ]
 
 PROBE = f"""
