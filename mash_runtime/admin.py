@@ -1,11 +1,10 @@
 """Admin for every runtime record, built for big append-only tables (healthchecks' habits).
 
-- History (events, checkpoints, turns, interactions, the API request log, workflow run
-  events) is read-only and cannot be deleted here: it is what happened, and retention
-  is `mash prune`.
+- History (events, checkpoints, turns, interactions, workflow run events) is read-only
+  and cannot be deleted here: it is what happened, and retention is `mash prune`.
 - No N+1: list columns read only the row, `list_select_related` joins, or annotations
   made in `get_queryset` (correlated subqueries, so only the page's rows pay for them).
-- The event, checkpoint, request and log tables page with `EstimatedCountPaginator`
+- The event, checkpoint and request tables page with `EstimatedCountPaginator`
   and `show_full_result_count = False`: no unbounded COUNT(*) per page load.
 - Filters use fixed choices instead of `SELECT DISTINCT` over a big table, and search
   maps a UUID to an indexed equality instead of a `LIKE` over every row.
@@ -14,6 +13,12 @@
 - Changelists show a few chosen columns that fit a 1400 px screen (previews clipped,
   long ids cut with the whole value on hover); every timestamp follows the pages' one
   clock (`mash_telemetry.clock`: server time zone, labelled, seconds shown).
+
+The bases and column helpers here (`MashAdmin`, `HistoryAdmin`, `BigTableAdmin`,
+`FixedChoicesFilter`, `clipped`, `when_display`, ...) serve the other apps' admins too
+(`mash_telemetry/admin.py`). The presentation pieces come from mash_telemetry (the clock,
+the answer form, the paginator): admin modules load through autodiscover once every app
+is ready, and the engine never imports this one.
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ from mash_runtime.models import (
 from mash_runtime.services import answer_interaction, cancel_request, resume_request
 from mash_telemetry import clock
 from mash_telemetry.forms import AnswerForm
-from mash_telemetry.models import ApiRequestLog
 from mash_telemetry.paginators import EstimatedCountPaginator
 from mash_telemetry.templatetags.telemetry import ms
 from mash_telemetry.trace import pretty
@@ -986,50 +990,3 @@ class PublishedSkillAdmin(MashAdmin):
     raw_id_fields = ("agent",)
 
     updated = when_display("updated_at", "updated")
-
-
-# -- API request log (written by mash_telemetry/middleware.py) ------------------------------------
-
-
-class MethodFilter(FixedChoicesFilter):
-    title = "method"
-    parameter_name = "method"
-    field = "method"
-    options = tuple((m, m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE"))
-
-
-class StatusCodeFilter(FixedChoicesFilter):
-    title = "status code"
-    parameter_name = "status_code"
-    field = "status_code"
-    options = tuple((str(c), str(c)) for c in (200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 410, 422, 500, 503))
-
-
-@admin.register(ApiRequestLog)
-class ApiRequestLogAdmin(BigTableAdmin):
-    list_display = ("created", "method", "short_path", "status_code", "duration_ms", "streaming", "client")
-    list_filter = (MethodFilter, StatusCodeFilter)
-    search_fields = ("path",)
-    show_full_result_count = False  # append-only and large: no COUNT(*) per page
-    fields = ("created", "about", *(f.name for f in ApiRequestLog._meta.fields if f.name not in ("id", "created_at")))
-    readonly_fields = fields
-    list_display_links = ("created",)
-    created = when_display("created_at", "when")
-
-    @admin.display(description="path", ordering="path")
-    def short_path(self, obj):
-        return clipped(obj.path, 70)
-
-    @admin.display(description="about")
-    def about(self, obj):
-        from mash_telemetry.queries import attach_api_log_links
-
-        attach_api_log_links([obj])
-        links = []
-        if obj.trace_request_id:
-            links.append(("trace of request " + obj.trace_request_id[:8], reverse("telemetry:request",
-                                                                                  args=[obj.trace_request_id])))
-        if obj.workflow_run_id:
-            links.append((f"workflow run {obj.workflow_run_id}", reverse("telemetry:run", args=[obj.workflow_run_id])))
-        links.append(("telemetry page", reverse("telemetry:api-log-entry", args=[obj.pk])))
-        return format_html_join(" · ", '<a href="{1}">{0}</a>', links)
