@@ -21,9 +21,13 @@ def _on_worker_spawn(sender, proc_name, **kwargs) -> None:
     # with it) before it takes a task.
     from mash_runtime.run.runner import start_worker
 
-    start_worker()
+    runner = start_worker()
     # A worker spawns at cluster start and when the guard replaces a killed one: the
     # moment to recover requests whose worker died, without waiting for lease expiry.
     from mash_runtime.queue import enqueue_sweep
 
     enqueue_sweep()
+    # The agents' MCP servers connect now, so a server that is down shows at start.
+    from mash_runtime.mcp_tools import warm_up_worker
+
+    warm_up_worker(runner)

@@ -9,7 +9,7 @@ import logging
 from mash_core.agent import AgentResult
 from mash_core.llm.base import LLMError
 from mash_core.structured import StructuredOutputError
-from mash_runtime import dbfaults
+from mash_runtime import dbfaults, mcp_tools
 from mash_runtime.host import get_host
 from mash_runtime.models import Request
 from mash_runtime.run import lifecycle
@@ -42,9 +42,10 @@ async def execute(state: RunState, db: Db, draining=lambda: False) -> Outcome:
         return await stopped(state, db, fail)
     agent = prepared.agent
     hooks = DurableHooks(state, prepared.checkpoints, db=db, draining=draining)
-    state.task = asyncio.get_running_loop().create_task(
-        agent.run(req.message, history=prepared.history, structured_output=req.structured_output, hooks=hooks)
-    )
+    run = agent.run(req.message, history=prepared.history, structured_output=req.structured_output, hooks=hooks)
+    if mcp_tools.has_mcp_servers(hosted):
+        run = mcp_tools.with_mcp_tools(run, agent, hosted, hooks.emit, attempt=req.run_attempt)
+    state.task = asyncio.get_running_loop().create_task(run)
     succeeded = False
     try:
         try:

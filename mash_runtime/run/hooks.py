@@ -18,7 +18,7 @@ from django.utils import timezone
 from mash_core.agent import AgentHooks, AgentRun, StepFn
 from mash_core.messages import ToolCallBlock
 from mash_core.tools.base import ToolResult
-from mash_runtime import doorbell, tokens
+from mash_runtime import doorbell, mcp_tools, tokens
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.models import Interaction, Request, StepCheckpoint
@@ -165,6 +165,9 @@ class DurableHooks(AgentHooks):
 
     async def call_tool(self, key: str, tool: Any, call: ToolCallBlock, run: AgentRun) -> ToolResult:
         if getattr(tool, "name", None) != INVOKE_SUBAGENT:
+            if mcp_tools.is_mcp_tool(tool):  # an ordinary tool step, between its mcp.tool.* events
+                return await mcp_tools.tool_step(self.emit, key, tool, call,
+                                                 lambda: AgentHooks.call_tool(self, key, tool, call, run))
             return await super().call_tool(key, tool, call, run)
         if key not in self.checkpoints:
             await self.flush()

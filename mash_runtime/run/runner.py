@@ -277,9 +277,10 @@ class Runner:
                            self.owner, len(self.runs))
         if self.report:
             await self.db(lambda: Worker.objects.filter(name=self.owner).delete())()
-        from mash_runtime import doorbell
+        from mash_runtime import doorbell, mcp_tools
 
         await doorbell.flush_tail_rings()
+        await mcp_tools.close_sessions()  # stdio MCP servers stop with their process group
 
     def close(self) -> None:
         """Drain, stop the loop and close the database threads' connections."""
