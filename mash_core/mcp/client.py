@@ -23,11 +23,11 @@ import json
 import logging
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 from mash_core.errors import ConfigError, MashError
 from mash_core.mcp.config import MCPServerConfig
+from mash_core.mcp.listing import RemoteTool, checked_tools
 
 logger = logging.getLogger("mash_core.mcp")
 
@@ -50,15 +50,6 @@ class MCPTimeout(MashError):
 
 class MCPCallFailed(MashError):
     """The server answered a request with a protocol error."""
-
-
-@dataclass(frozen=True)
-class RemoteTool:
-    """One tool as the server lists it (already checked: see `mash_core.mcp.tools`)."""
-
-    name: str
-    description: str
-    input_schema: dict[str, Any]
 
 
 def config_key(config: MCPServerConfig) -> str:
@@ -136,8 +127,6 @@ class MCPConnection:
 
     async def _own(self, ready: asyncio.Future) -> None:
         import anyio
-
-        from mash_core.mcp.tools import checked_tools
 
         try:
             async with _open_client(self.config) as client:

@@ -13,7 +13,8 @@ import pytest
 
 from mash_core.errors import ConfigError
 from mash_core.mcp import MCPServerConfig, MCPTool, close_loop_pool, discover_tools, loop_pool, mcp_tool_name
-from mash_core.mcp.tools import MAX_RESULT_CHARS, check_schema, result_text
+from mash_core.mcp.listing import check_schema
+from mash_core.mcp.tools import MAX_RESULT_CHARS, result_text
 from mash_core.tools.base import TOOL_NAME_RE, ToolRegistry
 from tests.fakes.mcp_server import HTTPServerProcess, calls, stdio_config
 
