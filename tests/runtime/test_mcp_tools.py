@@ -79,6 +79,17 @@ def test_an_mcp_call_is_a_durable_tool_step_with_its_events(mcp_engine):
     assert types.index("mcp.tool.call") < types.index("mcp.tool.result") < types.index("runtime.tool.call.completed")
     assert [c["tool"] for c in calls(mcp_engine.log)] == ["add"]
 
+    # The trace page shows the call like any tool call, marked with its server.
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_user("staff", password="pw", is_staff=True))
+    page = client.get(f"/telemetry/requests/{req.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "mcp_local_add" in html and "MCP local" in html and "tool add of the MCP server local" in html
+
     # A second request of the worker process reuses the sessions: no new connection.
     again = mcp_engine.run({"script": [{"tool_calls": [tool("mcp_local_echo", text="hi")]}, "ok"]})
     assert again.status == "completed"
