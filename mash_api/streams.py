@@ -39,9 +39,9 @@ TERMINAL_EVENTS = ("request.completed", "request.error")
 class Backoff:
     """How long a reader waits for a doorbell before it reads the database anyway.
 
-    On the in-memory layer doorbells never cross processes, so the poll is the real
+    On the in-memory layer (SQLite) doorbells never cross processes, so the poll is the real
     delivery path: start at 20 ms, back off (x1.6) to 0.5 s while nothing happens. With Redis
-    the doorbell is the delivery path and the poll only covers a lost one (a Redis
+    or PostgreSQL's NOTIFY the doorbell is the delivery path and the poll only covers a lost one (a Redis
     reconnect; the stream joins its group before its first read, so none is lost at the
     start), so it starts at 2 s and doubles up to 15 s, the keep-alive interval: a
     request whose model takes seconds then costs a read or two while it waits instead
@@ -50,7 +50,8 @@ class Backoff:
     """
 
     def __init__(self) -> None:
-        cross_process = bool(settings.REDIS_URL)
+        # Redis, or PostgreSQL's NOTIFY (mash_runtime.notify_layer): doorbells cross processes.
+        cross_process = bool(settings.REDIS_URL) or getattr(get_channel_layer(), "crosses_processes", False)
         self.floor = 2.0 if cross_process else 0.02
         self.growth = 2.0 if cross_process else 1.6
         self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 15.0 if cross_process else 0.5))

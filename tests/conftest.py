@@ -40,3 +40,17 @@ PROVIDER_VARIABLES = ("MASH_LLM", "ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY_FILE",
 def _no_provider_from_the_shell(monkeypatch):
     for name in PROVIDER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's, and then, before the test database is dropped (which PostgreSQL
+    refuses while a session is connected), the doorbell layer's own connections closed."""
+    yield
+    from channels.layers import channel_layers
+
+    for layer in list(channel_layers.backends.values()):
+        close = getattr(layer, "close_connections", None)
+        if close is not None:
+            close()
