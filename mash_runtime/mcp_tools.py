@@ -192,9 +192,10 @@ async def warm_up(host: "AgentHost", build_agent: Callable[["HostedAgent"], Awai
     logger.info("MCP servers reached in %d ms", int((time.monotonic() - started) * 1000))
 
 
-def warm_up_worker(runner: Any, timeout: float = 60.0) -> None:
+def warm_up_worker(runner: Any) -> None:
     """At a worker process's start (its main thread): `warm_up` on the runner's loop, when
-    the host's agents have MCP servers. Nothing here stops the worker from starting."""
+    the host's agents have MCP servers. It does not wait for it: the worker takes tasks at
+    once, and a run that needs a server still connecting waits for that one only."""
     try:
         from mash_runtime.host import get_host
 
@@ -203,9 +204,16 @@ def warm_up_worker(runner: Any, timeout: float = 60.0) -> None:
             return
         from mash_runtime.run.prepare import build_agent
 
-        asyncio.run_coroutine_threadsafe(warm_up(host, runner.db(build_agent)), runner.loop).result(timeout)
+        done = asyncio.run_coroutine_threadsafe(warm_up(host, runner.db(build_agent)), runner.loop)
+        done.add_done_callback(_log_failure)
     except Exception:
         logger.warning("connecting the MCP servers at worker start failed; runs connect them", exc_info=True)
+
+
+def _log_failure(done) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        logger.warning("connecting the MCP servers at worker start failed; runs connect them",
+                       exc_info=done.exception())
 
 
 def has_servers(host: "AgentHost") -> bool:

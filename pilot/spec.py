@@ -17,6 +17,7 @@ from mash_core.config import AgentConfig
 from mash_core.llm import LLMRequest, ScriptedProvider, provider_from_env
 from mash_core.messages import ToolResultBlock
 from mash_core.llm.scripted import loop_position
+from mash_core.mcp import MCPServerConfig
 from mash_core.skills import Skill, SkillRegistry
 from mash_core.tools import AskUserTool, BashTool, ToolRegistry
 from mash_runtime import AgentSpec, HostBuilder, SubAgentMetadata
@@ -71,6 +72,24 @@ def build_llm_for(agent_id: str):
         agent_id, scripted=lambda: ScriptedProvider(offline_demo, structured=offline_structured, model="scripted-demo"))
 
 
+def mcp_servers_from_env() -> list[MCPServerConfig]:
+    """Pilot's optional MCP server (see README.md): MASH_PILOT_MCP_URL, a bearer token named
+    by MASH_PILOT_MCP_TOKEN (read when connecting, never stored), approval unless
+    MASH_PILOT_MCP_APPROVAL=0, only the tools MASH_PILOT_MCP_TOOLS lists (comma-separated)."""
+    url = os.environ.get("MASH_PILOT_MCP_URL", "").strip()
+    if not url:
+        return []
+    has_token = bool(os.environ.get("MASH_PILOT_MCP_TOKEN") or os.environ.get("MASH_PILOT_MCP_TOKEN_FILE"))
+    tools = [t.strip() for t in os.environ.get("MASH_PILOT_MCP_TOOLS", "").split(",") if t.strip()]
+    return [MCPServerConfig(
+        "external",
+        url=url,
+        headers={"Authorization": "Bearer ${MASH_PILOT_MCP_TOKEN}"} if has_token else None,
+        requires_approval=os.environ.get("MASH_PILOT_MCP_APPROVAL", "1").strip() != "0",
+        include_tools=tools or None,
+    )]
+
+
 def _readme(package: str) -> str:
     path = workspace() / package / "README.md"
     try:
@@ -93,6 +112,9 @@ class PilotSpec(AgentSpec):
         registry = SkillRegistry()
         registry.load_tree(SKILLS_DIR)
         return registry
+
+    def build_mcp_servers(self) -> list[MCPServerConfig]:
+        return mcp_servers_from_env()
 
     def build_agent_config(self) -> AgentConfig:
         return AgentConfig(

@@ -74,7 +74,7 @@ class MCPConnection:
 
     def __init__(self, config: MCPServerConfig):
         self.config = config
-        self.tools: list[RemoteTool] | None = None  # the listing of the current session
+        self.tools: list[RemoteTool] | None = None  # the listing of the newest session
         self.skipped: list[str] = []  # tools the listing held that failed the checks, with why
         self.last_error: str | None = None
         self.failed_at: float | None = None
@@ -108,7 +108,8 @@ class MCPConnection:
             try:
                 await asyncio.wait_for(asyncio.shield(ready), wait)
             except BaseException as exc:
-                await self._end_owner()
+                await self._end_owner(cancel=True)  # still connecting: nothing to wind down gently
+                ready.add_done_callback(_retrieved)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 message = (f"no answer within {wait:g} s" if isinstance(exc, TimeoutError)
@@ -194,16 +195,19 @@ class MCPConnection:
         except asyncio.CancelledError:
             for scope in scopes:  # the run was cancelled: so is its call on the server's session
                 scope.cancel()
+            answer.add_done_callback(_retrieved)
             raise
         except MCPUnavailable:
             await self.close()  # the next call connects afresh
             raise
 
-    async def _end_owner(self) -> None:
+    async def _end_owner(self, *, cancel: bool = False) -> None:
         owner, self._owner = self._owner, None
         if self._stop is not None:
             self._stop.set()
         if owner is not None and not owner.done():
+            if cancel:
+                owner.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(owner), 10)
             except BaseException:
@@ -212,9 +216,15 @@ class MCPConnection:
         self._client = self._group = None
 
     async def close(self) -> None:
-        """End the session (a stdio child is stopped with its process group)."""
+        """End the session (a stdio child is stopped with its process group). The last
+        listing stays in `tools`: a replayed call of a server that is down still finds its tool."""
         await self._end_owner()
-        self.tools = None
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    # Nobody waits for this answer any more; reading it keeps asyncio from logging it as lost.
+    if not future.cancelled():
+        future.exception()
 
 
 def _open_client(config: MCPServerConfig):

@@ -67,3 +67,23 @@ def test_update_docs_refuses_a_symlink_escaping_the_workspace(tmp_path):
     result = asyncio.run(UpdateDocsTool(workspace).execute({"path": "link/README.md", "content": "x"}))
     assert result.is_error and "outside the workspace" in result.content
     assert not (outside / "README.md").exists()
+
+
+def test_pilot_has_an_mcp_server_only_when_one_is_configured(monkeypatch):
+    for name in ("MASH_PILOT_MCP_URL", "MASH_PILOT_MCP_TOKEN", "MASH_PILOT_MCP_TOKEN_FILE", "MASH_PILOT_MCP_TOOLS",
+                 "MASH_PILOT_MCP_APPROVAL"):
+        monkeypatch.delenv(name, raising=False)
+    spec = build_host().get("pilot").spec
+    assert spec.build_mcp_servers() == []
+    monkeypatch.setenv("MASH_PILOT_MCP_URL", "https://mcp.example.com/mcp")
+    [server] = spec.build_mcp_servers()
+    assert server.name == "external" and server.url == "https://mcp.example.com/mcp"
+    assert server.headers is None and server.requires_approval and server.include_tools is None
+    monkeypatch.setenv("MASH_PILOT_MCP_TOKEN", "pilot-secret-token")
+    monkeypatch.setenv("MASH_PILOT_MCP_TOOLS", "search, fetch")
+    monkeypatch.setenv("MASH_PILOT_MCP_APPROVAL", "0")
+    [server] = spec.build_mcp_servers()
+    assert server.headers == {"Authorization": "Bearer ${MASH_PILOT_MCP_TOKEN}"}  # resolved when connecting
+    assert server.resolved_headers() == {"Authorization": "Bearer pilot-secret-token"}
+    assert "pilot-secret-token" not in repr(server)
+    assert server.include_tools == ("search", "fetch") and not server.requires_approval
