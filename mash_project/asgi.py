@@ -15,6 +15,7 @@ django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from mash_api.mcp_endpoint import with_mcp_endpoint  # noqa: E402
 from mash_project.routing import websocket_urlpatterns  # noqa: E402
 from mash_runtime.run.dbthreads import DbThreads  # noqa: E402
 
@@ -78,7 +79,9 @@ def shared_threads(app, threads):
 
 application = ProtocolTypeRouter(
     {
-        "http": flush_event_stream_headers(shared_threads(django_asgi_app, DbThreads(web_threads(), name="mash-http"))),
+        # /mcp is the MCP server's own ASGI app (mash_api.mcp_endpoint), on the same threads.
+        "http": flush_event_stream_headers(shared_threads(with_mcp_endpoint(django_asgi_app),
+                                                          DbThreads(web_threads(), name="mash-http"))),
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )

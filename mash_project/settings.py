@@ -282,6 +282,8 @@ MASH_API_LOG_FLUSH_SECONDS = env.float("MASH_API_LOG_FLUSH_SECONDS", default=0.1
 # Skills published over the API with a `location` must resolve inside this directory:
 # their text is served to the model, so a location elsewhere would hand it any file.
 MASH_SKILLS_DIR = Path(env.str("MASH_SKILLS_DIR", default=str(DATA_DIR / "skills")))
+# The host's agents as MCP tools at /mcp (mash_api/mcp_endpoint.py); off: /mcp is a 404.
+MASH_MCP_ENDPOINT = env.bool("MASH_MCP_ENDPOINT", default=True)
 
 # -- the rest ---------------------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""`/mcp` in-process: a tool call's argument checks (the submit route's rules), the Host and
+Origin checks, the off switch, and the SDK loaded only when `/mcp` is served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mash_api.mcp_endpoint import host_refusal, origin_refusal, with_mcp_endpoint
+from mash_api.mcp_server import InvalidArguments, clean_arguments
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ({"message": "hello"}, ("hello", None)),
+    ({"message": "  hello \n"}, ("hello", None)),
+    ({"message": "hello", "session_id": "  mine  "}, ("hello", "mine")),
+    ({"message": "hello", "session_id": ""}, ("hello", None)),
+    ({"message": "hello", "session_id": "   "}, ("hello", None)),
+    ({"message": "hello", "session_id": None}, ("hello", None)),
+    ({"message": "x" * 200_000, "session_id": "s" * 200}, ("x" * 200_000, "s" * 200)),
+    ({"message": "déjà vu ✓"}, ("déjà vu ✓", None)),
+])
+def test_good_arguments_are_read_as_the_submit_route_reads_them(arguments, expected):
+    assert clean_arguments(arguments) == expected
+
+
+@pytest.mark.parametrize("arguments, code, loc, fragment", [
+    (None, "INVALID_REQUEST", ["arguments", "message"], "required"),
+    ({}, "INVALID_REQUEST", ["arguments", "message"], "required"),
+    ({"message": ""}, "INVALID_REQUEST", ["arguments", "message"], "blank"),
+    ({"message": " \t\n"}, "INVALID_REQUEST", ["arguments", "message"], "blank"),
+    ({"message": None}, "VALIDATION_ERROR", ["arguments", "message"], "null"),
+    ({"message": 12}, "VALIDATION_ERROR", ["arguments", "message"], "valid string"),
+    ({"message": ["hi"]}, "VALIDATION_ERROR", ["arguments", "message"], "valid string"),
+    ({"message": {"text": "hi"}}, "VALIDATION_ERROR", ["arguments", "message"], "valid string"),
+    ({"message": "a\x00b"}, "VALIDATION_ERROR", ["arguments", "message"], "Null characters"),
+    ({"message": "a\ud800b"}, "VALIDATION_ERROR", ["arguments", "message"], "Surrogate"),
+    ({"message": "x" * 200_001}, "VALIDATION_ERROR", ["arguments", "message"], "200000"),
+    ({"message": "hi", "session_id": "s" * 201}, "VALIDATION_ERROR", ["arguments", "session_id"], "200"),
+    ({"message": "hi", "session_id": 3}, "VALIDATION_ERROR", ["arguments", "session_id"], "valid string"),
+    ({"message": "hi", "session_id": "a\x00"}, "VALIDATION_ERROR", ["arguments", "session_id"], "Null characters"),
+    ({"message": "hi", "sessionId": "a"}, "VALIDATION_ERROR", ["arguments", "sessionId"], "unknown"),
+    ({"message": "hi", "structured_output": {}}, "VALIDATION_ERROR", ["arguments", "structured_output"], "unknown"),
+    (["hi"], "VALIDATION_ERROR", ["arguments"], "object"),
+    ("hi", "VALIDATION_ERROR", ["arguments"], "object"),
+])
+def test_bad_arguments_are_refused_with_the_api_code_and_where(arguments, code, loc, fragment):
+    with pytest.raises(InvalidArguments) as refused:
+        clean_arguments(arguments)
+    assert refused.value.code == code
+    assert loc in [error["loc"] for error in refused.value.errors]
+    assert fragment.lower() in (refused.value.message + json.dumps(refused.value.errors)).lower()
+
+
+def test_both_bad_fields_are_named():
+    with pytest.raises(InvalidArguments) as refused:
+        clean_arguments({"message": "", "session_id": "s" * 201})
+    assert refused.value.code == "VALIDATION_ERROR"  # not only blank: the shape is wrong too
+    assert [e["loc"][-1] for e in refused.value.errors] == ["message", "session_id"]
+    assert "message: " in refused.value.message and "session_id: " in refused.value.message
+
+
+@pytest.mark.parametrize("host, served", [
+    ("127.0.0.1:8000", True), ("localhost", True), ("[::1]:8000", True), ("agents.localhost:80", True),
+    ("rebound.example", False), ("rebound.example:8000", False), ("", False), ("bad host", False),
+])
+def test_the_host_must_be_one_this_server_answers_to(host, served):
+    refused = host_refusal({"host": host})
+    assert (refused is None) == served
+    if refused is not None:
+        assert refused.status_code == 400 and json.loads(refused.content)["error"]["code"] == "DISALLOWED_HOST"
+
+
+@pytest.mark.parametrize("origin, allowed", [
+    (None, True),
+    ("http://127.0.0.1:8000", True),
+    ("http://localhost:6274", True),  # a local MCP inspector
+    ("http://[::1]:3000", True),
+    ("https://trusted.example", True),
+    ("http://agents.example:8000", True),  # the Host itself
+    ("https://elsewhere.example", False),
+    ("http://agents.example:9000", False),
+    ("null", False),
+    ("file://", False),
+    ("http://127.0.0.1.evil.example", False),
+])
+def test_an_origin_must_be_this_host_loopback_or_trusted(settings, origin, allowed):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://trusted.example"]
+    headers = {"host": "agents.example:8000"} | ({"origin": origin} if origin is not None else {})
+    refused = origin_refusal(headers)
+    assert (refused is None) == allowed
+    if refused is not None:
+        assert refused.status_code == 403 and json.loads(refused.content)["error"]["code"] == "FORBIDDEN"
+
+
+def asgi_call(app, path: str, method: str = "POST") -> tuple[list[dict], list[str]]:
+    sent, reached = [], []
+
+    async def downstream(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [(b"host", b"127.0.0.1:8000")]}
+    asyncio.run(with_mcp_endpoint(downstream)(scope, receive, send))
+    return sent, reached
+
+
+def test_switched_off_mcp_is_a_404_envelope_and_other_paths_go_to_django(settings):
+    settings.MASH_MCP_ENDPOINT = False
+    sent, reached = asgi_call(None, "/mcp")
+    assert reached == [] and sent[0]["status"] == 404
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "ROUTE_NOT_FOUND" and "MASH_MCP_ENDPOINT" in error["message"]
+    for path in ("/api/v1/health", "/mcpx", "/mcp/tools", "/"):
+        sent, reached = asgi_call(None, path)
+        assert reached == [path] and sent == []
+
+
+def test_the_sdk_is_imported_only_to_serve_mcp(tmp_path):
+    probe = ("import sys, mash_project.asgi\n"
+             "from mash_runtime.host import get_host\n"
+             "get_host()\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types')))\n")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mash_project.settings", "MASH_DATA_DIR": str(tmp_path),
+           "MASH_HOST_APP": "tests.apps.mcp_serving_host:build_host", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
