@@ -27,7 +27,8 @@ from mash_api.connections import release_connection
 from mash_runtime import tokens
 from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
 from mash_runtime.tokens import DELTA_EVENT
-from mash_runtime.models import Request, RuntimeEvent, select_rows
+from mash_runtime.db import select_rows
+from mash_runtime.models import Request, RuntimeEvent
 
 logger = logging.getLogger("mash_api.streams")
 

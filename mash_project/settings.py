@@ -200,7 +200,7 @@ elif _db["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.post
         }
     # psycopg prepares a statement it has run this many times on a connection (Django turns
     # that off by default). It applies only to the statements bound on the server
-    # (mash_runtime.models.bound_cursor: the engine's hot SQL): planning them cost more than
+    # (mash_runtime.db.bound_cursor: the engine's hot SQL): planning them cost more than
     # running them. "off" for a pooler that cannot keep prepared statements.
     _prepare = env.str("MASH_DB_PREPARE_THRESHOLD", default="5")
     _db.setdefault("OPTIONS", {})["prepare_threshold"] = None if _prepare.lower() == "off" else int(_prepare)

@@ -8,12 +8,438 @@ names each gain); each function's docstring gives the ORM equivalent or says the
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections, models
 
 # NOTIFY payloads are limited to 8,000 bytes by PostgreSQL; leave room for the channel name.
 NOTIFY_LIMIT = 7900
+
+
+# -- the hot statements and the helpers that write them ----------------------------------
+
+
+def bound_cursor():
+    """A cursor for the hot statements this project writes out in SQL (inserts of events
+    and checkpoints, seq and lease updates).
+
+    On PostgreSQL it binds parameters on the server instead of quoting them into the text
+    in the client, as Django's ORM does: these statements have the same text every time,
+    so psycopg prepares each after a few runs and the server stops parsing and planning
+    them, and a batch's parameters skip the client's literal quoting. Elsewhere it is the
+    ordinary cursor.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql":
+        return conn.cursor()
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        return conn._prepare_cursor(ServerBindingCursor(conn.connection))
+
+
+def model_field(model: type[models.Model], name: str) -> models.Field:
+    """A field of `model` by name, `pk` included (the written-out SQL below names fields so)."""
+    meta = model._meta
+    return meta.pk if name == "pk" else meta.get_field(name)
+
+
+def column(model: type[models.Model], name: str, conn) -> str:
+    """The quoted column of `model`'s field `name`."""
+    return conn.ops.quote_name(model_field(model, name).column)
+
+
+def update_row(model: type[models.Model], where: dict[str, Any], *, values: dict[str, Any] | None = None,
+               add: dict[str, int] | None = None, returning: tuple[str, ...] = ()):
+    """`UPDATE model SET field = value, counter = counter + n WHERE field = value AND ...`
+    (`values`, `add`, `where`) in one statement; returns the `returning` fields' new values (None when no row
+    matched), or the number of rows changed when `returning` is empty.
+
+    For the hot single-row updates (seqs, counters, a run's outcome): the ORM's
+    `update()` cannot return values, so each of these took a second statement to read
+    what it had just written, and compiling the query cost more than running it.
+    Values are prepared by their fields, as the ORM prepares them.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
+    assignments, params = [], []
+    for name, value in (values or {}).items():
+        assignments.append(f"{column(model, name, conn)} = %s")
+        params.append(model_field(model, name).get_db_prep_save(value, conn))
+    for name, amount in (add or {}).items():
+        col = column(model, name, conn)
+        assignments.append(f"{col} = {col} + %s")
+        params.append(int(amount))
+    conditions = []
+    for name, value in where.items():
+        conditions.append(f"{column(model, name, conn)} = %s")
+        params.append(model_field(model, name).get_db_prep_value(value, conn))
+    sql = (f"UPDATE {conn.ops.quote_name(model._meta.db_table)} SET {', '.join(assignments)} "
+           f"WHERE {' AND '.join(conditions)}")
+    if returning:
+        sql += " RETURNING " + ", ".join(column(model, name, conn) for name in returning)
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() if returning else cursor.rowcount
+
+
+_selects: dict[tuple, tuple[str, list]] = {}
+
+
+def _select(model: type[models.Model], where: tuple[str, ...], related: tuple[str, ...], order_by: str | None,
+            limit: bool, only: tuple[str, ...] | None, conn) -> tuple[str, list]:
+    """`select_rows`' statement text for one shape of query, and how to build each row's
+    objects: per model, its fields' attnames and converters and the foreign key it hangs on."""
+    key = (model, where, related, order_by, limit, only, conn.vendor)
+    if key in _selects:
+        return _selects[key]
+    quote = conn.ops.quote_name
+    meta = model._meta
+    parts = [(model, "t0", None)]
+    joins = []
+    for number, name in enumerate(related, 1):
+        fk = meta.get_field(name)
+        alias = f"t{number}"
+        joins.append(f" {'LEFT' if fk.null else 'INNER'} JOIN {quote(fk.related_model._meta.db_table)} {alias} "
+                     f"ON {alias}.{quote(fk.target_field.column)} = t0.{quote(fk.column)}")
+        parts.append((fk.related_model, alias, fk))
+    columns, plan = [], []
+    for part_model, alias, fk in parts:
+        fields = part_model._meta.concrete_fields
+        if fk is None and only is not None:  # the rest are deferred, as with QuerySet.only()
+            fields = [f for f in fields if f.primary_key or f.name in only]
+        converters = []
+        for field in fields:
+            columns.append(f"{alias}.{quote(field.column)}")
+            col = field.get_col(alias)
+            # What the ORM's compiler applies to each value it reads (SQLCompiler.get_converters).
+            converters.append((col, conn.ops.get_db_converters(col) + col.get_db_converters(conn)))
+        plan.append((part_model, [field.attname for field in fields], converters, fk))
+    conditions = []
+    for name in where:
+        field_name, _, lookup = name.partition("__")
+        conditions.append(f"t0.{column(model, field_name, conn)} {'>' if lookup == 'gt' else '='} %s")
+    sql = f"SELECT {', '.join(columns)} FROM {quote(meta.db_table)} t0{''.join(joins)}"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if order_by:
+        sql += f" ORDER BY t0.{column(model, order_by, conn)}"
+    if limit:
+        sql += " LIMIT %s"
+    _selects[key] = (sql, plan)
+    return _selects[key]
+
+
+def select_rows(model: type[models.Model], where: dict[str, Any], *, related: tuple[str, ...] = (),
+                order_by: str | None = None, limit: int | None = None, only: tuple[str, ...] | None = None) -> list:
+    """`model.objects.select_related(*related).filter(**where).order_by(order_by)[:limit]`
+    (`.only(*only)` too, for `model`'s own fields) for the hot reads (a claim, a stream's
+    first page, a submit's agent): `where` keys are field names, compared with `=`, or
+    `field__gt`.
+
+    The ORM compiles a query on every call, which cost more than running it; this text is
+    built once per shape and bound on the server, so PostgreSQL prepares it too
+    (`bound_cursor`). Values are read through the same converters the ORM applies, and the
+    objects are made with `from_db`, as the ORM makes them.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    sql, plan = _select(model, tuple(where), tuple(related), order_by, limit is not None, only, conn)
+    params = [model_field(model, name.partition("__")[0]).get_db_prep_value(value, conn)
+              for name, value in where.items()]
+    if limit is not None:
+        params.append(int(limit))
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    found = []
+    for row in rows:
+        start, main = 0, None
+        for part_model, attnames, converters, fk in plan:
+            values = list(row[start:start + len(attnames)])
+            start += len(attnames)
+            for index, (col, functions) in enumerate(converters):
+                for function in functions:
+                    values[index] = function(values[index], col, conn)
+            if fk is None:
+                main = part_model.from_db(conn.alias, attnames, values)
+            else:
+                fk.set_cached_value(main, None if getattr(main, fk.attname) is None
+                                     else part_model.from_db(conn.alias, attnames, values))
+        found.append(main)
+    return found
+
+
+_insert_heads: dict[tuple, tuple[list, str]] = {}
+
+
+def _typed(placeholder: str, field: models.Field, conn) -> str:
+    """`placeholder` cast to `field`'s column type, length modifiers dropped as Django does
+    (varchar takes any value varchar(n) would)."""
+    return f"{placeholder}::{field.db_type(conn).split('(')[0]}"
+
+
+def _insert_head(model: type[models.Model], vendor: str) -> tuple[list, str]:
+    """The fields an INSERT of `model` writes and its text up to the rows (built once)."""
+    key = (model, vendor)
+    if key not in _insert_heads:
+        conn = connections[DEFAULT_DB_ALIAS]
+        quote = conn.ops.quote_name
+        meta = model._meta
+        fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
+        head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        if vendor == "postgresql":
+            # Arrays go in binary (%b): psycopg's text format escapes every element with a
+            # regex in Python, which for JSON payloads cost ten times the binary encoding.
+            head += "SELECT * FROM UNNEST(" + ", ".join(_typed("%b", f, conn) + "[]" for f in fields) + ")"
+        else:
+            head += "VALUES "
+        _insert_heads[key] = (fields, head)
+    return _insert_heads[key]
+
+
+def _unnest_insert(objs: list[models.Model], conn) -> tuple[str, list]:
+    """PostgreSQL: an INSERT of `objs` as one array per column, and its parameters."""
+    fields, head = _insert_head(objs[0].__class__, conn.vendor)
+    rows = [[f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields] for obj in objs]
+    return head, [list(column) for column in zip(*rows)]
+
+
+def insert_rows(objs: list[models.Model], *, ignore_conflicts: bool = False) -> None:
+    """INSERT `objs` (all of one model) in one statement, as `bulk_create` would, and set
+    their new pks. Values go through each field's own `pre_save`/`get_db_prep_save`, so
+    they are stored exactly as the ORM stores them; only the query compiler is skipped,
+    which was most of the cost of the engine's per-step inserts. With `ignore_conflicts`,
+    rows that hit a unique constraint are skipped and no pks are set.
+
+    On PostgreSQL the rows travel as one array per column (`UNNEST`, as Django's own
+    bulk_create does there): the statement's text is then the same for any number of
+    rows, so it is prepared once (`bound_cursor`).
+    """
+    if not objs:
+        return
+    conn = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
+    meta = objs[0]._meta
+    fields, head = _insert_head(objs[0].__class__, conn.vendor)
+    size = max(1, conn.ops.bulk_batch_size(fields, objs))  # SQLite caps a statement's parameters
+    if len(objs) > size:
+        for start in range(0, len(objs), size):
+            insert_rows(objs[start:start + size], ignore_conflicts=ignore_conflicts)
+        return
+    if conn.vendor == "postgresql":
+        sql, params = _unnest_insert(objs, conn)
+    else:
+        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        sql = head + ", ".join([row] * len(objs))
+        params = [f.get_db_prep_save(f.pre_save(obj, True), conn) for obj in objs for f in fields]
+    quote = conn.ops.quote_name
+    if ignore_conflicts:
+        sql += " ON CONFLICT DO NOTHING"
+    elif meta.auto_field is not None:
+        sql += f" RETURNING {quote(meta.auto_field.column)}"
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        if not ignore_conflicts and meta.auto_field is not None:
+            for obj, (pk,) in zip(objs, cursor.fetchall()):
+                obj.pk = pk
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, conn.alias
+
+
+_new_request_texts: dict[tuple, str] = {}
+
+
+def insert_request_in_one_statement(req: models.Model, event: models.Model,
+                                    along: tuple[models.Model, ...] = ()) -> bool:
+    """A new request as one statement, committed on its own: its session's next seq taken
+    (`Session.take_next_request_seq`), `req` (a Request) inserted with that seq and its first
+    event (`event`, seq 1: `req.last_seq` is 1 already) inserted; five round trips (BEGIN, three
+    statements, COMMIT) become one. `along` are rows of other models that belong with the
+    request (its `IdempotencyKey`), inserted in the same statement (their pks are not read
+    back); a unique constraint they break fails the whole statement (IntegrityError), so
+    nothing of the request is written either. ORM equivalent: `Session.take_next_request_seq`,
+    `req.save()`, `event.save()` and `obj.save()` for each of `along` in one transaction.
+
+    `req.session` is the session to take the seq from, by agent and session id; it may be
+    unsaved, and comes back as the stored row's. Only on PostgreSQL, outside a transaction,
+    and for a session that exists: False means nothing was written, take the ordinary path.
+    """
+    from django.utils import timezone
+
+    # The models from the rows: this module imports no model (models.py imports it).
+    Request, RuntimeEvent = type(req), type(event)
+    Session = Request._meta.get_field("session").related_model
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql" or conn.in_atomic_block:
+        return False
+    quote = conn.ops.quote_name
+    fields = Request._meta.concrete_fields
+    from_session = {"session_id": "s.id", "session_seq": "s.last_request_seq"}
+    text_key = tuple(type(obj) for obj in along)
+    if text_key not in _new_request_texts:
+        seq = column(Session, "last_request_seq", conn)
+        events_insert = _insert_head(RuntimeEvent, conn.vendor)[1]
+        # Data-modifying CTEs run whether or not the final SELECT reads them.
+        along_inserts = "".join(f", a{number} AS ({_insert_head(model, conn.vendor)[1]} WHERE EXISTS (SELECT 1 FROM r))"
+                                for number, model in enumerate(text_key))
+        _new_request_texts[text_key] = (
+            f"WITH s AS (UPDATE {quote(Session._meta.db_table)} SET {column(Session, 'last_activity_at', conn)} = %s, "
+            f"{seq} = {seq} + 1 WHERE {column(Session, 'agent', conn)} = %s "
+            f"AND {column(Session, 'session_id', conn)} = %s "
+            f"RETURNING {column(Session, 'pk', conn)} AS id, {seq} AS last_request_seq), "
+            f"r AS (INSERT INTO {quote(Request._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+            f"SELECT {', '.join(from_session.get(f.attname) or _typed('%s', f, conn) for f in fields)}"
+            f" FROM s RETURNING 1), "
+            f"e AS ({events_insert} WHERE EXISTS (SELECT 1 FROM r) RETURNING {column(RuntimeEvent, 'pk', conn)} AS id)"
+            f"{along_inserts} "
+            f"SELECT s.id, s.last_request_seq, e.id FROM s, e")
+    now = timezone.now()
+    params: list[Any] = [now, req.agent_id, req.session.session_id]
+    params += [f.get_db_prep_save(f.pre_save(req, True), conn) for f in fields if f.attname not in from_session]
+    params += _unnest_insert([event], conn)[1]
+    for obj in along:
+        params += _unnest_insert([obj], conn)[1]
+    with bound_cursor() as cursor:
+        cursor.execute(_new_request_texts[text_key], params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    session_pk, session_seq, event.pk = row
+    req.session = Session.with_seq_taken(req.agent, req.session.session_id, session_pk, session_seq, now)
+    req.session_seq = session_seq
+    for obj in (req, event, *along):
+        obj._state.adding, obj._state.db = False, conn.alias
+    req._event_keys = {event.dedupe_key} if event.dedupe_key else set()
+    return True
+
+
+# -- appends and claims ---------------------------------------------------------------------
+
+
+def append_if_last_seq(request: models.Model, events: list[models.Model], along: list[models.Model]) -> list[int]:
+    """`RuntimeEvent.append_in_one_statement`'s statement: the request's last_seq advanced by
+    len(events) if it is still `request.last_seq`, `along` inserted (conflicts skipped) and
+    the events inserted, all or nothing; returns the events' new ids ([] when the seq had
+    moved: nothing was written). ORM equivalent: `Request.objects.filter(pk=..,
+    last_seq=..).update(last_seq=F("last_seq") + n)`, then `bulk_create(along,
+    ignore_conflicts=True)` and `bulk_create(events)` in one transaction: five round trips."""
+    Request = type(request)
+    conn = connections[DEFAULT_DB_ALIAS]
+    quote = conn.ops.quote_name
+    seq_column, pk_column = column(Request, "last_seq", conn), column(Request, "pk", conn)
+    sql = (f"WITH reserved AS (UPDATE {quote(Request._meta.db_table)} SET {seq_column} = {seq_column} + %s "
+           f"WHERE {pk_column} = %s AND {seq_column} = %s RETURNING 1)")
+    params: list[Any] = [len(events), Request._meta.pk.get_db_prep_value(request.pk, conn), request.last_seq]
+    if along:
+        head, row_params = _unnest_insert(list(along), conn)
+        sql += f", along AS ({head} WHERE EXISTS (SELECT 1 FROM reserved) ON CONFLICT DO NOTHING)"
+        params += row_params
+    head, row_params = _unnest_insert(events, conn)
+    sql += f" {head} WHERE EXISTS (SELECT 1 FROM reserved) RETURNING {column(type(events[0]), 'pk', conn)}"
+    params += row_params
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        return [pk for (pk,) in cursor.fetchall()]
+
+
+def take_lease(request_model: type[models.Model], request_id, owner: str, now, lease_seconds: int) -> int | None:
+    """The claim's UPDATE: the request not finished, its lease free or expired, nothing
+    unfinished earlier in its session; it becomes running under `owner`'s lease and reserves
+    the seq of the `request.started` event the claim appends. Returns last_seq after that
+    (None when it did not match). ORM equivalent: `filter(pk=.., ~Q(status__in=TERMINAL),
+    Q(lease_expires_at=None) | Q(lease_expires_at__lt=now), ~Exists(earlier unfinished))
+    .update(..., last_seq=F("last_seq") + 1)` and a second query for last_seq; the ORM spent
+    longer compiling it than the database running it, and it runs once per task."""
+    Request = request_model
+    conn = connections[DEFAULT_DB_ALIAS]
+    table = conn.ops.quote_name(Request._meta.db_table)
+
+    def col(name: str) -> str:
+        return column(Request, name, conn)
+
+    def prep(name: str, value):
+        return model_field(Request, name).get_db_prep_value(value, conn)
+
+    terminal = ", ".join(["%s"] * len(Request.TERMINAL))
+    sql = (
+        f"UPDATE {table} SET {col('status')} = %s, {col('lease_owner')} = %s, {col('lease_expires_at')} = %s, "
+        f"{col('started_at')} = COALESCE({col('started_at')}, %s), {col('last_seq')} = {col('last_seq')} + 1 "
+        f"WHERE {col('id')} = %s AND {col('status')} NOT IN ({terminal}) "
+        f"AND ({col('lease_expires_at')} IS NULL OR {col('lease_expires_at')} < %s) "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.{col('session')} = {table}.{col('session')} "
+        f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal})) "
+        f"RETURNING {col('last_seq')}"
+    )
+    params = [Request.Status.RUNNING, owner, prep("lease_expires_at", now + timedelta(seconds=lease_seconds)),
+              prep("started_at", now), prep("id", request_id), *Request.TERMINAL, prep("lease_expires_at", now),
+              *Request.TERMINAL]
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row is not None else None
+
+
+# -- reads every run makes ---------------------------------------------------------------------
+
+
+def recent_history(turn_model: type[models.Model], request_model: type[models.Model], session_pk: int,
+                   before_seq: int, limit: int) -> list[tuple[int, str, str]]:
+    """A session's history as (session_seq, user_message, agent_response): its newest summary
+    turn first (as position 0, when there is one), then the last `limit` ordinary turns of
+    requests before `before_seq` written after that summary, in session order. One statement
+    (the newest summary is a CTE, computed once); ORM equivalent: `turns.filter(kind=SUMMARY)
+    .order_by("-created_at").first()`, then `turns.filter(kind=TURN, request__session_seq__lt=
+    before_seq, created_at__gt=summary.created_at).order_by("-request__session_seq")[:limit]`:
+    every run reads this, and compiling those two queries cost more than running them."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    quote = conn.ops.quote_name
+
+    def t(name: str) -> str:
+        return column(turn_model, name, conn)
+
+    def r(name: str) -> str:
+        return column(request_model, name, conn)
+
+    turns, requests = quote(turn_model._meta.db_table), quote(request_model._meta.db_table)
+    sql = (
+        f"WITH summary AS (SELECT {t('created_at')} AS created_at, {t('agent_response')} AS agent_response "
+        f"FROM {turns} WHERE {t('session')} = %s AND {t('kind')} = %s ORDER BY {t('created_at')} DESC LIMIT 1) "
+        f"SELECT 0, '', agent_response FROM summary "
+        f"UNION ALL SELECT * FROM (SELECT r.{r('session_seq')}, t.{t('user_message')}, t.{t('agent_response')} "
+        f"FROM {turns} t JOIN {requests} r ON r.{r('pk')} = t.{t('request')} "
+        f"WHERE t.{t('session')} = %s AND t.{t('kind')} = %s AND r.{r('session_seq')} < %s "
+        f"AND NOT EXISTS (SELECT 1 FROM summary WHERE summary.created_at >= t.{t('created_at')}) "
+        f"ORDER BY r.{r('session_seq')} DESC LIMIT %s) recent"
+    )
+    kinds = turn_model.Kind
+    with bound_cursor() as cursor:
+        cursor.execute(sql, [session_pk, kinds.SUMMARY, session_pk, kinds.TURN, before_seq, max(limit, 0)])
+        return sorted(cursor.fetchall(), key=lambda row: row[0])
+
+
+def published_skill_rows(skill_model: type[models.Model], agent_id: str) -> list[tuple[str, str, str, str]]:
+    """(name, description, content, location) of the skills published to the agent with this
+    `agent_id`, by name. ORM equivalent: `PublishedSkill.objects.filter(agent__agent_id=
+    agent_id).order_by("name").values_list(...)`: every run builds its agent through this and
+    usually finds nothing, and compiling that query cost several times running it."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    quote = conn.ops.quote_name
+    agent_model = skill_model._meta.get_field("agent").related_model
+
+    def s(name: str) -> str:
+        return column(skill_model, name, conn)
+
+    sql = (f"SELECT s.{s('name')}, s.{s('description')}, s.{s('content')}, s.{s('location')} "
+           f"FROM {quote(skill_model._meta.db_table)} s JOIN {quote(agent_model._meta.db_table)} a "
+           f"ON a.{column(agent_model, 'pk', conn)} = s.{s('agent')} "
+           f"WHERE a.{column(agent_model, 'agent_id', conn)} = %s ORDER BY s.{s('name')}")
+    with bound_cursor() as cursor:
+        cursor.execute(sql, [agent_id])
+        return cursor.fetchall()
+
+
+# -- LISTEN/NOTIFY ------------------------------------------------------------------------
 
 
 def is_postgresql(alias: str = "default") -> bool:

@@ -11,7 +11,8 @@ from typing import Any
 from django.db import transaction
 
 from mash_runtime import doorbell
-from mash_runtime.models import Request, RuntimeEvent, insert_rows
+from mash_runtime.db import insert_rows
+from mash_runtime.models import Request, RuntimeEvent
 
 
 def base_payload(request: Request) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from typing import Any
 from mash_core.agent import AgentResult
 from mash_core.messages import HistoryTurn
 from mash_runtime import signals as _signals
-from mash_runtime.models import MemoryTurn, Request, bound_cursor
+from mash_runtime.db import recent_history
+from mash_runtime.models import MemoryTurn, Request
 
 SUMMARY_USER_MESSAGE = "[Summary of the earlier conversation]"
 
@@ -18,25 +19,9 @@ def load_history(req: Request, limit: int) -> list[HistoryTurn]:
     "Before" is session order (`session_seq`), not time: a turn is written when its
     request completes, which is after a request queued behind it was submitted.
 
-    One statement, written out: every run reads this, and the ORM's two queries (the
-    summary, then the turns after it) cost more to compile than to run.
+    One statement (db.recent_history): every run reads this.
     """
-    turns, requests = MemoryTurn._meta.db_table, Request._meta.db_table
-    # The newest summary is looked up once (a CTE used twice is computed once), not once
-    # per candidate turn.
-    sql = (
-        f"WITH summary AS (SELECT created_at, agent_response FROM {turns} "
-        f"WHERE session_id = %s AND kind = %s ORDER BY created_at DESC LIMIT 1) "
-        f"SELECT 0, '', agent_response FROM summary "
-        f"UNION ALL SELECT * FROM (SELECT r.session_seq, t.user_message, t.agent_response FROM {turns} t "
-        f"JOIN {requests} r ON r.id = t.request_id WHERE t.session_id = %s AND t.kind = %s AND r.session_seq < %s "
-        f"AND NOT EXISTS (SELECT 1 FROM summary WHERE summary.created_at >= t.created_at) "
-        f"ORDER BY r.session_seq DESC LIMIT %s) recent"
-    )
-    session, summary, turn = req.session_id, MemoryTurn.Kind.SUMMARY, MemoryTurn.Kind.TURN
-    with bound_cursor() as cursor:
-        cursor.execute(sql, [session, summary, session, turn, req.session_seq, max(limit, 0)])
-        rows = sorted(cursor.fetchall(), key=lambda row: row[0])  # the summary (0) first, then session order
+    rows = recent_history(MemoryTurn, Request, req.session_id, req.session_seq, limit)
     return [HistoryTurn(SUMMARY_USER_MESSAGE, response) if position == 0 else HistoryTurn(message, response)
             for position, message, response in rows]
 

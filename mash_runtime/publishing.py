@@ -14,7 +14,8 @@ from django.db import transaction
 from mash_core.errors import ConfigError
 from mash_core.skills import SKILL_NAME_RE, Skill, SkillLocationError, SkillRegistry, resolve_skill_location
 from mash_runtime.errors import NotFound, ServiceError
-from mash_runtime.models import Agent, PublishedSkill, WorkflowDefinition, bound_cursor
+from mash_runtime.db import published_skill_rows
+from mash_runtime.models import PublishedSkill, WorkflowDefinition
 from mash_runtime.queries import hosted_agent
 from mash_runtime.services import get_agent_row
 from mash_runtime.storable import UnstorableValue, check_storable
@@ -97,13 +98,8 @@ def remove_skill(agent_id: str, name: str) -> dict[str, Any]:
 def add_published_skills(agent_id: str, registry: SkillRegistry) -> SkillRegistry:
     """Published skills join the spec's own; a published skill replaces a built-in of the same name.
 
-    Every run builds its agent through here, and usually finds nothing: the read is
-    written out, as compiling the ORM's query cost several times what running it did."""
-    sql = (f"SELECT s.name, s.description, s.content, s.location FROM {PublishedSkill._meta.db_table} s "
-           f"JOIN {Agent._meta.db_table} a ON a.id = s.agent_id WHERE a.agent_id = %s ORDER BY s.name")
-    with bound_cursor() as cursor:
-        cursor.execute(sql, [agent_id])
-        rows = cursor.fetchall()
+    Every run builds its agent through here, and usually finds nothing (db.published_skill_rows)."""
+    rows = published_skill_rows(PublishedSkill, agent_id)
     root = skills_root()
     for name, description, content, location in rows:
         if location:

@@ -21,8 +21,8 @@ from mash_core.structured import normalize_schema
 from mash_runtime.dbfaults import once_more_if_dropped
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import ensure_synced
-from mash_runtime.models import (Agent, IdempotencyKey, Interaction, Request, Session,
-                                 insert_request_in_one_statement, insert_rows, select_rows)
+from mash_runtime.db import insert_request_in_one_statement, insert_rows, select_rows
+from mash_runtime.models import Agent, IdempotencyKey, Interaction, Request, RuntimeEvent, Session
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime import tokens
 from mash_runtime.run import lifecycle
@@ -119,7 +119,7 @@ def create_request(
     accepted = ("request.accepted", {**base_payload(req), "status": "accepted"}, "accepted", None, "")
     along = () if idempotency is None else (
         IdempotencyKey(agent=agent, key=idempotency[0], body_hash=idempotency[1], request=req),)
-    if insert_request_in_one_statement(req, accepted, along):
+    if insert_request_in_one_statement(req, RuntimeEvent._new(req, 1, accepted), along):
         return req
     # With a key, a savepoint inside a caller's transaction: a key taken already fails this block
     # alone, and the caller can still read who took it.

@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from mash_runtime.models import insert_rows
+from mash_runtime.db import insert_rows
 from mash_telemetry.models import REDACTED, ApiRequestLog, clean_text, clip_body, redact_headers
 
 logger = logging.getLogger("mash_telemetry")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mash_runtime.models import Request, StepCheckpoint, insert_rows
+from mash_runtime.db import insert_rows
+from mash_runtime.models import Request, StepCheckpoint
 
 Step = tuple[str, str, dict[str, Any]]  # (step key, kind, output)
 

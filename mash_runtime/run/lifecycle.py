@@ -28,15 +28,15 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.memory import build_turn
-from mash_runtime.models import (Interaction, Request, RuntimeEvent, Session, bound_cursor, column, insert_rows,
-                                 model_field, select_rows, update_row)
+from mash_runtime.db import insert_rows, select_rows, take_lease, update_row
+from mash_runtime.models import Interaction, Request, RuntimeEvent, Session
 from mash_runtime.queue import enqueue_request
 from mash_runtime.run.checkpoints import store_steps
 from mash_runtime.run.prepare import prepare_run
@@ -58,36 +58,9 @@ def lease_seconds() -> int:
 
 
 def _take_lease(request_id, owner: str, now) -> int | None:
-    """The claim's UPDATE: not finished, lease free or expired, nothing unfinished earlier
-    in its session. It also reserves the seq of the `request.started` event the claim
-    appends, and returns the request's last_seq after that (None when it did not match).
-    Written out because it runs once per task and the ORM spent longer compiling it than
-    the database spent running it."""
-    table = connection.ops.quote_name(Request._meta.db_table)
-
-    def col(name: str) -> str:
-        return column(Request, name, connection)
-
-    def prep(name: str, value):
-        return model_field(Request, name).get_db_prep_value(value, connection)
-
-    terminal = ", ".join(["%s"] * len(Request.TERMINAL))
-    sql = (
-        f"UPDATE {table} SET {col('status')} = %s, {col('lease_owner')} = %s, {col('lease_expires_at')} = %s, "
-        f"{col('started_at')} = COALESCE({col('started_at')}, %s), {col('last_seq')} = {col('last_seq')} + 1 "
-        f"WHERE {col('id')} = %s AND {col('status')} NOT IN ({terminal}) "
-        f"AND ({col('lease_expires_at')} IS NULL OR {col('lease_expires_at')} < %s) "
-        f"AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.{col('session')} = {table}.{col('session')} "
-        f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal})) "
-        f"RETURNING {col('last_seq')}"
-    )
-    params = [Request.Status.RUNNING, owner, prep("lease_expires_at", now + timedelta(seconds=lease_seconds())),
-              prep("started_at", now), prep("id", request_id), *Request.TERMINAL, prep("lease_expires_at", now),
-              *Request.TERMINAL]
-    with bound_cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return row[0] if row is not None else None
+    """The claim's UPDATE (db.take_lease): running under `owner`'s lease, the started event's
+    seq reserved; the request's last_seq after that, or None when it may not run now."""
+    return take_lease(Request, request_id, owner, now, lease_seconds())
 
 
 def claim(request_id: str, owner: str) -> RunState | Outcome:

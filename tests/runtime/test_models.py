@@ -121,7 +121,7 @@ def test_it_names_stream_events_for_the_wire(make_request):
 def test_insert_rows_splits_what_one_statement_cannot_hold(make_request):
     from django.db import connection
 
-    from mash_runtime.models import insert_rows
+    from mash_runtime.db import insert_rows
 
     req = make_request()
     fields = [f for f in RuntimeEvent._meta.concrete_fields if f is not RuntimeEvent._meta.auto_field]
@@ -141,7 +141,7 @@ def _fields(obj) -> dict:
 
 
 def test_select_rows_reads_what_the_orm_reads(make_request):
-    from mash_runtime.models import select_rows
+    from mash_runtime.db import select_rows
 
     parent = make_request(session_id="p")
     req = make_request(parent=parent, metadata={"k": ["v", 1, None]}, structured_output={"type": "object"})
@@ -160,7 +160,7 @@ def test_select_rows_reads_what_the_orm_reads(make_request):
 
 
 def test_select_rows_joins_a_missing_optional_row_as_none(make_request):
-    from mash_runtime.models import select_rows
+    from mash_runtime.db import select_rows
 
     req = make_request()
     (found,) = select_rows(Request, {"pk": req.pk}, related=("parent",))
@@ -171,7 +171,7 @@ def test_select_rows_joins_a_missing_optional_row_as_none(make_request):
 def test_select_rows_can_leave_a_rows_big_columns_unread(make_request):
     from django.test.utils import CaptureQueriesContext
 
-    from mash_runtime.models import select_rows
+    from mash_runtime.db import select_rows
 
     req = make_request(message="a long prompt " * 100)
     with CaptureQueriesContext(connection) as queries:
@@ -184,7 +184,7 @@ def test_select_rows_can_leave_a_rows_big_columns_unread(make_request):
 
 
 def test_select_rows_pages_by_a_greater_than_key_in_order(make_request):
-    from mash_runtime.models import select_rows
+    from mash_runtime.db import select_rows
 
     req, other = make_request(session_id="a"), make_request(session_id="b")
     for i in range(6):

@@ -1,0 +1,133 @@
+"""Each statement written out in mash_runtime/db.py gives what its ORM equivalent (its
+docstring's) gives, on SQLite and PostgreSQL; the PostgreSQL-only one-statement paths store
+what the portable paths store."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from mash_runtime import db
+from mash_runtime.models import Agent, MemoryTurn, PublishedSkill, Request, RuntimeEvent, Session
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+VOLATILE = {"id", "request_id", "trace_id", "created_at", "started_at", "finished_at", "session_id"}
+
+
+def stored(obj) -> dict:
+    row = type(obj).objects.filter(pk=obj.pk).values().get()
+    return {k: v for k, v in row.items() if k not in VOLATILE}
+
+
+def test_a_request_made_in_one_statement_is_stored_as_the_portable_path_stores_it(monkeypatch):
+    from mash_runtime import services
+
+    agent = Agent.objects.create(agent_id="primary", role="primary")
+    Session.objects.create(agent=agent, session_id="fast")
+    Session.objects.create(agent=agent, session_id="slow")
+    fast = services.create_request(agent, "hello", session_id="fast", metadata={"k": [1, "two"]})
+    monkeypatch.setattr(services, "insert_request_in_one_statement", lambda *args, **kwargs: False)
+    slow = services.create_request(agent, "hello", session_id="slow", metadata={"k": [1, "two"]})
+
+    assert stored(fast) == stored(slow)
+    assert (fast.session_seq, slow.session_seq) == (1, 1)
+    fast_events = [stored(e) for e in RuntimeEvent.objects.filter(request=fast)]
+    slow_events = [stored(e) for e in RuntimeEvent.objects.filter(request=slow)]
+    for event in fast_events + slow_events:
+        event.pop("payload")["request_id"]  # each names its own request
+    assert fast_events == slow_events and len(fast_events) == 1
+    assert (Session.objects.get(session_id="fast").last_request_seq,
+            Session.objects.get(session_id="slow").last_request_seq) == (1, 1)
+
+
+def test_a_runs_one_statement_append_stores_what_append_many_stores(make_request):
+    items = [("runtime.step", {"text": 'quote " \\ slash', "n": [1, 2.5]}, "k1", 0, "plan.0"),
+             ("runtime.other", {}, None, None, "")]
+    fast_req, slow_req = make_request(session_id="a"), make_request(session_id="b")
+    for req in (fast_req, slow_req):
+        RuntimeEvent.append(req, "request.accepted", {}, dedupe_key="accepted")
+        req._event_keys = {"accepted"}
+    fast = RuntimeEvent.append_in_one_statement(fast_req, items)
+    if connection.vendor != "postgresql":
+        assert fast is None  # SQLite: the caller takes append_many
+        fast = [event for event, _ in RuntimeEvent.append_many(fast_req, items)]
+    slow = [event for event, _ in RuntimeEvent.append_many(slow_req, items)]
+    assert [stored(e) for e in fast] == [stored(e) for e in slow]
+    assert fast_req.last_seq == slow_req.last_seq == 3
+
+
+@pytest.mark.parametrize("case", ["free", "expired", "held", "terminal", "behind_an_earlier_one"])
+def test_the_claims_update_matches_what_its_orm_filter_finds(make_request, case):
+    now = timezone.now()
+    earlier = make_request(session_id="s", status=Request.Status.COMPLETED)
+    req = make_request(session_id="s")
+    if case == "expired":
+        Request.objects.filter(pk=req.pk).update(lease_owner="gone", lease_expires_at=now - timedelta(seconds=5))
+    elif case == "held":
+        Request.objects.filter(pk=req.pk).update(lease_owner="other", lease_expires_at=now + timedelta(seconds=30))
+    elif case == "terminal":
+        Request.objects.filter(pk=req.pk).update(status=Request.Status.FAILED)
+    elif case == "behind_an_earlier_one":
+        Request.objects.filter(pk=earlier.pk).update(status=Request.Status.RUNNING)
+    unfinished_earlier = Request.objects.filter(session=OuterRef("session"), session_seq__lt=OuterRef("session_seq"),
+                                                ).exclude(status__in=Request.TERMINAL)
+    orm_finds = (Request.objects.filter(pk=req.pk).exclude(status__in=Request.TERMINAL)
+                 .filter(Q(lease_expires_at=None) | Q(lease_expires_at__lt=now))
+                 .filter(~Exists(unfinished_earlier)).exists())
+    before = Request.objects.get(pk=req.pk).last_seq
+
+    taken = db.take_lease(Request, req.pk, "me", now, 30)
+
+    assert (taken is not None) == orm_finds == (case in ("free", "expired"))
+    after = Request.objects.get(pk=req.pk)
+    if taken is not None:
+        assert (after.lease_owner, after.status, after.last_seq, taken) == ("me", "running", before + 1, before + 1)
+    else:
+        assert after.last_seq == before and after.lease_owner != "me"
+
+
+def test_recent_history_is_what_its_two_orm_queries_give(make_request):
+    reqs = [make_request(session_id="h", message=f"m{n}") for n in range(6)]
+    session = reqs[0].session
+
+    def turn(req, kind=MemoryTurn.Kind.TURN, response=None):
+        return MemoryTurn.objects.create(agent=req.agent, session=session, request=req, kind=kind,
+                                         user_message=req.message, agent_response=response or f"r-{req.message}")
+
+    turn(reqs[0])
+    turn(reqs[1])
+    summary = MemoryTurn.objects.create(agent=reqs[0].agent, session=session, kind=MemoryTurn.Kind.SUMMARY,
+                                        agent_response="the summary")
+    for req in reqs[2:5]:
+        turn(req)
+
+    rows = db.recent_history(MemoryTurn, Request, session.pk, before_seq=reqs[5].session_seq, limit=2)
+
+    newest_summary = MemoryTurn.objects.filter(session=session, kind=MemoryTurn.Kind.SUMMARY).order_by(
+        "-created_at").first()
+    recent = (MemoryTurn.objects.filter(session=session, kind=MemoryTurn.Kind.TURN,
+                                        request__session_seq__lt=reqs[5].session_seq,
+                                        created_at__gt=newest_summary.created_at)
+              .order_by("-request__session_seq")[:2])
+    expected = [(0, "", newest_summary.agent_response)] + sorted(
+        (t.request.session_seq, t.user_message, t.agent_response) for t in recent)
+    assert [tuple(row) for row in rows] == expected
+    assert summary.agent_response == rows[0][2] and [row[1] for row in rows[1:]] == ["m3", "m4"]
+
+
+def test_published_skill_rows_are_what_the_orm_reads():
+    agent = Agent.objects.create(agent_id="skilled", role="primary")
+    other = Agent.objects.create(agent_id="other", role="primary")
+    for name in ("zeta", "alpha"):
+        PublishedSkill.objects.create(agent=agent, name=name, description=f"d {name}", content=f"c {name}")
+    PublishedSkill.objects.create(agent=other, name="beta", content="not mine")
+
+    rows = db.published_skill_rows(PublishedSkill, "skilled")
+
+    orm = PublishedSkill.objects.filter(agent__agent_id="skilled").order_by("name").values_list(
+        "name", "description", "content", "location")
+    assert [tuple(row) for row in rows] == list(orm)
+    assert db.published_skill_rows(PublishedSkill, "nobody") == []
