@@ -376,33 +376,52 @@ def test_it_renews_its_lease_through_a_step_longer_than_the_lease(engine, settin
     assert out.read_text() == "slow\n"
 
 
+class GroupListener:
+    """Joins a request's doorbell group and collects its rings, on one event loop of its own:
+    a layer may keep its listener on the loop that joined (PostgreSQL's NOTIFY layer does;
+    a web process streams on one loop)."""
+
+    def __init__(self, rid: str) -> None:
+        import asyncio
+
+        from channels.layers import get_channel_layer
+
+        from mash_runtime.doorbell import request_group
+
+        self.layer = get_channel_layer()
+        self.loop = asyncio.new_event_loop()
+        self.channel = self.loop.run_until_complete(self.layer.new_channel())
+        self.loop.run_until_complete(self.layer.group_add(request_group(rid), self.channel))
+
+    def rings(self) -> list[dict]:
+        """Every ring that arrives until none has for half a second."""
+        import asyncio
+
+        async def collect():
+            seen = []
+            while True:
+                try:
+                    seen.append(await asyncio.wait_for(self.layer.receive(self.channel), 0.5))
+                except asyncio.TimeoutError:
+                    return seen
+
+        try:
+            return self.loop.run_until_complete(collect())
+        finally:
+            if hasattr(self.layer, "close"):
+                self.loop.run_until_complete(self.layer.close())
+            self.loop.close()
+
+
 def test_it_rings_the_doorbell_after_its_commits(engine):
     """A step slower than the linger: the claim's events and those before the step ring
     while it runs, the rest at the end; each ring carries its events, in order."""
-    import asyncio
-
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    from mash_runtime.doorbell import request_group
-
-    layer = get_channel_layer()
     rid = engine.submit({"script": [{"text": "ding", "delay": 0.3}]})
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(request_group(rid), channel)
+    listener = GroupListener(rid)
     engine.drain()
 
-    async def collect():
-        seen = []
-        while True:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), 0.5)
-            except asyncio.TimeoutError:
-                return seen
-            assert message["type"] == "mash.doorbell" and message["request_id"] == rid
-            seen.append(message)
-
-    rings = async_to_sync(collect)()
+    rings = listener.rings()
+    assert all(ring["type"] == "mash.doorbell" and ring["request_id"] == rid for ring in rings)
     events = engine.events(rid)
     assert len(rings) == 2 and rings[-1]["seq"] == events[-1].seq
     carried = [event["seq"] for ring in rings for event in ring["events"]]
@@ -450,30 +469,13 @@ def test_events_before_a_quick_step_share_its_checkpoint_transaction(engine):
     """Events buffered before a step need no commit of their own when the step is quick:
     they go out with that step's checkpoint, so a one-answer run commits twice (claim, end)
     and rings once, at the end, for the claim's events too."""
-    import asyncio
-
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    from mash_runtime.doorbell import request_group
-
-    layer = get_channel_layer()
     rid = engine.submit({"script": ["quick"]})
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(request_group(rid), channel)
+    listener = GroupListener(rid)
     engine.drain()
-
-    async def rings():
-        seen = []
-        while True:
-            try:
-                seen.append((await asyncio.wait_for(layer.receive(channel), 0.5))["seq"])
-            except asyncio.TimeoutError:
-                return seen
 
     events = engine.events(rid)
     assert [e.event_type for e in events][:3] == ["request.accepted", "request.started", "runtime.context.loaded"]
-    assert async_to_sync(rings)() == [events[-1].seq]
+    assert [ring["seq"] for ring in listener.rings()] == [events[-1].seq]
 
 
 def test_events_before_a_slow_step_are_written_while_it_runs(engine):
