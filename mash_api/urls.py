@@ -4,7 +4,6 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from mash_api.views import agents, h2a, sessions, streams, telemetry, workflows
-from mash_api.views import api_log
 
 
 def both(singular: str, plural: str, suffix: str, view, name: str):
@@ -76,9 +75,7 @@ api_v1 = [
     path("telemetry/events", telemetry.EventListView.as_view(), name="telemetry-events"),
     path("telemetry/events/stream", streams.telemetry_event_stream, name="telemetry-events-stream"),
     path("telemetry/memory/search", telemetry.MemorySearchView.as_view(), name="telemetry-memory-search"),
-    path("telemetry/api/events", api_log.ApiLogListView.as_view(), name="telemetry-api-events"),
-    path("telemetry/api/events/search", api_log.ApiLogSearchView.as_view(), name="telemetry-api-events-search"),
-    path("telemetry/api/events/stream", api_log.api_log_stream, name="telemetry-api-events-stream"),
+    # The API request log's routes (telemetry/api/...) are mash_telemetry's: mash_project/urls.py.
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),

@@ -7,6 +7,8 @@ from mash_api.views.agents import RootView
 urlpatterns = [
     path("", RootView.as_view(), name="root"),
     path("api/v1/", include(api_v1)),
+    # The API request log's routes live with its model.
+    path("api/v1/telemetry/api/", include("mash_telemetry.api_urls")),
     path("h2a/", include(h2a_routes)),
     path("admin/", admin.site.urls),
     path("telemetry/", include("mash_telemetry.urls")),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 BODY_LIMIT = 4096
@@ -64,6 +64,24 @@ class ApiRequestLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} -> {self.status_code}"
+
+    @classmethod
+    def prune(cls, cutoff, batch: int, dry: bool, progress) -> int:
+        """Delete the rows logged before `cutoff`, `batch` per transaction (only count them when
+        `dry`): the log's part of `mash prune` (registered in apps.py, see mash_runtime.retention)."""
+        old = cls.objects.filter(created_at__lt=cutoff)
+        if dry:
+            return old.count()
+        task = progress.add_task("API log", total=old.count())
+        deleted = 0
+        while True:
+            ids = list(old.order_by("pk").values_list("pk", flat=True)[:batch])
+            if not ids:
+                break
+            with transaction.atomic():
+                deleted += cls.objects.filter(pk__in=ids).delete()[0]
+            progress.advance(task, len(ids))
+        return deleted
 
     def to_dict(self) -> dict[str, Any]:
         return {

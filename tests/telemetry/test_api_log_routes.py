@@ -200,7 +200,7 @@ def test_it_streams_rows_after_a_cursor_as_data_only_frames(committed, make_log)
 
 
 def test_it_tails_rows_logged_after_it_opened(committed, make_log, monkeypatch):
-    from mash_api.views import api_log as api
+    from mash_telemetry import api_log as api
 
     make_log("/api/v1/old")
     polls = []
@@ -230,7 +230,7 @@ def test_it_tails_rows_logged_after_it_opened(committed, make_log, monkeypatch):
 
 
 def test_it_sends_keep_alives_while_idle(committed, monkeypatch):
-    monkeypatch.setattr("mash_api.views.api_log.KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr("mash_telemetry.api_log.KEEPALIVE_SECONDS", 0.2)
 
     async def scenario():
         response = await AsyncClient().get(STREAM)

@@ -2,7 +2,8 @@
 
 Deletes, in batches (one transaction each), requests that finished before the cutoff
 together with their events, checkpoints, interactions and subagent requests; finished
-workflow runs with their events; and API request log rows older than the cutoff. Submits'
+workflow runs with their events; and the rows older than the cutoff of the history
+tables other apps register (`mash_runtime.retention`: the API request log). Submits'
 Idempotency-Keys go with their requests, and any older than a day (`IdempotencyKey.KEEP`,
 whatever the cutoff: the sweeper deletes them too) are deleted as well.
 
@@ -17,7 +18,7 @@ lose the link to their deleted request.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
@@ -29,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from mash_runtime import models as runtime_models
 from mash_runtime.models import IdempotencyKey, Interaction, MemoryTurn, Request, RuntimeEvent, StepCheckpoint
+from mash_runtime.retention import history_tables
 
 AGE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
@@ -53,12 +55,16 @@ class Tally:
     interactions: int = 0
     workflow_runs: int = 0
     workflow_run_events: int = 0
-    api_log_rows: int = 0
     idempotency_keys: int = 0
+    # Rows of the other apps' history tables, by their labels.
+    tables: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: "Tally") -> None:
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            if f.name != "tables":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for label, count in other.tables.items():
+            self.tables[label] = self.tables.get(label, 0) + count
 
 
 def finished_before(cutoff):
@@ -128,10 +134,8 @@ class Command(BaseCommand):
             help="Requests, workflow runs or log rows per transaction (default 500). Smaller batches hold "
                  "locks for less time on a busy database.",
         )
-        parser.add_argument(
-            "--keep-api-log", action="store_true",
-            help="Leave the API request log alone (delete only runtime history).",
-        )
+        for table in history_tables():
+            parser.add_argument(f"--{table.keep_flag}", action="store_true", help=table.keep_help)
 
     def handle(self, *args, **options):
         age = parse_age(options["older_than"])
@@ -151,8 +155,9 @@ class Command(BaseCommand):
             with progress:
                 self.prune_requests(cutoff, batch, dry, tally, progress)
                 self.prune_workflow_runs(cutoff, batch, dry, tally, progress)
-                if not options["keep_api_log"]:
-                    self.prune_api_log(cutoff, batch, dry, tally, progress)
+                for table in history_tables():
+                    if not options[table.keep_flag.replace("-", "_")]:
+                        tally.tables[table.label] = table.prune(cutoff, batch, dry, progress)
                 self.prune_idempotency_keys(batch, dry, tally)
         except DatabaseError as exc:
             done = "nothing was deleted" if dry else "batches before the error stay deleted"
@@ -244,25 +249,6 @@ class Command(BaseCommand):
                     tally.workflow_runs += len(locked)
             progress.advance(task, len(ids))
 
-    # -- API request log -----------------------------------------------------------------------
-
-    def prune_api_log(self, cutoff, batch: int, dry: bool, tally: Tally, progress: Progress) -> None:
-        from mash_telemetry.models import ApiRequestLog
-
-        old = ApiRequestLog.objects.filter(created_at__lt=cutoff)
-        if dry:
-            tally.api_log_rows = old.count()
-            return
-        task = progress.add_task("API log", total=old.count())
-        while True:
-            ids = list(old.order_by("pk").values_list("pk", flat=True)[:batch])
-            if not ids:
-                break
-            with transaction.atomic():
-                deleted = ApiRequestLog.objects.filter(pk__in=ids).delete()[0]
-            tally.api_log_rows += deleted
-            progress.advance(task, len(ids))
-
     # -- Idempotency-Keys ---------------------------------------------------------------------------
 
     def prune_idempotency_keys(self, batch: int, dry: bool, tally: Tally) -> None:
@@ -290,7 +276,7 @@ class Command(BaseCommand):
             ("interactions", tally.interactions),
             ("workflow runs", tally.workflow_runs),
             ("workflow run events", tally.workflow_run_events),
-            ("API log rows", tally.api_log_rows),
+            *((table.label, tally.tables.get(table.label, 0)) for table in history_tables()),
             ("expired idempotency keys", tally.idempotency_keys),
         ]
         for name, count in lines:
