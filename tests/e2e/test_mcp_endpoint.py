@@ -9,6 +9,8 @@ found by its discover probe) and `legacy` (the initialize handshake).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 from contextlib import asynccontextmanager
 
@@ -20,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mash_runtime.host import set_host
 from mash_runtime.models import Request
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -42,9 +45,9 @@ def server(clusters, web_servers):
 
 
 @asynccontextmanager
-async def connect(server, headers=None, mode="auto"):
+async def connect(server, headers=None, mode="auto", transport=None):
     headers = {"Authorization": f"Bearer {KEY}"} if headers is None else headers
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0))
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0), transport=transport)
     async with http, Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode=mode) as client:
         yield client
 
@@ -223,3 +226,68 @@ def test_a_slow_step_reports_progress(server, tmp_path):
         between = messages[messages.index("step 1: calling wait_and_append"):messages.index("step 1: wait_and_append done")]
         assert any(message.startswith("still running") for message in between), messages
     assert out.read_text() == "done\ndone\n"
+
+
+def test_a_call_given_up_leaves_its_request_running(server, tmp_path):
+    out = tmp_path / "abandoned.txt"
+    slow = plan(tool_call("wait_and_append", path=str(out), line="kept", sleep=4), "finished alone")
+
+    async def abandon(mode):
+        accepted = asyncio.Event()
+        ids = []
+
+        async def progress(value, total, message):
+            if message.startswith("request "):
+                ids.append(message.split()[1])
+                accepted.set()
+
+        async with connect(server, mode=mode) as client:
+            call = asyncio.create_task(client.call_tool("primary", {"message": slow}, progress_callback=progress))
+            await accepted.wait()
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+        return ids[0]
+
+    for mode in MODES:
+        rid = run(abandon(mode))
+        wait_for(lambda rid=rid: Request.objects.get(pk=rid).status == Request.Status.COMPLETED, timeout=90,
+                 what=f"the abandoned request ({mode}) to complete")
+        assert Request.objects.get(pk=rid).response["text"] == "finished alone"
+    assert out.read_text() == "kept\nkept\n"
+
+
+class RoundRobin(httpx2.AsyncBaseTransport):
+    """Each HTTP request to the next server, as a load balancer without session affinity sends them."""
+
+    def __init__(self, servers):
+        self.ports = itertools.cycle([server.port for server in servers])
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.sent: list[tuple[str, int]] = []
+
+    async def handle_async_request(self, request):
+        request.url = request.url.copy_with(port=next(self.ports))
+        self.sent.append((request.method, request.url.port))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def test_one_client_is_served_by_several_web_processes_in_turn(clusters, web_servers):
+    clusters.start(MASH_WORKERS="1")
+    servers = web_servers.start_many(2, MASH_API_KEY=KEY)
+
+    async def calls(mode):
+        transport = RoundRobin(servers)
+        async with connect(servers[0], mode=mode, transport=transport) as client:
+            names = sorted(tool.name for tool in (await client.list_tools()).tools)
+            first = await client.call_tool("primary", {"message": f"hello {mode}", "session_id": f"rr-{mode}"})
+            second = await client.call_tool("primary", {"message": "what came before?", "session_id": f"rr-{mode}"})
+        return names, first, second, transport.sent
+
+    for mode in MODES:
+        names, first, second, sent = run(calls(mode))
+        assert names == ["helper", "primary"]
+        assert first.content[0].text == f"echo: hello {mode}" and second.content[0].text == f"before: hello {mode}"
+        assert {port for method, port in sent if method == "POST"} == {servers[0].port, servers[1].port}, sent
