@@ -334,6 +334,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "mash": {"level": LOG_LEVEL},
+        "mash_core": {"level": LOG_LEVEL},  # mcp.client.connected / .error
         "mash_runtime": {"level": LOG_LEVEL},
         "mash_api": {"level": LOG_LEVEL},
         # django-q2 logs under a hyphenated name; without this its messages vanish.

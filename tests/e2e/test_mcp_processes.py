@@ -98,14 +98,23 @@ def test_mcp_calls_over_stdio_and_http_with_approval_through_daphne_and_qcluster
         assert TOKEN not in stored
         for log in tmp_path.glob("*.log"):
             assert TOKEN not in log.read_text(errors="replace"), log.name
+        assert "mcp.client.connected server=web" in cluster.log()
 
+        # A worker that stops (SIGTERM: it drains) stops its stdio servers; none outlives it.
+        stdio_pids = {c["pid"] for c in calls(mcp_env["MCP_TEST_LOG"])} - {http.proc.pid}
+        assert len(stdio_pids) == 2  # the local and the gated server of the worker that ran it
+        cluster.stop()
+        wait_for(lambda: not any(process_alive(pid) for pid in stdio_pids), timeout=30,
+                 what="the stopped worker's MCP servers to exit")
     finally:
         http.stop()
 
 
 def test_a_worker_killed_during_an_mcp_call_replays_without_calling_a_finished_tool_twice(
         clusters, mcp_env, tmp_path):
-    cluster = clusters.start(**mcp_env)
+    # The HTTP server is down all along: a warning at worker start and an event, not a crash.
+    down = HTTPServerProcess()
+    cluster = clusters.start(**mcp_env, MCP_TEST_HTTP_URL=down.url, MCP_TEST_TOKEN=TOKEN)
     release = tmp_path / "release"
     log = mcp_env["MCP_TEST_LOG"]
     rid = submit_request("primary", json.dumps({"script": [
@@ -131,3 +140,7 @@ def test_a_worker_killed_during_an_mcp_call_replays_without_calling_a_finished_t
     done = [e.payload["result"]["content"] for e in RuntimeEvent.objects.filter(
         request_id=rid, event_type="runtime.tool.call.completed").order_by("seq")]
     assert done == ["finished before the crash", "done waiting"]
+    errors = [e.payload for e in RuntimeEvent.objects.filter(request_id=rid, event_type="mcp.client.error")]
+    assert errors and {e["server"] for e in errors} == {"web"}
+    log_text = cluster.log()
+    assert "mcp.client.error server=web" in log_text and TOKEN not in log_text
