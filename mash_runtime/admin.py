@@ -27,8 +27,9 @@ import json
 import uuid
 from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
@@ -55,6 +56,7 @@ from mash_runtime.models import (
     WorkflowTaskState,
 )
 from mash_runtime.services import answer_interaction, cancel_request, resume_request
+from mash_runtime.workflow_validation import validate_tasks
 from mash_telemetry import clock
 from mash_telemetry.forms import AnswerForm
 from mash_telemetry.paginators import EstimatedCountPaginator
@@ -270,7 +272,7 @@ class AgentAdmin(MashAdmin):
         )
 
     def has_add_permission(self, request):
-        return False  # agents come from the host app (`sync_agents`)
+        return False  # agents come from the host app (`host_sync.sync_host`)
 
     def has_change_permission(self, request, obj=None):
         return False
@@ -782,8 +784,20 @@ def run_page_link(run_id, label=None) -> str:
     return format_html('<a href="{}">{}</a>', reverse("telemetry:run", args=[run_id]), label or run_id)
 
 
+class WorkflowDefinitionForm(forms.ModelForm):
+    """Takes only a task list the publish API would accept (checked against the host, which
+    the model does not know)."""
+
+    def clean_tasks(self):
+        try:
+            return validate_tasks(self.cleaned_data.get("tasks"), code="INVALID_AGENT_WORKFLOW")
+        except ServiceError as exc:
+            raise ValidationError(exc.message) from None
+
+
 @admin.register(WorkflowDefinition)
 class WorkflowDefinitionAdmin(MashAdmin):
+    form = WorkflowDefinitionForm
     list_display = ("workflow_id", "source", "agent", "task_list", "active", "updated")
     list_filter = ("source", "active")
     search_fields = ("workflow_id",)

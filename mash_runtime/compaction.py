@@ -43,6 +43,7 @@ from mash_runtime.errors import Conflict, NotFound, ServiceError
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
+from mash_runtime.queue import enqueue
 from mash_runtime.tasks import COMPACT_SESSION as COMPACT_TASK
 
 logger = logging.getLogger("mash_runtime.compaction")
@@ -254,8 +255,6 @@ def should_compact(hosted: HostedAgent, session_total_tokens: int) -> bool:
 
 
 def enqueue_compaction(session_pk: int, reason: str = "auto") -> None:
-    from mash_runtime.queue import enqueue
-
     try:
         enqueue(COMPACT_TASK, session_pk, reason, task_name=f"compact-session-{session_pk}")
     except Exception:

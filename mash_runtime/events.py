@@ -12,7 +12,7 @@ from django.db import transaction
 
 from mash_runtime import doorbell
 from mash_runtime.db import insert_rows
-from mash_runtime.models import Request, RuntimeEvent
+from mash_runtime.models import Request, RuntimeEvent, WorkflowRunEvent
 
 
 def base_payload(request: Request) -> dict[str, Any]:
@@ -75,8 +75,6 @@ def append_event(
 
 
 def _mirror_to_run(request: Request, events: list[RuntimeEvent]) -> None:
-    from mash_runtime.models import WorkflowRunEvent
-
     meta = request.metadata or {}
     keys = {"workflow_id": meta.get("workflow_id"), "run_id": request.workflow_run_id,
             "task_id": meta.get("task_id"), "task_agent_id": request.agent.agent_id}

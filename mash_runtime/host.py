@@ -54,26 +54,6 @@ class AgentHost:
     def get(self, agent_id: str) -> HostedAgent | None:
         return self.agents.get(agent_id)
 
-    def sync_agents(self) -> None:
-        """Make the Agent rows match this host; agents no longer defined stay, marked inactive."""
-        from mash_runtime.models import Agent
-
-        for hosted in self.agents.values():
-            Agent.objects.update_or_create(
-                agent_id=hosted.agent_id,
-                defaults={
-                    "role": hosted.role,
-                    "metadata": hosted.metadata.to_dict() if hosted.metadata else None,
-                    "model_name": hosted.model,
-                    "config": hosted.config.to_dict(),
-                    "active": True,
-                },
-            )
-        Agent.objects.exclude(agent_id__in=list(self.agents)).update(active=False)
-        from mash_runtime.workflow_engine import sync_code_workflows
-
-        sync_code_workflows(self)
-
 
 class HostBuilder:
     def __init__(self) -> None:
@@ -108,7 +88,7 @@ class HostBuilder:
         """Add the built-in workflow-only Masher agent and its two workflows
         (`masher-trace-digest`, `masher-online-eval-curation`). `llm_factory()` replaces its
         default `AnthropicProvider(app_id="masher")`."""
-        from mash_runtime.masher.agent import MasherSpec, masher_workflows  # lazy: no import cycle
+        from mash_runtime.masher.agent import MasherSpec, masher_workflows  # only hosts that enable Masher load it
 
         for wf in masher_workflows(MasherSpec(llm_factory, model=model)):
             self.workflow(wf)
@@ -199,34 +179,6 @@ def get_host() -> AgentHost:
 
 def set_host(host: AgentHost | None) -> None:
     """Install a host directly (tests, embedding); None forgets it so the next call reloads."""
-    global _host, _synced
+    global _host
     with _host_lock:
         _host = host
-        _synced = False
-
-
-_synced = False
-_sync_lock = threading.Lock()
-
-
-def ensure_synced() -> AgentHost:
-    """The host, with its Agent and workflow rows synced once per process.
-
-    `serve` syncs before it starts anything; this covers `runserver` + `qcluster` and tests.
-    Two processes syncing at once may collide on a unique row: the loser simply retries.
-    """
-    global _synced
-    host = get_host()
-    if not _synced:
-        from django.db import IntegrityError
-
-        # One thread syncs; the others (a burst of first requests) wait for it instead of
-        # each writing every row again.
-        with _sync_lock:
-            if not _synced:
-                try:
-                    host.sync_agents()
-                except IntegrityError:
-                    host.sync_agents()
-                _synced = True
-    return host

@@ -598,25 +598,13 @@ class WorkflowDefinition(models.Model):
         return self.workflow_id
 
     def describe(self) -> dict[str, Any]:
-        # Tolerant of rows stored before `clean()` checked the task list (the admin saved them).
+        # Tolerant of rows the admin saved before its form checked the task list.
         tasks = self.tasks if isinstance(self.tasks, list) else []
         return {
             "workflow_id": self.workflow_id,
             "tasks": [{"task_id": t.get("task_id"), "agent_id": t.get("agent_id")} for t in tasks if isinstance(t, dict)],
             "metadata": self.metadata,
         }
-
-    def clean(self) -> None:
-        """The task list the publish API would accept (the admin's form calls this)."""
-        from django.core.exceptions import ValidationError
-
-        from mash_runtime.errors import ServiceError
-        from mash_runtime.workflow_engine import validate_tasks  # imports this module
-
-        try:
-            self.tasks = validate_tasks(self.tasks, code="INVALID_AGENT_WORKFLOW")
-        except ServiceError as exc:
-            raise ValidationError({"tasks": exc.message}) from None
 
 
 class PublishedSkill(models.Model):

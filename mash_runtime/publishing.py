@@ -14,12 +14,12 @@ from django.db import transaction
 from mash_core.errors import ConfigError
 from mash_core.skills import SKILL_NAME_RE, Skill, SkillLocationError, SkillRegistry, resolve_skill_location
 from mash_runtime.errors import NotFound, ServiceError
+from mash_runtime.host_sync import get_agent_row
 from mash_runtime.db import published_skill_rows
 from mash_runtime.models import PublishedSkill, WorkflowDefinition
 from mash_runtime.queries import hosted_agent
-from mash_runtime.services import get_agent_row
 from mash_runtime.storable import UnstorableValue, check_storable
-from mash_runtime.workflow_engine import validate_tasks
+from mash_runtime.workflow_validation import validate_tasks
 
 SKILL_TYPES = ("inline", "filesystem", "directory")
 

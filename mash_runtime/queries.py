@@ -8,9 +8,11 @@ from typing import Any
 
 from django.db.models import Count, Q
 
-from mash_runtime.errors import NotFound, ServiceError
+from mash_runtime.errors import NotFound
 from mash_runtime.host import HostedAgent, get_host
+from mash_runtime.memory_search import SearchScope, get_search_service, parse_query
 from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, Worker, epoch
+from mash_runtime.query_params import parse_limit
 from mash_runtime.signals import signal_definitions
 
 MAX_EVENTS_LIMIT = 20000
@@ -118,21 +120,6 @@ def no_worker_warning() -> str | None:
 def forget_worker_warning() -> None:
     global _warning_cache
     _warning_cache = (float("-inf"), None)
-
-
-def parse_limit(value: Any, *, default: int, maximum: int, name: str = "limit") -> int:
-    if value in (None, ""):
-        return default
-    try:
-        limit = int(str(value).strip())
-    except ValueError:
-        raise ServiceError(f"{name} must be an integer", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", name], "msg": "not an integer", "type": "int_parsing"}]}) from None
-    if not 1 <= limit <= maximum:
-        raise ServiceError(f"{name} must be between 1 and {maximum}", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", name], "msg": f"must be between 1 and {maximum}",
-                                                "type": "value_error"}]})
-    return limit
 
 
 def list_sessions(agent_id: str) -> dict[str, Any]:
@@ -272,8 +259,6 @@ def memory_search(q: Any, app_id: str | None = None, session_id: str | None = No
     `q` must start with `@user:` or `@agent:` (400 SEARCH_VALIDATION_ERROR otherwise); see
     `mash_runtime.memory_search` for the query language, ranking and score normalisation.
     """
-    from mash_runtime.memory_search import SearchScope, get_search_service, parse_query
-
     query = parse_query(q, require_prefix=True)
     n = parse_limit(limit, default=10, maximum=100)
     scope = SearchScope.resolve(app_id, session_id)

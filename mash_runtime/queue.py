@@ -11,6 +11,8 @@ import os
 
 from django.db import transaction
 
+from mash_runtime.tasks import ADVANCE_RUN, RUN_REQUEST, SWEEP
+
 logger = logging.getLogger("mash_runtime.queue")
 
 _broker = (None, None)  # (pid, broker)
@@ -32,9 +34,6 @@ def broker():
         _broker = (os.getpid(), made)
     return made
 
-from mash_runtime.tasks import RUN_REQUEST, SWEEP  # noqa: F401  (SWEEP: imported from here by the sweeper)
-
-
 def enqueue(func: str, *args, task_name: str, **q_options) -> None:
     """Hand `func(*args)` to the cluster through this process's broker (raises if the broker does)."""
     from django_q.tasks import async_task
@@ -54,6 +53,14 @@ def enqueue_request_on_commit(request_id) -> None:
     # With the Redis broker an enqueue inside the transaction could run before the row
     # is visible; after commit it is safe for every broker.
     transaction.on_commit(lambda: enqueue_request(request_id))
+
+
+def enqueue_advance(run_id: str) -> None:
+    """After a workflow task's request ended (committed): move its run on (`advance_run`)."""
+    try:
+        enqueue(ADVANCE_RUN, run_id, task_name=f"advance-{run_id}")
+    except Exception:
+        logger.exception("could not enqueue advance of run %s; the sweeper will", run_id)
 
 
 def enqueue_sweep() -> None:

@@ -20,8 +20,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-
 from mash_core.tools.base import Tool, ToolRegistry, ToolResult
+from mash_runtime.events import append_event
+from mash_runtime.memory_search import SearchValidationError, search_memory
 from mash_runtime.models import MemoryTurn, epoch
 from mash_runtime.run.dbthreads import database
 
@@ -44,8 +45,6 @@ class RuntimeToolContext:
         """Append an event to the request's stream (sync: runs in the database thread)."""
         if self.request is None:
             return
-        from mash_runtime.events import append_event
-
         try:
             append_event(self.request, event_type, payload, step_key="memory.search")
         except Exception:  # a lost trace event must not fail the search
@@ -93,8 +92,6 @@ class SearchConversationsTool(Tool):
         self.context = context
 
     async def execute(self, args: dict[str, Any]) -> ToolResult:
-        from mash_runtime.memory_search import SearchValidationError
-
         query = args.get("query")
         if not isinstance(query, str) or not query.strip():
             return ToolResult.error("query must be a non-empty string", error_code="SEARCH_VALIDATION_ERROR")
@@ -115,8 +112,6 @@ class SearchConversationsTool(Tool):
         return ToolResult.success(data, result_count=data["result_count"])
 
     def _search(self, query: str, limit: int, scope: str) -> dict[str, Any]:
-        from mash_runtime.memory_search import search_memory
-
         outcome = search_memory(
             query,
             agent_id=self.context.agent_id,

@@ -18,32 +18,19 @@ from django.utils import timezone
 
 from mash_core.errors import ConfigError
 from mash_core.structured import normalize_schema
-from mash_runtime.dbfaults import once_more_if_dropped
-from mash_runtime.events import append_event, append_events, base_payload
-from mash_runtime.host import ensure_synced
+from mash_runtime import tokens
 from mash_runtime.db import insert_request_in_one_statement, insert_rows, select_rows
+from mash_runtime.dbfaults import once_more_if_dropped
+from mash_runtime.errors import Conflict, Gone, NotFound, ServiceError
+from mash_runtime.events import append_event, append_events, base_payload
+from mash_runtime.host_sync import get_agent_row
 from mash_runtime.models import Agent, IdempotencyKey, Interaction, Request, RuntimeEvent, Session
 from mash_runtime.queue import enqueue_request_on_commit
-from mash_runtime import tokens
 from mash_runtime.run import lifecycle
-from mash_runtime.errors import Conflict, Gone, NotFound, ServiceError  # noqa: F401  (their old home)
 from mash_runtime.storable import UnstorableValue, check_storable
 
 
 # -- lookups ------------------------------------------------------------------------------
-
-
-def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
-    host = ensure_synced()
-    hosted = host.get(agent_id)
-    if hosted is None or (hosted.role == "workflow" and not include_workflow):
-        raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
-    found = select_rows(Agent, {"agent_id": agent_id})
-    agent = found[0] if found else None
-    if agent is None or agent.role != hosted.role or not agent.active:
-        host.sync_agents()
-        agent = Agent.objects.get(agent_id=agent_id)
-    return agent
 
 
 def _request_pk(request_id) -> uuid.UUID:

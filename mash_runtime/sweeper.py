@@ -17,10 +17,11 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from mash_runtime.models import IdempotencyKey, Request, Worker
-from mash_runtime.queue import enqueue_request
+from mash_runtime.queue import enqueue, enqueue_request
 from mash_runtime.run import lifecycle
 from mash_runtime.services import expire_interactions
-from mash_runtime.tasks import SWEEP
+from mash_runtime.tasks import ADVANCE_RUN, SWEEP
+from mash_runtime.workflow_engine import stalled_runs
 
 logger = logging.getLogger("mash_runtime.sweeper")
 
@@ -138,13 +139,8 @@ def sweep() -> dict[str, int]:
     close_old_connections()
     ensure_schedule()
     now = timezone.now()
-    from mash_runtime.tasks import ADVANCE_RUN
-    from mash_runtime.workflow_engine import stalled_runs
-
     stalled = stalled_runs()
     if stalled:
-        from mash_runtime.queue import enqueue
-
         for run_id in stalled:
             enqueue(ADVANCE_RUN, run_id, task_name=f"advance-{run_id}")
     result = {

@@ -10,20 +10,17 @@ interactions, cancel and streaming inside tasks are the request engine's, unchan
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import uuid
-from datetime import datetime
-from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from mash_core.errors import ConfigError
-from mash_core.structured import normalize_schema
+from mash_runtime import doorbell
 from mash_runtime.errors import Conflict, NotFound, ServiceError
+from mash_runtime.host_sync import ensure_synced, get_agent_row
 from mash_runtime.models import (
     Request,
     WorkflowDefinition,
@@ -33,12 +30,10 @@ from mash_runtime.models import (
     WorkflowTaskState,
     epoch,
 )
+from mash_runtime.query_params import parse_epoch, parse_limit, parse_offset
 from mash_runtime.queue import enqueue_request_on_commit
-from mash_runtime.services import cancel_request, create_request, get_agent_row, resume_request
+from mash_runtime.services import cancel_request, create_request, resume_request
 from mash_runtime.storable import UnstorableValue, check_storable
-from mash_runtime.tasks import ADVANCE_RUN
-
-logger = logging.getLogger("mash_runtime.workflows")
 
 # Tasks without a declared schema still end in one validated object: their state.
 DEFAULT_TASK_SCHEMA = {
@@ -58,8 +53,6 @@ def new_run_id(workflow_id: str) -> str:
 
 
 def get_definition(workflow_id: str) -> WorkflowDefinition:
-    from mash_runtime.host import ensure_synced
-
     ensure_synced()
     wf = WorkflowDefinition.objects.filter(workflow_id=str(workflow_id).strip(), active=True).first()
     if wf is None:
@@ -78,8 +71,6 @@ def get_run(workflow_id: str, run_id: str) -> WorkflowRun:
 
 def run_event(run: WorkflowRun, event_type: str, payload: dict[str, Any], dedupe_key: str) -> None:
     if WorkflowRunEvent.append(run.pk, event_type, payload, dedupe_key):
-        from mash_runtime import doorbell
-
         transaction.on_commit(lambda: doorbell.ring_run(run.pk))
 
 
@@ -133,7 +124,6 @@ def _start_task(run: WorkflowRun, index: int, earlier: dict[str, Any]) -> Workfl
 
 
 MAX_DEDUP_KEY = WorkflowRun._meta.get_field("dedup_key").max_length
-MAX_TASKS = 100
 
 
 def start_run(workflow_id: str, *, input: Any = None, dedup_key: Any = None) -> dict[str, Any]:
@@ -243,17 +233,6 @@ def _finish_run(run: WorkflowRun, status: str, *, output=None, error: str = "") 
         run_event(run, "workflow.error", {**keys, "status": status, "error": error}, "final")
 
 
-def on_request_terminal(req: Request) -> None:
-    """Called after a request's terminal state committed: a task's end advances its run."""
-    if req.workflow_run_id:
-        from mash_runtime.queue import enqueue
-
-        try:
-            enqueue(ADVANCE_RUN, req.workflow_run_id, task_name=f"advance-{req.workflow_run_id}")
-        except Exception:
-            logger.exception("could not enqueue advance of run %s; the sweeper will", req.workflow_run_id)
-
-
 def stalled_runs() -> list[str]:
     """Running runs whose current task's request already ended (their advance was lost)."""
     return list(
@@ -317,29 +296,11 @@ def describe_run(run: WorkflowRun, *, with_output: bool = True) -> dict[str, Any
     return data
 
 
-def _parse_time(value: Any, name: str) -> datetime | None:
-    if value in (None, ""):
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), tz=dt_timezone.utc)
-    except (TypeError, ValueError, OverflowError, OSError):
-        raise ServiceError(f"{name} must be epoch seconds", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", name], "msg": "not a number", "type": "float_parsing"}]}) from None
-
-
 def list_runs(workflow_id: str, *, status=None, start_time=None, end_time=None, limit=None, offset=None,
               sort_desc=None) -> dict[str, Any]:
-    from mash_runtime.queries import parse_limit
-
     wf = get_definition(workflow_id)
     n = parse_limit(limit, default=50, maximum=200)
-    try:
-        skip = int(offset or 0)
-        if skip < 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ServiceError("offset must be a non-negative integer", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", "offset"], "msg": "invalid", "type": "int_parsing"}]}) from None
+    skip = parse_offset(offset)
     qs = WorkflowRun.objects.select_related("workflow").filter(workflow=wf)
     if status:
         statuses = [s.strip() for s in str(status).split(",") if s.strip()]
@@ -348,9 +309,9 @@ def list_runs(workflow_id: str, *, status=None, start_time=None, end_time=None, 
             raise ServiceError(f"unknown status {', '.join(unknown)}", code="VALIDATION_ERROR", status=422,
                                details={"errors": [{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}]})
         qs = qs.filter(status__in=statuses)
-    if (start := _parse_time(start_time, "start_time")) is not None:
+    if (start := parse_epoch(start_time, "start_time")) is not None:
         qs = qs.filter(created_at__gte=start)
-    if (end := _parse_time(end_time, "end_time")) is not None:
+    if (end := parse_epoch(end_time, "end_time")) is not None:
         qs = qs.filter(created_at__lte=end)
     descending = str(sort_desc).lower() not in ("false", "0", "no")
     qs = qs.order_by("-created_at" if descending else "created_at")
@@ -360,54 +321,6 @@ def list_runs(workflow_id: str, *, status=None, start_time=None, end_time=None, 
 # -- definitions ----------------------------------------------------------------------------
 
 
-def validate_tasks(tasks: Any, *, code: str) -> list[dict[str, Any]]:
-    from mash_runtime.host import get_host
-
-    host = get_host()
-    if not isinstance(tasks, list) or not tasks:
-        raise ServiceError("tasks must be a non-empty list", code=code)
-    if len(tasks) > MAX_TASKS:
-        raise ServiceError(f"a workflow has at most {MAX_TASKS} tasks", code=code)
-    seen: set[str] = set()
-    out = []
-    for task in tasks:
-        if not isinstance(task, dict) or not isinstance(task.get("task_id"), str) or not task["task_id"].strip():
-            raise ServiceError("each task needs a task_id", code=code)
-        task_id = task["task_id"].strip()
-        if len(task_id) > 64:
-            raise ServiceError("a task_id is at most 64 characters", code=code)
-        if task_id in seen:
-            raise ServiceError(f"two tasks are named '{task_id}'", code=code)
-        seen.add(task_id)
-        agent_id = str(task.get("agent_id") or "").strip()
-        if host.get(agent_id) is None:
-            raise ServiceError(f"task '{task_id}' names unknown agent '{agent_id}'", code=code)
-        schema = task.get("structured_output")
-        if schema is not None:
-            try:
-                schema = normalize_schema(schema)
-            except ConfigError as exc:
-                raise ServiceError(f"task '{task_id}': {exc}", code=code) from None
-        out.append({"task_id": task_id, "agent_id": agent_id, "structured_output": schema})
-    return out
-
-
-def sync_code_workflows(host) -> None:
-    """Make the code-defined workflows' rows match the host (published ones are left alone)."""
-    for wf in host.workflows.values():
-        tasks = [{"task_id": t.task_id, "agent_id": t.agent_id, "structured_output": t.structured_output}
-                 for t in wf.tasks]
-        WorkflowDefinition.objects.update_or_create(
-            workflow_id=wf.workflow_id,
-            defaults={"source": WorkflowDefinition.Source.CODE, "tasks": tasks, "metadata": wf.metadata,
-                      "task_message": wf.task_message, "active": True, "agent": None},
-        )
-    WorkflowDefinition.objects.filter(source=WorkflowDefinition.Source.CODE).exclude(
-        workflow_id__in=list(host.workflows)).update(active=False)
-
-
 def list_workflows() -> dict[str, Any]:
-    from mash_runtime.host import ensure_synced
-
     ensure_synced()
     return {"workflows": [wf.describe() for wf in WorkflowDefinition.objects.filter(active=True)]}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from mash_telemetry.formats import duration_text
+
 # One colour per request status; the CSS legend uses the same `status-*` names.
 STATUS_COLORS = {
     "completed": "#2f9e44",
@@ -152,13 +154,6 @@ def split_bar(parts: list[tuple[str, str, int, str]], total: int, *, title: str,
         f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
         + "".join(parts_svg) + "</svg>"
     )
-
-
-def duration_text(value_ms: float) -> str:
-    """The `ms` template filter's format, for SVG titles."""
-    from mash_telemetry.templatetags.telemetry import ms
-
-    return ms(value_ms)
 
 
 @dataclass(frozen=True)

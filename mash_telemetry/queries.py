@@ -20,6 +20,7 @@ from django.utils import timezone
 from mash_runtime.models import Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session
 from mash_runtime import queries as runtime_queries
 from mash_telemetry import charts
+from mash_telemetry.formats import duration_text
 from mash_telemetry.models import ApiRequestLog
 
 ACTIVE_STATUSES = [s for s in Request.Status.values if s not in Request.TERMINAL]
@@ -430,9 +431,7 @@ class TimeSplit:
 
     @property
     def summary(self) -> str:
-        from mash_telemetry.templatetags.telemetry import ms
-
-        return ", ".join(f"{label} {ms(value)}" for _, label, value, _ in self.parts()) or "no time recorded"
+        return ", ".join(f"{label} {duration_text(value)}" for _, label, value, _ in self.parts()) or "no time recorded"
 
 
 def split_time(req: Request, marks: list[tuple[str, float]], steps_ms: int | None = None,
@@ -664,7 +663,6 @@ def run_view(run_id: str, all_events: bool = False) -> RunView | None:
     """One run: its declared tasks (run or not), each task's request and time split, the
     timeline chart, its events (`workflow.*` only unless `all_events`)."""
     from mash_runtime.models import WorkflowRun, WorkflowRunEvent, WorkflowTaskRun
-    from mash_telemetry.templatetags.telemetry import ms
     from mash_telemetry.trace import pretty
 
     run = WorkflowRun.objects.select_related("workflow").filter(pk=run_id).first()
@@ -704,7 +702,7 @@ def run_view(run_id: str, all_events: bool = False) -> RunView | None:
             label=row.task_id, start=(row.started - start).total_seconds(), end=(finished - start).total_seconds(),
             color=TASK_STATUS_COLORS.get(row.status, "#868e96"),
             href=reverse("telemetry:request", args=[row.request.pk]) if row.request is not None else "",
-            title=f"{row.task_id} ({row.agent_id}): {row.status}, {ms(row.duration_ms)}"
+            title=f"{row.task_id} ({row.agent_id}): {row.status}, {duration_text(row.duration_ms)}"
                   + (f"; {detail}" if detail else ""),
         ))
     timeline = charts.timeline(bars, max((end - start).total_seconds(), 0.001),

@@ -15,17 +15,14 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-
 from mash_core.config import AgentConfig
 from mash_core.llm.base import LLMProvider
 from mash_core.tools.base import Tool, ToolRegistry, ToolResult
+from mash_runtime.masher.names import EVAL_CURATION_WORKFLOW, MASHER_AGENT_ID, TRACE_DIGEST_WORKFLOW
 from mash_runtime.run.dbthreads import database
 from mash_runtime.spec import AgentSpec
 from mash_runtime.workflows import TaskSpec, WorkflowSpec
 
-MASHER_AGENT_ID = "masher"
-TRACE_DIGEST_WORKFLOW = "masher-trace-digest"
-EVAL_CURATION_WORKFLOW = "masher-online-eval-curation"
 
 TASK_OUTPUT = {
     "type": "object",

@@ -15,10 +15,10 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q
 
-from mash_runtime.masher.agent import MASHER_AGENT_ID
 from mash_runtime.masher.digest import plain_summary, trace_facts
 from mash_runtime.masher.export import DIGESTS_FILE, EVALS_FILE, append_jsonl
 from mash_runtime.masher.models import EvalRecord, MasherCheckpoint, TraceDigest
+from mash_runtime.masher.names import MASHER_AGENT_ID
 from mash_runtime.models import Agent, Request, WorkflowRun
 
 MODES = ("trace", "incremental")

@@ -21,11 +21,12 @@ from mash_core.tools.base import ToolResult
 from mash_runtime import doorbell, mcp_tools, tokens
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
+from mash_runtime.host_sync import get_agent_row
 from mash_runtime.models import Interaction, Request, StepCheckpoint
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime.run.checkpoints import Step, checkpoint_rows, store_steps
 from mash_runtime.run.state import Outcome, RunState
-from mash_runtime.services import create_request, get_agent_row, subagent_session_id
+from mash_runtime.services import create_request, subagent_session_id
 from mash_runtime.subagents import INVOKE_SUBAGENT
 
 # How long buffered events may wait for the next checkpoint's transaction before they are

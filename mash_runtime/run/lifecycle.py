@@ -32,12 +32,13 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
+from mash_runtime.compaction import schedule_auto_compaction
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.memory import build_turn
 from mash_runtime.db import insert_rows, select_rows, take_lease, update_row
 from mash_runtime.models import Interaction, Request, RuntimeEvent, Session
-from mash_runtime.queue import enqueue_request
+from mash_runtime.queue import enqueue_advance, enqueue_request
 from mash_runtime.run.checkpoints import store_steps
 from mash_runtime.run.prepare import prepare_run
 from mash_runtime.run.state import Outcome, RunState
@@ -223,8 +224,6 @@ def complete(state: RunState, result, hosted, steps: list, items: list) -> list 
         ], ring=False, reserved_to=row[0])
         queued_behind = last_in_session > req.session_seq
         transaction.on_commit(lambda: after_terminal(req, queued_behind=queued_behind))
-        from mash_runtime.compaction import schedule_auto_compaction
-
         schedule_auto_compaction(req, hosted, total)
     return [event for event, created in results if created]
 
@@ -290,9 +289,7 @@ def after_terminal(req: Request, queued_behind: bool = True) -> None:
     if req.parent_id:
         enqueue_request(req.parent_id)
     if req.workflow_run_id:
-        from mash_runtime.workflow_engine import on_request_terminal
-
-        on_request_terminal(req)
+        enqueue_advance(req.workflow_run_id)
 
 
 # -- from the API --------------------------------------------------------------------------

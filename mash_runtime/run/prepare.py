@@ -6,8 +6,10 @@ from mash_core.agent import Agent
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import load_history
 from mash_runtime.models import Request
+from mash_runtime.publishing import add_published_skills
 from mash_runtime.run.checkpoints import load_checkpoints
 from mash_runtime.run.state import Prepared
+from mash_runtime.runtime_tools import register_runtime_tools
 from mash_runtime.subagents import InvokeSubagentTool, routing_block
 
 
@@ -25,8 +27,6 @@ def build_agent(hosted: HostedAgent, request: Request | None = None) -> Agent:
     session and event stream)."""
     tools = hosted.spec.build_tools()
     if hosted.spec.enable_runtime_tools():
-        from mash_runtime.runtime_tools import register_runtime_tools
-
         register_runtime_tools(tools, hosted, request)
     suffix = ""
     host = get_host()
@@ -34,7 +34,5 @@ def build_agent(hosted: HostedAgent, request: Request | None = None) -> Agent:
         subagents = [host.get(i) for i in host.subagent_ids]
         tools.register(InvokeSubagentTool([s.agent_id for s in subagents]))
         suffix = routing_block(subagents)
-    from mash_runtime.publishing import add_published_skills
-
     skills = add_published_skills(hosted.agent_id, hosted.spec.build_skills())
     return Agent(hosted.config, hosted.spec.build_llm(), tools, skills, system_suffix=suffix)

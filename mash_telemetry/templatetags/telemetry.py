@@ -16,6 +16,8 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 from mash_telemetry import clock
+from mash_telemetry.formats import duration_text
+from mash_telemetry.queries import highlight_spans, run_duration_ms
 from mash_telemetry.trace import pretty
 
 register = template.Library()
@@ -44,21 +46,7 @@ def markdown(text) -> str:
 
 @register.filter
 def ms(value) -> str:
-    if value is None or value == "":
-        return "–"
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if value < 1000:
-        return f"{value:.0f} ms"
-    if value < 60_000:
-        return f"{value / 1000:.1f} s"
-    minutes, seconds = divmod(int(value / 1000), 60)
-    if minutes < 60:
-        return f"{minutes}m {seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
+    return duration_text(value)
 
 
 @register.filter
@@ -103,8 +91,6 @@ def zone_attrs() -> str:
 def highlight(text, terms) -> str:
     """`text` with the words of `terms` marked. The text is untrusted: matches are found on
     the raw text and every piece, matched or not, is escaped before the <mark> tags go in."""
-    from mash_telemetry.queries import highlight_spans
-
     pieces = []
     for piece, matched in highlight_spans(str(text or ""), terms or ()):
         pieces.append(f"<mark>{escape(piece)}</mark>" if matched else escape(piece))
@@ -113,8 +99,6 @@ def highlight(text, terms) -> str:
 
 @register.filter
 def run_duration(run):
-    from mash_telemetry.queries import run_duration_ms
-
     return run_duration_ms(run)
 
 

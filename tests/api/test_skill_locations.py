@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from mash_runtime.models import PublishedSkill
-from mash_runtime.services import get_agent_row
+from mash_runtime.host_sync import get_agent_row
 from tests.api.conftest import assert_error, data, post_json, script
 
 SECRET = "TOP-SECRET-do-not-serve"

@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 
 from mash_runtime.host import get_host, set_host
+from mash_runtime.host_sync import sync_host
 from mash_runtime.models import PublishedSkill, Request, RuntimeEvent, WorkflowDefinition
 from mash_runtime.storable import StorableJSONField, UnstorableValue, check_storable, repaired
 from tests.api.conftest import assert_error, data, post_json, script
@@ -21,7 +22,7 @@ SURROGATE = "\ud800"
 def wf(engine, settings):
     settings.MASH_HOST_APP = "tests.apps.workflow_host:build_host"
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     return engine
 
 

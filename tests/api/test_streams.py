@@ -274,7 +274,8 @@ def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(en
     from mash_runtime.events import append_events
     from mash_runtime.models import Request
     from mash_runtime.run.lifecycle import finish
-    from mash_runtime.services import create_request, get_agent_row
+    from mash_runtime.host_sync import get_agent_row
+    from mash_runtime.services import create_request
 
     class NoPoll(streams.Backoff):  # only doorbells may wake the reader in this test
         def __init__(self):
@@ -317,7 +318,8 @@ def test_a_bare_doorbell_makes_the_stream_read(engine, monkeypatch):
     from mash_runtime import doorbell
     from mash_runtime.events import append_events
     from mash_runtime.models import Request
-    from mash_runtime.services import create_request, get_agent_row
+    from mash_runtime.host_sync import get_agent_row
+    from mash_runtime.services import create_request
 
     class NoPoll(streams.Backoff):
         def __init__(self):

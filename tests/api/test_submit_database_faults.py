@@ -73,9 +73,9 @@ def known_session(known: bool, monkeypatch) -> str:
 
 @pytest.fixture
 def synced(engine):
-    from mash_runtime.host import ensure_synced
+    from mash_runtime.host_sync import ensure_synced, sync_host
 
-    ensure_synced().sync_agents()
+    sync_host(ensure_synced())
 
 
 @postgresql_only

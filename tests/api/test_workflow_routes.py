@@ -3,6 +3,7 @@ from urllib.parse import quote
 import pytest
 
 from mash_runtime.host import get_host, set_host
+from mash_runtime.host_sync import sync_host
 from tests.api.conftest import assert_error, data, parse_sse, post_json, read_stream
 
 
@@ -10,7 +11,7 @@ from tests.api.conftest import assert_error, data, parse_sse, post_json, read_st
 def wf(engine, settings):
     settings.MASH_HOST_APP = "tests.apps.workflow_host:build_host"
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     return engine
 
 

@@ -110,12 +110,13 @@ def test_it_explains_bad_host_app_paths(path, message):
 
 
 def test_it_syncs_agent_rows(db):
+    from mash_runtime.host_sync import sync_host
     from mash_runtime.models import Agent
 
     Agent.objects.create(agent_id="retired", role="primary")
     host = HostBuilder().primary(Spec("main")).subagent(Spec("docs"), metadata=META).build()
-    host.sync_agents()
-    host.sync_agents()  # idempotent
+    sync_host(host)
+    sync_host(host)  # idempotent
     rows = {a.agent_id: a for a in Agent.objects.all()}
     assert set(rows) == {"main", "docs", "retired"}
     assert rows["main"].role == "primary" and rows["main"].active

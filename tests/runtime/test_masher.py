@@ -15,17 +15,12 @@ import pytest
 from mash_core.llm.anthropic import AnthropicProvider
 from mash_runtime import HostBuilder
 from mash_runtime.host import get_host, set_host
-from mash_runtime.masher.agent import (
-    EVAL_CURATION_WORKFLOW,
-    MASHER_AGENT_ID,
-    TRACE_DIGEST_WORKFLOW,
-    CollectTool,
-    SaveDigestsTool,
-    SaveEvalsTool,
-)
+from mash_runtime.host_sync import sync_host
+from mash_runtime.masher.agent import CollectTool, SaveDigestsTool, SaveEvalsTool
 from mash_runtime.masher.digest import event_facts, plain_summary
 from mash_runtime.masher.export import DIGESTS_FILE, EVALS_FILE
 from mash_runtime.masher.models import EvalRecord, MasherCheckpoint, TraceDigest
+from mash_runtime.masher.names import EVAL_CURATION_WORKFLOW, MASHER_AGENT_ID, TRACE_DIGEST_WORKFLOW
 from mash_runtime.masher.records import collect, save_digests
 from mash_runtime.models import Interaction, Request, RuntimeEvent
 from mash_runtime.services import answer_interaction
@@ -44,7 +39,7 @@ def masher(engine, settings, tmp_path):
     settings.MASH_MASHER_EXPORT = False
     settings.DATA_DIR = tmp_path / "data"
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     return engine
 
 

@@ -4,6 +4,7 @@ from django.utils import timezone
 
 from mash_runtime.errors import Conflict, NotFound, ServiceError
 from mash_runtime.host import get_host, set_host
+from mash_runtime.host_sync import sync_host
 from mash_runtime.models import Interaction, PublishedSkill, Request, WorkflowDefinition, WorkflowRun, WorkflowRunEvent
 from mash_runtime.publishing import add_published_skills, publish_skill, publish_workflow, remove_skill, remove_workflow
 from mash_runtime.services import answer_interaction
@@ -23,7 +24,7 @@ from mash_runtime.workflow_engine import (
 def wf(engine, settings):
     settings.MASH_HOST_APP = "tests.apps.workflow_host:build_host"
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     return engine
 
 
@@ -195,7 +196,7 @@ def test_published_skills_and_workflows_are_stored_and_removable(wf):
     assert "Use the skill 'greet'" in message
     # A restart re-syncs code workflows and keeps published ones.
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     assert "recount" in [w["workflow_id"] for w in list_workflows()["workflows"]]
     remove_workflow("primary", "recount")
     assert "recount" not in [w["workflow_id"] for w in list_workflows()["workflows"]]

@@ -55,10 +55,11 @@ def test_an_api_submit_in_the_log_links_to_the_request_trace(runs, staff, operat
 
 def test_a_workflow_run_start_in_the_log_links_to_the_run(engine, users, settings):  # noqa: F811
     from mash_runtime.host import get_host, set_host
+    from mash_runtime.host_sync import sync_host
 
     settings.MASH_HOST_APP = "tests.apps.workflow_host:build_host"
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     operator = client_for(users["operator"])
     response = operator.post("/api/v1/workflow/count-and-report/run", data=json.dumps({"input": {"step": 1}}),
                              content_type="application/json")

@@ -12,6 +12,7 @@ from django.contrib.admin.utils import quote
 from django.test import Client
 
 from mash_runtime.host import get_host, set_host
+from mash_runtime.host_sync import sync_host
 from mash_runtime.models import Request, WorkflowRun, WorkflowRunEvent, WorkflowTaskRun, WorkflowTaskState
 from mash_runtime.workflow_engine import start_run
 from tests.runtime.conftest import engine  # noqa: F401  (the in-process engine fixture)
@@ -24,7 +25,7 @@ EVIL = '<script>alert("x")</script>'
 def wf(engine, settings):  # noqa: F811
     settings.MASH_HOST_APP = "tests.apps.workflow_host:build_host"
     set_host(None)
-    get_host().sync_agents()
+    sync_host(get_host())
     return engine
 
 

@@ -173,6 +173,7 @@ class Command(BaseCommand):
 
         settings.MASH_HOST_APP = host_app
         from mash_runtime.host import load_host, set_host
+        from mash_runtime.host_sync import sync_host
 
         with console.status(f"loading host app {host_app}"):
             try:
@@ -183,7 +184,7 @@ class Command(BaseCommand):
         if not options["no_migrate"]:
             with console.status("applying database migrations"):
                 call_command("migrate", interactive=False, verbosity=0)
-        host.sync_agents()
+        sync_host(host)
 
         from mash_api.auth import check_bind_address, forget_cached_configuration
 

@@ -1,0 +1,46 @@
+"""Query-string values the read services take as the client sent them (`?limit=`, `?offset=`,
+epoch-second times), checked into Python values or a 422 VALIDATION_ERROR naming the parameter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from mash_runtime.errors import ServiceError
+
+
+def parse_limit(value: Any, *, default: int, maximum: int, name: str = "limit") -> int:
+    if value in (None, ""):
+        return default
+    try:
+        limit = int(str(value).strip())
+    except ValueError:
+        raise ServiceError(f"{name} must be an integer", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", name], "msg": "not an integer", "type": "int_parsing"}]}) from None
+    if not 1 <= limit <= maximum:
+        raise ServiceError(f"{name} must be between 1 and {maximum}", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", name], "msg": f"must be between 1 and {maximum}",
+                                                "type": "value_error"}]})
+    return limit
+
+
+def parse_offset(value: Any) -> int:
+    try:
+        skip = int(value or 0)
+        if skip < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ServiceError("offset must be a non-negative integer", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", "offset"], "msg": "invalid", "type": "int_parsing"}]}) from None
+    return skip
+
+
+def parse_epoch(value: Any, name: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), tz=dt_timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise ServiceError(f"{name} must be epoch seconds", code="VALIDATION_ERROR", status=422,
+                           details={"errors": [{"loc": ["query", name], "msg": "not a number", "type": "float_parsing"}]}) from None
