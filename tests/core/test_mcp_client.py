@@ -292,3 +292,19 @@ def test_an_unreachable_server_at_discovery_is_tried_again_only_after_a_while():
         assert conn.failed_at > failed_at
 
     run(scenario())
+
+
+def test_runs_share_the_session_concurrently_and_a_cancelled_call_leaves_it_usable(call_log):
+    async def scenario():
+        tools = by_tool(await discover_tools(stdio_config(log=call_log)))
+        results = await asyncio.gather(*(tools["slow"].execute({"seconds": 0.3}) for _ in range(5)))
+        assert [r.content for r in results] == ["done waiting"] * 5
+        stuck = asyncio.ensure_future(tools["slow"].execute({"seconds": 60}))
+        await asyncio.sleep(0.5)
+        stuck.cancel()  # a cancelled run: its call ends with it
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        assert (await tools["echo"].execute({"text": "after the cancel"})).content == "after the cancel"
+
+    run(scenario())
+    assert len({c["pid"] for c in calls(call_log)}) == 1

@@ -207,3 +207,20 @@ def test_server_down_at_start_is_an_event_not_a_failure_and_down_later_an_error_
 
 async def _connect(loop_pool, config):
     await loop_pool().connection(config).connect()
+
+
+def test_a_worker_whose_agents_have_no_mcp_server_never_imports_the_sdk():
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import django, sys; django.setup()\n"
+        "from mash_runtime.host import load_host\n"
+        "import mash_runtime.run.runner, mash_runtime.run.execute, mash_runtime.mcp_tools as m\n"
+        "host = load_host('tests.apps.engine_host:build_host')\n"
+        "assert not m.has_servers(host)\n"
+        "assert 'mcp' not in sys.modules and 'httpx2' not in sys.modules\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mash_project.settings"}
+    subprocess.run([sys.executable, "-c", probe], check=True, env=env, cwd=str(os.getcwd()))
