@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from mash_core.agent import AgentResult
+from mash_core.errors import ConfigError
 from mash_core.llm.base import LLMError
 from mash_core.structured import StructuredOutputError
 from mash_runtime import dbfaults, mcp_tools
@@ -74,6 +75,9 @@ async def execute(state: RunState, db: Db, draining=lambda: False) -> Outcome:
         return Outcome.FAILED
     except StructuredOutputError as exc:
         await fail(Request.Status.FAILED, str(exc), StructuredOutputError.code, False)
+        return Outcome.FAILED
+    except ConfigError as exc:  # the agent's definition is wrong (an MCP tool name clash): no retry helps
+        await fail(Request.Status.FAILED, f"ConfigError: {exc}", "CONFIG_ERROR", False)
         return Outcome.FAILED
     except Exception as exc:
         if dbfaults.was_dropped(exc):
