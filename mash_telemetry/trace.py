@@ -109,6 +109,8 @@ class TraceView:
     children: list["TraceView"]  # child requests not tied to a shown subagent call
     last_seq: int
     truncated: bool
+    # MCP servers this request could not reach (`mcp.client.error`): their tools were missing.
+    mcp_errors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def answer(self) -> str:
@@ -169,11 +171,14 @@ def build_trace(request: Request, depth: int = 0) -> TraceView:
     context: dict[str, Any] = {}
     structured_tokens: dict[str, int] = {}
     calls: dict[tuple[int, int], ToolCallView] = {}
+    mcp_errors: list[dict[str, Any]] = []
     for event in events:
         p = event.payload if isinstance(event.payload, dict) else {}
         kind = event.event_type
         if kind == "runtime.context.loaded":
             context = p
+        elif kind == "mcp.client.error":
+            mcp_errors.append({"server": str(p.get("server") or "?"), "error": str(p.get("error") or "")})
         elif kind == "llm.request.complete":
             if event.loop_index is None:
                 if event.step_key == "structured":
@@ -243,5 +248,5 @@ def build_trace(request: Request, depth: int = 0) -> TraceView:
         request=request, depth=depth, steps=[steps[i] for i in sorted(steps)], context=context,
         structured_tokens=structured_tokens, interactions=interactions, children=children,
         # The row's counter was read before the events: a live view resuming after it misses nothing.
-        last_seq=request.last_seq, truncated=truncated,
+        last_seq=request.last_seq, truncated=truncated, mcp_errors=mcp_errors,
     )

@@ -180,6 +180,13 @@ def test_server_down_at_start_is_an_event_not_a_failure_and_down_later_an_error_
     assert [e["server"] for e in error] == ["web"] and "ConnectError" in error[0]["error"]
     unknown = payloads(mcp_engine, down.pk, "runtime.tool.call.completed")[0]["result"]
     assert unknown["is_error"] and "Unknown tool 'mcp_web_echo'" in unknown["content"]
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_user("staff", password="pw", is_staff=True))
+    page = client.get(f"/telemetry/requests/{down.pk}/").content.decode()
+    assert "MCP server web unreachable" in page and TOKEN not in page
 
     server.start()
     try:
