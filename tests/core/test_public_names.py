@@ -8,6 +8,7 @@ def test_it_exposes_every_public_name():
     code = """
 from mash_core.config import AgentConfig
 from mash_core.llm import AnthropicProvider, ScriptedProvider, LLMProvider, LLMRequest, LLMResponse
+from mash_core.mcp import MCPServerConfig
 from mash_core.tools import Tool, ToolResult, ToolRegistry, FunctionTool, BashTool, AskUserTool
 from mash_core.skills import Skill, SkillRegistry
 from mash_runtime import AgentSpec, HostBuilder, SubAgentMetadata
