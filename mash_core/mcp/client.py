@@ -86,6 +86,11 @@ class MCPConnection:
         self._stop: asyncio.Event | None = None
         self._lock = asyncio.Lock()
 
+    def _describe(self, exc: BaseException) -> str:
+        # An error's text may quote the URL, whose query or user info can hold a token.
+        text = describe_error(exc)
+        return text.replace(self.config.url, self.config.target) if self.config.url else text
+
     @property
     def connected(self) -> bool:
         return self._client is not None and self._owner is not None and not self._owner.done()
@@ -113,7 +118,7 @@ class MCPConnection:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 message = (f"no answer within {wait:g} s" if isinstance(exc, TimeoutError)
-                           else describe_error(exc))
+                           else self._describe(exc))
                 self.last_error, self.failed_at = message, time.monotonic()
                 logger.warning("mcp.client.error server=%s target=%s error=%s", self.config.name, self.config.target,
                                message)
@@ -140,9 +145,9 @@ class MCPConnection:
                     group.cancel_scope.cancel()
         except BaseException as exc:
             if not ready.done():
-                ready.set_exception(exc if isinstance(exc, Exception) else MCPUnavailable(describe_error(exc)))
+                ready.set_exception(exc if isinstance(exc, Exception) else MCPUnavailable(self._describe(exc)))
             elif not (self._stop and self._stop.is_set()):
-                self.last_error, self.failed_at = describe_error(exc), time.monotonic()
+                self.last_error, self.failed_at = self._describe(exc), time.monotonic()
                 logger.warning("mcp.client.error server=%s target=%s error=connection lost: %s", self.config.name,
                                self.config.target, self.last_error)
         finally:
@@ -174,11 +179,11 @@ class MCPConnection:
                 except MCPError as exc:
                     if not answer.done():
                         answer.set_exception(MCPTimeout(f"no answer within {self.config.timeout:g} s")
-                                             if exc.code == REQUEST_TIMEOUT else MCPCallFailed(describe_error(exc)))
+                                             if exc.code == REQUEST_TIMEOUT else MCPCallFailed(self._describe(exc)))
                     return
                 except Exception as exc:
                     if not answer.done():
-                        answer.set_exception(MCPUnavailable(describe_error(exc)))
+                        answer.set_exception(MCPUnavailable(self._describe(exc)))
                     return
                 except BaseException:
                     if not answer.done():

@@ -308,3 +308,21 @@ def test_runs_share_the_session_concurrently_and_a_cancelled_call_leaves_it_usab
 
     run(scenario())
     assert len({c["pid"] for c in calls(call_log)}) == 1
+
+
+def test_a_token_in_the_url_stays_out_of_errors_and_warnings(caplog):
+    from mash_core.mcp import MCPUnavailable
+
+    server = HTTPServerProcess()  # nobody listens
+    config = MCPServerConfig("down", url=f"http://user:pw-secret@127.0.0.1:{server.port}/mcp?token=qs-secret")
+    caplog.set_level(logging.WARNING)
+
+    async def scenario():
+        with pytest.raises(MCPUnavailable) as raised:
+            await discover_tools(config)
+        return str(raised.value)
+
+    message = run(scenario())
+    for text in (message, caplog.text, repr(config), str(config.to_dict())):
+        assert "qs-secret" not in text and "pw-secret" not in text
+    assert f"127.0.0.1:{server.port}/mcp" in caplog.text
