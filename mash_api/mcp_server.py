@@ -131,7 +131,9 @@ def tool_for(hosted) -> types.Tool:
 
 
 async def list_tools(ctx, params) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=[tool_for(hosted) for hosted in get_host().listed_agents()])
+    # On a thread: the first call in a process loads the host app (imports, its builder's work).
+    host = await sync_to_async(get_host)()
+    return types.ListToolsResult(tools=[tool_for(hosted) for hosted in host.listed_agents()])
 
 
 class Progress:
@@ -235,7 +237,7 @@ def submit(agent_id: str, message: str, session_id: str | None) -> tuple[dict[st
 
 
 async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-    hosted = listed_agent(params.name)
+    hosted = await sync_to_async(listed_agent)(params.name)
     if hosted is None:
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
     try:
