@@ -140,3 +140,31 @@ def test_the_sdk_is_imported_only_to_serve_mcp(tmp_path):
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def event(event_type, payload=None, loop_index=None):
+    from mash_runtime.models import RuntimeEvent
+
+    return RuntimeEvent(event_type=event_type, payload=payload or {}, loop_index=loop_index)
+
+
+@pytest.mark.parametrize("stored, said", [
+    (event("request.started"), "started"),
+    (event("request.waiting", {"reason": "session_busy"}), "waiting for an earlier request of its session to finish"),
+    (event("runtime.llm.think.completed", {"tool_calls": [{"name": "bash"}, {"name": "AskUser"}]}, 0),
+     "step 1: calling bash, AskUser"),
+    (event("runtime.llm.think.completed", {"action_type": "response", "tool_calls": []}, 2), "step 3: answering"),
+    (event("runtime.tool.call.completed", {"tool_name": "bash", "result": {"is_error": False}}, 1), "step 2: bash done"),
+    (event("runtime.tool.call.completed", {"tool_name": "bash", "result": {"is_error": True}}, 1),
+     "step 2: bash failed"),
+    (event("runtime.subagent.call.completed", {"tool_name": "InvokeSubagent", "result": {}}, 0),
+     "step 1: InvokeSubagent done"),
+    (event("runtime.tool.call.completed", {"tool_name": "x", "result": "odd"}), "step: x done"),
+    (event("runtime.context.loaded"), None),
+    (event("llm.request.complete"), None),
+    (event("subagent.runtime.tool.call.completed", {"tool_name": "bash"}, 0), None),
+])
+def test_each_step_is_said_in_a_progress_message(stored, said):
+    from mash_api.mcp_server import step_message
+
+    assert step_message(stored) == said
