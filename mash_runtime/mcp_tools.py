@@ -24,7 +24,8 @@ import asyncio
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from mash_core.errors import ConfigError
 
@@ -58,7 +59,7 @@ def check_servers(spec: Any) -> tuple:
     return tuple(configs)
 
 
-def servers_of(hosted: "HostedAgent") -> tuple:
+def servers_of(hosted: HostedAgent) -> tuple:
     """The agent's MCP servers, built once per spec object."""
     held = _servers.get(id(hosted.spec))
     if held is None or held[0] is not hosted.spec:
@@ -66,7 +67,7 @@ def servers_of(hosted: "HostedAgent") -> tuple:
     return held[1]
 
 
-def has_mcp_servers(hosted: "HostedAgent") -> bool:
+def has_mcp_servers(hosted: HostedAgent) -> bool:
     """Whether runs of this agent attach MCP tools (True too when its servers are invalid:
     the run then fails with that ConfigError)."""
     try:
@@ -78,7 +79,7 @@ def has_mcp_servers(hosted: "HostedAgent") -> bool:
 Emit = Callable[..., Awaitable[None]]
 
 
-async def with_mcp_tools(run: Any, agent: "Agent", hosted: "HostedAgent", emit: Emit, *, attempt: int = 0) -> Any:
+async def with_mcp_tools(run: Any, agent: Agent, hosted: HostedAgent, emit: Emit, *, attempt: int = 0) -> Any:
     """The agent loop `run` (a coroutine), once the MCP tools are attached: inside the run's
     task, so a cancel interrupts a slow connect and a ConfigError fails the request."""
     try:
@@ -89,7 +90,7 @@ async def with_mcp_tools(run: Any, agent: "Agent", hosted: "HostedAgent", emit: 
     return await run
 
 
-async def attach(agent: "Agent", hosted: "HostedAgent", emit: Emit | None = None, *, attempt: int = 0) -> list[str]:
+async def attach(agent: Agent, hosted: HostedAgent, emit: Emit | None = None, *, attempt: int = 0) -> list[str]:
     """Add the tools of the agent's MCP servers to `agent.tools`; returns their names."""
     servers = servers_of(hosted)
     if not servers:
@@ -156,7 +157,7 @@ def _loop_index(key: str) -> int | None:
 # -- a worker process's start and stop ------------------------------------------------------
 
 
-async def warm_up(host: "AgentHost", build_agent: Callable[["HostedAgent"], Awaitable["Agent"]]) -> None:
+async def warm_up(host: AgentHost, build_agent: Callable[[HostedAgent], Awaitable[Agent]]) -> None:
     """Connect every MCP server of the host's agents on this loop, so the first runs find
     their sessions open. An unreachable server is logged (`mcp.client.error`), not raised;
     a tool whose name another tool of the agent has is logged as the ConfigError each run
@@ -216,7 +217,7 @@ def _log_failure(done) -> None:
                        exc_info=done.exception())
 
 
-def has_servers(host: "AgentHost") -> bool:
+def has_servers(host: AgentHost) -> bool:
     for hosted in host.agents.values():
         try:
             if servers_of(hosted):

@@ -143,7 +143,7 @@ class MCPConnection:
                     ready.set_result(None)
                     await self._stop.wait()
                     group.cancel_scope.cancel()
-        except BaseException as exc:
+        except BaseException as exc:  # whatever ended the session: its waiter and the log learn why
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, Exception) else MCPUnavailable(self._describe(exc)))
             elif not (self._stop and self._stop.is_set()):
@@ -181,7 +181,7 @@ class MCPConnection:
                         answer.set_exception(MCPTimeout(f"no answer within {self.config.timeout:g} s")
                                              if exc.code == REQUEST_TIMEOUT else MCPCallFailed(self._describe(exc)))
                     return
-                except Exception as exc:
+                except Exception as exc:  # the transport's failures are many types (httpx, anyio, OS)
                     if not answer.done():
                         answer.set_exception(MCPUnavailable(self._describe(exc)))
                     return

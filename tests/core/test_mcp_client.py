@@ -108,17 +108,13 @@ def test_untrusted_schemas_and_results_are_bounded():
         node = node["properties"]["a"]
     assert "nested deeper" in check_schema(deep)
 
-    class Block:
-        def __init__(self, **kw):
-            self.__dict__.update(kw)
+    from mcp_types import CallToolResult, ImageContent, TextContent
 
-    class Result:
-        content = [Block(type="text", text="a\x00b\ud800"), Block(type="image", mime_type="image/png", data="...")]
-        structured_content = None
-
-    assert result_text(Result()) == "a\ufffdb\ufffd\n[image content (image/png) left out]"
-    Result.content = [Block(type="text", text="y" * (MAX_RESULT_CHARS + 10))]
-    text = result_text(Result())
+    result = CallToolResult(content=[TextContent(type="text", text="a\x00b\ud800"),
+                                     ImageContent(type="image", data="aGk=", mime_type="image/png")])
+    assert result_text(result) == "a\ufffdb\ufffd\n[image content (image/png) left out]"
+    assert result_text(CallToolResult(content=[], structured_content={"n": 1})) == '{"n": 1}'
+    text = result_text(CallToolResult(content=[TextContent(type="text", text="y" * (MAX_RESULT_CHARS + 10))]))
     assert text.startswith("y" * 100) and "[truncated: the result had" in text
     assert len(text) < MAX_RESULT_CHARS + 100
 

@@ -140,7 +140,7 @@ def test_a_name_another_tool_has_is_a_clear_config_error(mcp_engine, monkeypatch
     req = mcp_engine.run({"script": ["never"]})
     assert req.status == "failed"
     assert "ConfigError" in req.error and "mcp_local_echo" in req.error and "include_tools" in req.error
-    error = [e.payload for e in mcp_engine.events(req.pk) if e.event_type == "request.error"][0]
+    error = next(e.payload for e in mcp_engine.events(req.pk) if e.event_type == "request.error")
     assert error["error_code"] == "CONFIG_ERROR" and error["retryable"] is False
 
 
