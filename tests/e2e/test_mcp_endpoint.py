@@ -20,6 +20,7 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
+from mash_api.models import ApiKey
 from mash_runtime.host import set_host
 from mash_runtime.models import Request
 from tests.e2e.conftest import wait_for
@@ -137,6 +138,11 @@ def test_without_the_key_the_endpoint_refuses_with_the_api_envelope(server):
         run(listing({}))
     assert refused.group_contains(MCPError)
     assert sorted(run(listing({"X-API-Key": KEY}))) == ["helper", "primary"]
+    stored, secret = ApiKey.issue("mcp-editor")  # a stored key works as on /api/v1, until revoked
+    assert sorted(run(listing({"Authorization": f"Bearer {secret}"}))) == ["helper", "primary"]
+    stored.revoke()
+    revoked = httpx.post(url, json=body, headers={**accept, "Authorization": f"Bearer {secret}"}, timeout=30)
+    assert revoked.status_code == 401
     assert Request.objects.count() == 0
 
 
