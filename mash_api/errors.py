@@ -16,7 +16,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from mash_runtime.dbfaults import connection_dropped, recover_connections
-from mash_runtime.errors import ServiceError
+from mash_runtime.errors import InvalidInput, ServiceError
 from mash_runtime.storable import UnstorableValue, is_storable
 
 logger = logging.getLogger("mash_api")
@@ -46,9 +46,10 @@ def unstorable_param_error(path_kwargs: dict[str, Any], query) -> ServiceError |
     locs += [["query", name] for name in query if not is_storable(name) or not is_storable(query.getlist(name))]
     if not locs:
         return None
-    return ServiceError(f"{locs[0][-1]}: must not contain NUL characters", code="VALIDATION_ERROR", status=422,
-                        details={"errors": [{"loc": loc, "msg": "must not contain NUL characters", "type": "value_error"}
-                                            for loc in locs]})
+    return InvalidInput(f"{locs[0][-1]}: must not contain NUL characters",
+                        [{"loc": loc, "msg": "must not contain NUL characters", "type": "value_error"} for loc in locs])
+
+
 
 
 def validation_errors(detail: Any, loc: tuple = ("body",)) -> list[dict[str, Any]]:
@@ -71,21 +72,29 @@ def validation_errors(detail: Any, loc: tuple = ("body",)) -> list[dict[str, Any
 BLANK_CODES = {"blank", "required"}
 
 
+def invalid_input(detail: Any, loc: tuple = ("body",)) -> ServiceError:
+    """A serializer's errors as the service error the API answers with: 400 INVALID_REQUEST
+    when every value at fault is blank or missing (the client's wording problem), else 422
+    VALIDATION_ERROR (shape); `details.errors` lists them as `[{loc, msg, type}]`."""
+    errors = validation_errors(detail, loc)
+    if errors and all(e["type"] in BLANK_CODES for e in errors):
+        return ServiceError(errors[0]["msg"] if len(errors) == 1 else "Invalid request", code="INVALID_REQUEST",
+                            status=400, details={"errors": errors})
+    if loc == ("body",):
+        return InvalidInput("Request body failed validation", errors)
+    # A query parameter is named, as the services' own checks name theirs (mash_runtime.errors.invalid).
+    return InvalidInput(f"{errors[0]['loc'][-1]}: {errors[0]['msg']}" if len(errors) == 1 else "Invalid query", errors)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, UnstorableValue):  # caught by the model field, past the serializers
+        exc = InvalidInput(str(exc), [{"loc": ["body", *exc.where.split(".")], "msg": exc.reason, "type": "value_error"}])
+    elif isinstance(exc, exceptions.ValidationError):
+        exc = invalid_input(exc.detail)
     if isinstance(exc, ServiceError):
         return Response(envelope(exc.code, exc.message, exc.details), status=exc.status)
-    if isinstance(exc, UnstorableValue):  # caught by the model field, past the serializers
-        return Response(envelope("VALIDATION_ERROR", str(exc), {"errors": [
-            {"loc": ["body", *exc.where.split(".")], "msg": exc.reason, "type": "value_error"}]}), status=422)
     if isinstance(exc, RequestDataTooBig):
         return Response(envelope(*_too_large()), status=413)
-    if isinstance(exc, exceptions.ValidationError):
-        errors = validation_errors(exc.detail)
-        # Blank or missing values are the client's wording problem (400); anything else is shape (422).
-        if errors and all(e["type"] in BLANK_CODES for e in errors):
-            return Response(envelope("INVALID_REQUEST", errors[0]["msg"] if len(errors) == 1 else "Invalid request",
-                                     {"errors": errors}), status=400)
-        return Response(envelope("VALIDATION_ERROR", "Request body failed validation", {"errors": errors}), status=422)
     if isinstance(exc, exceptions.ParseError):
         return Response(envelope("INVALID_JSON", f"Request body is not valid JSON: {exc.detail}"), status=400)
     if isinstance(exc, exceptions.UnsupportedMediaType):
@@ -127,7 +136,7 @@ def _too_large() -> tuple[str, str]:
 UNAVAILABLE = ("DATABASE_UNAVAILABLE", "The database is busy or unreachable; retry shortly", {"retryable": True})
 
 
-def _database_fault(exc: Exception) -> None:
+def note_database_fault(exc: Exception) -> None:
     logger.warning("database unavailable: %s", " ".join(str(exc).split()))
     if connection_dropped(exc):
         # Its pool's other idle connections died with it most likely: replace them now, not
@@ -141,13 +150,13 @@ def unavailable(exc: Exception) -> Response:
     failed too, the server restarts, SQLite stayed locked). Nothing was stored by the
     failed call, or what was is found again by the retry: a submit sent again with the same
     Idempotency-Key answers with the request the first one stored, if it did."""
-    _database_fault(exc)
+    note_database_fault(exc)
     return Response(envelope(*UNAVAILABLE), status=503, headers={"Retry-After": "1"})
 
 
 def unavailable_json(exc: Exception) -> JsonResponse:
     """`unavailable` for plain Django views (the SSE ones)."""
-    _database_fault(exc)
+    note_database_fault(exc)
     response = error_json(*UNAVAILABLE[:2], 503, UNAVAILABLE[2])
     response["Retry-After"] = "1"
     return response

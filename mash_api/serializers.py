@@ -1,9 +1,14 @@
-"""Request-body shapes. Strict: a number is not a string, a list is not an object."""
+"""Request-body and query shapes. Strict: a number is not a string, a list is not an object.
+
+These are where a request's input is checked, once: the views hand services typed values.
+"""
 
 import json
 
 from rest_framework import serializers
 
+from mash_runtime.errors import ServiceError
+from mash_runtime.query_params import parse_limit
 from mash_runtime.storable import UnstorableValue, check_storable
 
 
@@ -43,11 +48,53 @@ class JSONObjectField(StorableJSONField):
         return value
 
 
+class LimitField(serializers.Field):
+    """`?limit=`: the runtime's one rule (`parse_limit`: 1..maximum, blank or absent is the
+    default), its complaint as this field's `{msg, type}`."""
+
+    def __init__(self, *, default: int, maximum: int, **kwargs):
+        self.maximum = maximum
+        super().__init__(required=False, default=default, **kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return parse_limit(data, default=self.default, maximum=self.maximum, name=self.field_name)
+        except ServiceError as exc:
+            error = exc.details["errors"][0]
+            raise serializers.ValidationError(error["msg"], code=error["type"]) from None
+
+    def to_representation(self, value):
+        return value
+
+
+class CursorField(serializers.Field):
+    """An id or seq to resume after (`?after=`): a non-negative integer."""
+
+    def to_internal_value(self, data):
+        try:
+            value = int(str(data).strip())
+        except ValueError:
+            raise serializers.ValidationError("not an integer", code="int_parsing") from None
+        if value < 0:
+            raise serializers.ValidationError("must be a non-negative integer", code="value_error")
+        return value
+
+    def to_representation(self, value):
+        return value
+
+
 class SubmitRequestSerializer(serializers.Serializer):
+    """A submit's body, the one check of it (/api/v1, /h2a/ and the MCP endpoint): `message`
+    and `session_id` come out stripped, a blank `session_id` as None (the agent's default
+    session). What the schema means is the service's (`INVALID_STRUCTURED_OUTPUT`)."""
+
     message = StrictCharField(max_length=200_000)
     session_id = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
     structured_output = JSONObjectField(required=False, allow_null=True)
     metadata = JSONObjectField(required=False, allow_null=True)
+
+    def validate_session_id(self, value):
+        return value or None
 
 
 class InteractionAnswerSerializer(serializers.Serializer):

@@ -1,9 +1,11 @@
 """Event readers shared by the SSE views and the WebSocket consumers.
 
-A reader replays rows after its cursor from the database, then waits for a doorbell
-on the channel layer or for its fallback poll, whichever comes first. The database is
-the truth; doorbells only make the wait short. Polls back off while nothing happens
-(50 ms up to a ceiling), so idle streams cost little and busy ones stay snappy even on
+One follow loop (`_follow`) serves every stream: a request's or a run's events (numbered
+by `seq`, ending with their final event) and the tails of a table read by ascending id
+(runtime events, the API request log). It replays rows after its cursor from the database,
+then waits for a doorbell on the channel layer or for its fallback poll, whichever comes
+first. The database is the truth; doorbells only make the wait short. Polls back off while
+nothing happens (`Backoff`), so idle streams cost little and busy ones stay snappy even on
 the in-memory layer, whose doorbells do not cross processes.
 """
 
@@ -70,6 +72,17 @@ class Backoff:
         self.current = self.floor if rung else min(self.current * self.growth, self.ceiling)
 
 
+class PollBackoff(Backoff):
+    """For a table no doorbell rings for (the API request log): its poll is the delivery path
+    on every layer, so it stays short: 50 ms growing x1.5 to `MASH_STREAM_POLL_MAX` (0.5 s)."""
+
+    def __init__(self) -> None:
+        self.floor = 0.05
+        self.growth = 1.5
+        self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 0.5))
+        self.current = self.floor
+
+
 @dataclass
 class Frame:
     """One stream item: an event, a token delta (`delta`, never stored: mash_runtime.tokens),
@@ -127,19 +140,20 @@ def _fetch_request_events(request_id, cursor: int, first: bool = False) -> tuple
         Request.objects.filter(pk=request_id), Request.TERMINAL, TERMINAL_EVENTS, first)
 
 
-def _latest_event_id() -> int:
-    return RuntimeEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-
-def latest_event_id() -> int:
-    """Where a tail opened now starts: take it before the client can see the stream open.
+def latest_id(model) -> int:
+    """Where a tail of `model`'s table opened now starts: take it before the client can see
+    the stream open (a row committed after that must be delivered).
 
     Called by the view/consumer on the stream's thread, which then releases the connection.
     """
     try:
-        return _latest_event_id()
+        return model.objects.order_by("-id").values_list("id", flat=True).first() or 0
     finally:
         release_connection()
+
+
+def latest_event_id() -> int:
+    return latest_id(RuntimeEvent)
 
 
 # How long a hole below a tail's cursor is asked for again, and how many are kept.
@@ -208,13 +222,6 @@ class IdCursor:
                 break
             if pk not in present:
                 self.gaps.setdefault(pk, now)
-
-
-def _fetch_tail(cursor: IdCursor, filters: dict[str, str]) -> list[RuntimeEvent]:
-    try:
-        return cursor.read(RuntimeEvent.objects.filter(**filters))
-    finally:
-        release_connection()
 
 
 class _Bells:
@@ -369,46 +376,101 @@ def carried_frames(rung: list[dict], cursor: int) -> tuple[list[Frame], bool]:
 STEP_STORED_EVENTS = ("llm.request.complete", "runtime.llm.think.completed")
 
 
-async def _sequence_frames(fetch, group: str, after: int, final_events=(), tokens_of=None) -> AsyncIterator[Frame]:
-    """Rows numbered by `seq` after `after`, read with `fetch(cursor, first) -> (rows, finished)`;
-    ends right after the row that finishes the sequence (or at once when resumed past it).
-    With `tokens_of` (a request id), the token deltas of its running steps come in between."""
-    cursor = after
-    backoff = Backoff()
+class _Sequence:
+    """What `_follow` reads for rows numbered by `seq` (a request's events, a run's):
+    `fetch(cursor, first) -> (rows, finished)`; the doorbells of its group carry its newest
+    rows, so a caught-up reader needs no read."""
+
+    def __init__(self, fetch, group: str, after: int, final_events=(), tokens_of=None) -> None:
+        self.fetch = fetch
+        self.groups = [group]
+        self.cursor = after
+        self.first = True
+        self.final_events = final_events
+        self.tokens_of = tokens_of
+
+    def read(self) -> tuple[list, bool]:
+        rows, finished = self.fetch(self.cursor, self.first)
+        self.first = False
+        return rows, finished
+
+    def advance(self, frame: Frame) -> None:
+        self.cursor = frame.event.seq
+
+    def carried(self, rung: list[dict]) -> tuple[list[Frame], bool]:
+        return carried_frames(rung, self.cursor)
+
+    def read_again(self, rows: list) -> bool:
+        return len(rows) >= BATCH  # more may be waiting; anything committed later rings
+
+
+class _Table:
+    """What `_follow` reads for a tail: the rows of `rows` (a filtered queryset) by ascending id
+    (`IdCursor`) after `after_id` (default: "now", at the first read); never finished. Its
+    doorbells only wake it."""
+
+    final_events = ()
+    tokens_of = None
+
+    def __init__(self, rows, after_id: int | None, groups: list[str], batch_size: int = BATCH) -> None:
+        self.rows = rows
+        self.cursor = IdCursor(after_id)
+        self.groups = groups
+        self.batch_size = batch_size
+
+    def read(self) -> tuple[list, bool]:
+        try:
+            return self.cursor.read(self.rows, self.batch_size), False
+        finally:
+            release_connection()
+
+    def advance(self, frame: Frame) -> None:
+        pass  # the cursor moved as it read
+
+    def carried(self, rung: list[dict]) -> tuple[list[Frame], bool]:
+        return [], True
+
+    def read_again(self, rows: list) -> bool:
+        return bool(rows)  # tails' rings are throttled: read on while rows keep coming
+
+
+async def _follow(source, backoff: Backoff) -> AsyncIterator[Frame]:
+    """The one follow loop: rows from `source` (`_Sequence` or `_Table`) as they commit, a
+    keep-alive frame every KEEPALIVE_SECONDS while idle; ends right after a sequence's final
+    row (or at once when resumed past it). With `source.tokens_of` (a request id), the token
+    deltas of its running steps come in between."""
+    tokens_of = source.tokens_of
     last_sent = time.monotonic()
-    first = True
     read = True
     stored_steps: set[str] = set()
 
     def seen(frame: Frame) -> Frame:
+        source.advance(frame)
         if tokens_of is not None and frame.event.event_type in STEP_STORED_EVENTS:
             stored_steps.add(frame.event.step_key)
         return frame
 
     if tokens_of is not None:
         await tokens.mark_listening(tokens_of)
-    async with Doorbell([group]) as bell:
+    async with Doorbell(source.groups) as bell:
         while True:
             if read:
                 try:
-                    events, finished = await sync_to_async(fetch)(cursor, first)
+                    rows, finished = await sync_to_async(source.read)()
                 except OperationalError as exc:
                     # The database is the truth and the cursor has not moved: read again after
                     # the wait, rather than end a stream the client cannot tell from a finished one.
                     logger.warning("stream read failed, retrying: %s", " ".join(str(exc).split()))
-                    events, finished = [], False
-                else:
-                    first = False
-                for frame in batch(events):
-                    cursor = frame.event.seq
+                    rows, finished = [], False
+                for frame in batch(rows):
                     yield seen(frame)
                 if finished:
                     return
-                if events:
+                if rows:
                     last_sent = time.monotonic()
                     backoff.reset()
-                    if len(events) >= BATCH:
-                        continue  # more may be waiting; anything committed later rings
+                    if source.read_again(rows):
+                        continue
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
                 if tokens_of is not None:
@@ -429,29 +491,36 @@ async def _sequence_frames(fetch, group: str, after: int, final_events=(), token
             backoff.after_wait(bool(rung))
             # A caught-up reader sends what the doorbells carried; the database is read when
             # they skipped something, carried nothing, or none rang (the fallback poll).
-            frames, read = carried_frames(rung, cursor) if rung else ([], True)
+            frames, read = source.carried(rung) if rung else ([], True)
             for frame in frames:
-                cursor = frame.event.seq
                 yield seen(frame)
             if frames:
                 last_sent = time.monotonic()
                 backoff.reset()
                 # Carried events were committed a moment ago, the terminal one with its
                 # request's final state: no status read is needed to end the stream.
-                if frames[-1].event.event_type in final_events:
+                if frames[-1].event.event_type in source.final_events:
                     return
 
 
 def request_frames(request_id, after: int = 0, *, tokens: bool = False) -> AsyncIterator[Frame]:
     """Frames of one request after seq `after`, ending right after its terminal event; with
     `tokens`, also the deltas of its running LLM steps (`agent.delta`)."""
-    return _sequence_frames(lambda cursor, first: _fetch_request_events(request_id, cursor, first),
-                            request_group(request_id), after, TERMINAL_EVENTS,
-                            tokens_of=request_id if tokens else None)
+    source = _Sequence(lambda cursor, first: _fetch_request_events(request_id, cursor, first),
+                       request_group(request_id), after, TERMINAL_EVENTS, tokens_of=request_id if tokens else None)
+    return _follow(source, Backoff())
 
 
-async def tail_frames(agent_id: str | None = None, session_id: str | None = None,
-                      trace_id: str | None = None, after_id: int | None = None) -> AsyncIterator[Frame]:
+def table_frames(rows, after_id: int | None = None, *, groups: list[str] | None = None,
+                 backoff: Backoff | None = None, batch_size: int = BATCH) -> AsyncIterator[Frame]:
+    """Every new row of `rows` (a filtered queryset of a table read by ascending id) after id
+    `after_id` (default: from the first read on, i.e. "now"); never ends. Without `groups`
+    no doorbell wakes it: give it a `PollBackoff`."""
+    return _follow(_Table(rows, after_id, groups or [], batch_size), backoff or Backoff())
+
+
+def tail_frames(agent_id: str | None = None, session_id: str | None = None,
+                trace_id: str | None = None, after_id: int | None = None) -> AsyncIterator[Frame]:
     """Every new event of the host (or one agent/session/trace) after event id `after_id`
     (default: from the first read on, i.e. "now"); never ends."""
     filters: dict[str, str] = {}
@@ -462,27 +531,7 @@ async def tail_frames(agent_id: str | None = None, session_id: str | None = None
     if trace_id:
         filters["trace_id"] = trace_id
     groups = [agent_group(agent_id)] if agent_id else [ALL_EVENTS_GROUP]
-    cursor = IdCursor(after_id)
-    backoff = Backoff()
-    last_sent = time.monotonic()
-    async with Doorbell(groups) as bell:
-        while True:
-            try:
-                events = await sync_to_async(_fetch_tail)(cursor, filters)
-            except OperationalError as exc:
-                logger.warning("tail read failed, retrying: %s", " ".join(str(exc).split()))
-                events = []
-            for event in events:
-                yield Frame(event)
-            if events:
-                last_sent = time.monotonic()
-                backoff.reset()
-                continue
-            if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                last_sent = time.monotonic()
-                yield Frame(None)
-            rung = await bell.wait(min(backoff.next_wait(), KEEPALIVE_SECONDS - (time.monotonic() - last_sent)))
-            backoff.after_wait(bool(rung))
+    return table_frames(RuntimeEvent.objects.filter(**filters), after_id, groups=groups)
 
 
 RUN_TERMINAL_EVENTS = ("workflow.completed", "workflow.error")
@@ -505,6 +554,7 @@ async def run_frames(run_id: str, after: int = 0):
     """SSE text of a workflow run after seq `after`, ending right after its final workflow event."""
     from mash_runtime.doorbell import run_group
 
-    frames = _sequence_frames(lambda cursor, first: _fetch_run_events(run_id, cursor, first), run_group(run_id), after)
+    frames = _follow(_Sequence(lambda cursor, first: _fetch_run_events(run_id, cursor, first), run_group(run_id),
+                               after), Backoff())
     async for frame in frames:
         yield run_sse_frame(frame.event) if frame.event is not None else ": keep-alive\n\n"

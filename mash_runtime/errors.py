@@ -32,3 +32,20 @@ class Conflict(ServiceError):
 class Gone(ServiceError):
     status = 410
     code = "GONE"
+
+
+class InvalidInput(ServiceError):
+    """422 VALIDATION_ERROR: `details.errors` names each value at fault as `{loc, msg, type}`
+    (http-api.md's shape, the one FastAPI clients know)."""
+
+    status = 422
+    code = "VALIDATION_ERROR"
+
+    def __init__(self, message: str, errors: list[dict]):
+        super().__init__(message, details={"errors": errors})
+
+
+def invalid(loc: list | tuple, msg: str, type_: str = "value_error", *, message: str | None = None) -> InvalidInput:
+    """The 422 for one value: `loc` like `["query", "limit"]`; the message defaults to `"<name>: <msg>"`."""
+    loc = list(loc)
+    return InvalidInput(message or f"{loc[-1]}: {msg}", [{"loc": loc, "msg": msg, "type": type_}])

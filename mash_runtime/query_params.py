@@ -7,7 +7,7 @@ from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Any
 
-from mash_runtime.errors import ServiceError
+from mash_runtime.errors import invalid
 
 
 def parse_limit(value: Any, *, default: int, maximum: int, name: str = "limit") -> int:
@@ -16,12 +16,10 @@ def parse_limit(value: Any, *, default: int, maximum: int, name: str = "limit") 
     try:
         limit = int(str(value).strip())
     except ValueError:
-        raise ServiceError(f"{name} must be an integer", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", name], "msg": "not an integer", "type": "int_parsing"}]}) from None
+        raise invalid(["query", name], "not an integer", "int_parsing", message=f"{name} must be an integer") from None
     if not 1 <= limit <= maximum:
-        raise ServiceError(f"{name} must be between 1 and {maximum}", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", name], "msg": f"must be between 1 and {maximum}",
-                                                "type": "value_error"}]})
+        raise invalid(["query", name], f"must be between 1 and {maximum}",
+                      message=f"{name} must be between 1 and {maximum}")
     return limit
 
 
@@ -31,8 +29,8 @@ def parse_offset(value: Any) -> int:
         if skip < 0:
             raise ValueError
     except (TypeError, ValueError):
-        raise ServiceError("offset must be a non-negative integer", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", "offset"], "msg": "invalid", "type": "int_parsing"}]}) from None
+        raise invalid(["query", "offset"], "invalid", "int_parsing",
+                      message="offset must be a non-negative integer") from None
     return skip
 
 
@@ -42,5 +40,5 @@ def parse_epoch(value: Any, name: str) -> datetime | None:
     try:
         return datetime.fromtimestamp(float(value), tz=dt_timezone.utc)
     except (TypeError, ValueError, OverflowError, OSError):
-        raise ServiceError(f"{name} must be epoch seconds", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", name], "msg": "not a number", "type": "float_parsing"}]}) from None
+        raise invalid(["query", name], "not a number", "float_parsing",
+                      message=f"{name} must be epoch seconds") from None

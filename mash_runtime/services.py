@@ -222,23 +222,15 @@ def submit_request(
     instead of making another; the same key with a different body is 422
     IDEMPOTENCY_KEY_REUSED.
     """
+    # `message` (stripped, not blank) and `session_id` (stripped, None for the default) come
+    # checked by the caller: the API's SubmitRequestSerializer, or code of ours.
     agent_id = (agent_id or "").strip()
-    message = (message or "").strip() if isinstance(message, str) else message
-    if not isinstance(message, str) or not message:
-        raise ServiceError("message must be a non-empty string", code="INVALID_REQUEST",
-                           details={"errors": [{"loc": ["body", "message"], "msg": "must not be blank", "type": "value_error"}]})
-    if session_id is not None:
-        session_id = str(session_id).strip() or None
-        if session_id and len(session_id) > 200:
-            raise ServiceError("session_id is longer than 200 characters", code="INVALID_REQUEST")
     schema = None
     if structured_output is not None:
         try:
             schema = normalize_schema(structured_output)
         except ConfigError as exc:
             raise ServiceError(str(exc), code="INVALID_STRUCTURED_OUTPUT") from None
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ServiceError("metadata must be an object", code="INVALID_REQUEST")
     key = clean_idempotency_key(idempotency_key)
     fingerprint = submit_fingerprint(message, session_id, structured_output, metadata) if key is not None else ""
     # A connection that drops under the submit is tried once more, on a live one. That is safe

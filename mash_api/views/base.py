@@ -2,12 +2,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mash_api.connections import release_connection
-from mash_api.errors import unstorable_param_error
+from mash_api.errors import invalid_input, unstorable_param_error
 from mash_api.permissions import HasApiKey
 
 
 def ok(data, status: int = 200) -> Response:
     return Response({"data": data}, status=status)
+
+
+def validated_query(serializer_class, query) -> dict:
+    """Query parameters checked by a serializer (plain Django views too: the SSE ones), or the
+    API's 422 (400 for blank ones) with each parameter at fault under `loc: ["query", name]`."""
+    serializer = serializer_class(data=query)
+    if not serializer.is_valid():
+        raise invalid_input(serializer.errors, ("query",))
+    return serializer.validated_data
 
 
 class ApiView(APIView):
@@ -30,3 +39,6 @@ class ApiView(APIView):
         serializer = serializer_class(data=self.request.data)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
+
+    def query(self, serializer_class):
+        return validated_query(serializer_class, self.request.query_params)

@@ -6,12 +6,14 @@ import json
 
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
 
 from mash_api.auth import authenticate_headers, csrf_refusal, permission_refusal
-from mash_api.errors import unstorable_param_error
-from mash_api.views.streams import event_stream_response, open_request_stream, sse_body
+from mash_api.errors import unstorable_param_error, validation_errors
+from mash_api.serializers import StrictCharField, SubmitRequestSerializer
+from mash_api.views.streams import event_stream, request_stream_frames, sse_body
 from mash_runtime import queries, services
-from mash_runtime.errors import ServiceError
+from mash_runtime.errors import NotFound, ServiceError
 from mash_runtime.host import get_host
 from mash_runtime.storable import UnstorableValue, check_storable
 
@@ -55,6 +57,16 @@ def guarded(view=None, *, permission: str | None = None):
     return wrapper
 
 
+class H2ASubmitSerializer(SubmitRequestSerializer):
+    """The upstream AgentClient's submit: the API's rules, but any message length and no
+    metadata, as that binding always took; every complaint is its 400 INVALID_REQUEST, and
+    a structured_output that is not a schema is the service's INVALID_STRUCTURED_OUTPUT."""
+
+    message = StrictCharField()
+    structured_output = serializers.JSONField(required=False, allow_null=True)
+    metadata = None
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
@@ -88,13 +100,12 @@ def health(request):
 def submit(request, agent_id: str):
     if (wrong := _only(request, "POST")) is not None:
         return wrong
-    body = _json_body(request)
-    message, session_id = body.get("message"), body.get("session_id")
-    if not isinstance(message, str) or not message.strip():
-        raise ServiceError("message must be a non-empty string", code="INVALID_REQUEST")
-    if session_id is not None and not isinstance(session_id, str):
-        raise ServiceError("session_id must be a string", code="INVALID_REQUEST")
-    data = services.submit_request(agent_id, message, session_id=session_id,
+    serializer = H2ASubmitSerializer(data=_json_body(request))
+    if not serializer.is_valid():
+        errors = validation_errors(serializer.errors)
+        raise ServiceError("; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors), code="INVALID_REQUEST")
+    body = serializer.validated_data
+    data = services.submit_request(agent_id, body["message"], session_id=body.get("session_id"),
                                    structured_output=body.get("structured_output"))
     return JsonResponse(data, status=202)
 
@@ -119,16 +130,22 @@ def resume(request, agent_id: str, request_id: str):
     return _only(request, "POST") or JsonResponse(services.resume_request(request_id, agent_id))
 
 
-@csrf_exempt
-async def stream(request, agent_id: str, request_id: str):
-    frames, error = await open_request_stream(request, agent_id, request_id)
-    if error is None or error.status_code == 404:
-        # After the method and key checks, as `guarded` does: an agent this binding does not serve.
-        hosted = get_host().get(agent_id.strip())
-        if hosted is None or hosted.role == "workflow":
-            return h2a_error("ROUTE_NOT_FOUND", f"No agent '{agent_id}' on this host", 404)
-    if error is not None:
-        payload = json.loads(error.content)["error"]
-        code = "REQUEST_NOT_FOUND" if error.status_code == 404 else payload["code"]
-        return h2a_error(code, payload["message"], error.status_code)
-    return event_stream_response(sse_body(frames))
+def _bare_error(code: str, message: str, status: int, details=None) -> JsonResponse:
+    return h2a_error(code, message, status)
+
+
+@event_stream(error=_bare_error)
+def stream(request, agent_id: str, request_id: str):
+    try:
+        frames, missing = request_stream_frames(request, agent_id, request_id), None
+    except ServiceError as exc:
+        if exc.status != 404:
+            raise
+        frames, missing = None, exc
+    # After the method and key checks, as `guarded` does: an agent this binding does not serve.
+    hosted = get_host().get(agent_id.strip())
+    if hosted is None or hosted.role == "workflow":
+        raise NotFound(f"No agent '{agent_id}' on this host", code="ROUTE_NOT_FOUND")
+    if missing is not None:
+        raise NotFound(missing.message, code="REQUEST_NOT_FOUND")
+    return sse_body(frames)

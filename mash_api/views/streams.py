@@ -1,6 +1,15 @@
-"""SSE views: async Django views streaming over an async generator (daphne sends frame by frame)."""
+"""SSE views: async Django views streaming over an async generator (daphne sends frame by frame).
+
+Every SSE route is an `@event_stream` view: the decorator answers a wrong method, a missing
+key, a NUL in the path or query, a `ServiceError` the view raises and a database that
+cannot serve its checks as JSON with a status, before the first byte; the view itself only
+looks up what it streams and returns the body.
+"""
 
 from __future__ import annotations
+
+import functools
+import json
 
 from asgiref.sync import sync_to_async
 from django.db import InterfaceError, OperationalError
@@ -9,16 +18,62 @@ from django.views.decorators.csrf import csrf_exempt
 
 from mash_api.auth import authenticate_headers
 from mash_api.connections import release_connection
-from mash_api.errors import Unauthorized, error_json, unavailable_json, unstorable_param_error
-from mash_api.streams import request_frames, sse_delta, sse_frame, tail_frames
+from mash_api.errors import UNAVAILABLE, Unauthorized, error_json, note_database_fault, unstorable_param_error
+from mash_api.streams import latest_event_id, request_frames, sse_delta, sse_frame, tail_frames
 from mash_runtime.dbfaults import once_more_if_dropped
-from mash_runtime.errors import ServiceError
+from mash_runtime.errors import ServiceError, invalid
 from mash_runtime.services import stream_target
 
 
-async def authorized(request) -> bool:
-    user = await request.auser()
-    return await sync_to_async(authenticate_headers)(request.headers, user) is not None
+def event_stream_response(body) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def event_stream(view=None, *, error=error_json):
+    """An SSE view. `view(request, **path)` runs on a thread once the method is GET (else 405),
+    the caller's key passes (else 401) and no path or query value holds a NUL (else 422), in
+    the same trip as those checks (one trip, tried once more on a dropped connection: the
+    checks only read), and returns the body: an async iterator of SSE text, not started yet.
+    A `ServiceError` it raises, and a database that cannot serve the trip (503, retryable),
+    become `error(code, message, status, details)`: the API's envelope unless told otherwise.
+    The connection is released before the stream starts waiting."""
+    if view is None:
+        return lambda inner: event_stream(inner, error=error)
+
+    @csrf_exempt  # a POST here is a wrong method (405), not a CSRF failure page
+    @functools.wraps(view)
+    async def wrapper(request, **path):
+        if request.method != "GET":
+            return error("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405, None)
+        user = await request.auser()
+
+        def checked():
+            if authenticate_headers(request.headers, user) is None:
+                raise ServiceError(str(Unauthorized.default_detail), code="UNAUTHORIZED", status=401)
+            if (nul := unstorable_param_error(path, request.GET)) is not None:
+                raise nul
+            return view(request, **path)
+
+        def trip():
+            try:
+                return once_more_if_dropped(checked, "stream checks"), None
+            except ServiceError as exc:
+                return None, error(exc.code, exc.message, exc.status, exc.details)
+            except (OperationalError, InterfaceError) as exc:
+                note_database_fault(exc)
+                response = error(UNAVAILABLE[0], UNAVAILABLE[1], 503, UNAVAILABLE[2])
+                response["Retry-After"] = "1"
+                return None, response
+            finally:
+                release_connection()  # not held while the stream joins its doorbell group and waits
+
+        body, refusal = await sync_to_async(trip)()
+        return refusal if refusal is not None else event_stream_response(body)
+
+    return wrapper
 
 
 STREAM_OPTIONS = ("events", "tokens")
@@ -29,30 +84,21 @@ def parse_stream_option(query) -> bool:
     CLI, which does not ask, sees exactly the stored events)."""
     value = (query.get("stream") or "events").strip()
     if value not in STREAM_OPTIONS:
-        raise ServiceError("stream must be 'events' or 'tokens'", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", "stream"], "msg": "must be 'events' or 'tokens'",
-                                                "type": "enum"}]})
+        raise invalid(["query", "stream"], "must be 'events' or 'tokens'", "enum",
+                      message="stream must be 'events' or 'tokens'")
     return value == "tokens"
 
 
 def parse_cursor(request) -> int:
     raw = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
+    message = "Last-Event-ID / after must be a non-negative integer"
     try:
         value = int(str(raw).strip())
     except ValueError:
-        raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", "after"], "msg": "not an integer", "type": "int_parsing"}]}) from None
+        raise invalid(["query", "after"], "not an integer", "int_parsing", message=message) from None
     if value < 0:
-        raise ServiceError("Last-Event-ID / after must be a non-negative integer", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["query", "after"], "msg": "must be >= 0", "type": "value_error"}]})
+        raise invalid(["query", "after"], "must be >= 0", message=message)
     return value
-
-
-def event_stream_response(body) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
 
 
 async def sse_body(frames):
@@ -72,70 +118,32 @@ async def sse_body(frames):
         yield "".join(pending)
 
 
-async def open_request_stream(request, agent_id: str, request_id: str):
-    """Validate everything before the first byte, so errors are still JSON with a status."""
-    if request.method != "GET":
-        return None, error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
-    user = await request.auser()
-
-    def check():  # one trip to a thread for the key and the request lookups
-        try:
-            return once_more_if_dropped(checked, "stream checks")  # read-only: safe to repeat
-        except (OperationalError, InterfaceError) as exc:
-            return None, unavailable_json(exc)
-        finally:
-            release_connection()  # not held while the stream joins its doorbell group and waits
-
-    def checked():
-        if authenticate_headers(request.headers, user) is None:
-            return None, error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
-        if (nul := unstorable_param_error({"agent_id": agent_id, "request_id": request_id}, request.GET)) is not None:
-            return None, error_json(nul.code, nul.message, nul.status, nul.details)
-        try:
-            pk = stream_target(request_id, agent_id.strip())
-            after = parse_cursor(request)
-            with_tokens = parse_stream_option(request.GET)
-        except ServiceError as exc:
-            return None, error_json(exc.code, exc.message, exc.status, exc.details)
-        return pk, (after, with_tokens)
-
-    found, detail = await sync_to_async(check)()
-    if found is None:
-        return None, detail
-    after, with_tokens = detail
-    return request_frames(found, after, tokens=with_tokens), None
+def request_stream_frames(request, agent_id: str, request_id: str):
+    """The frames of the request a stream route names, after its cursor (`Last-Event-ID` or
+    `?after=`), with token deltas on `?stream=tokens`; a ServiceError for an unknown request
+    or a bad cursor. Runs on the checks' thread."""
+    pk = stream_target(request_id, agent_id.strip())
+    return request_frames(pk, parse_cursor(request), tokens=parse_stream_option(request.GET))
 
 
-@csrf_exempt  # a POST here is a wrong method (405 envelope), not a CSRF failure page
-async def request_events(request, agent_id: str, request_id: str):
-    frames, error = await open_request_stream(request, agent_id, request_id)
-    if error is not None:
-        return error
-    return event_stream_response(sse_body(frames))
+@event_stream
+def request_events(request, agent_id: str, request_id: str):
+    return sse_body(request_stream_frames(request, agent_id, request_id))
 
 
-@csrf_exempt
-async def telemetry_event_stream(request):
-    if request.method != "GET":
-        return error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
-    if not await authorized(request):
-        return error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
-    if (nul := unstorable_param_error({}, request.GET)) is not None:
-        return error_json(nul.code, nul.message, nul.status, nul.details)
-    import json
+async def tail_body(frames):
+    """SSE text of a tail: one `data:` frame per row (`to_dict()`), `: keep-alive` while idle."""
+    async for frame in frames:
+        if frame.event is None:
+            yield ": keep-alive\n\n"
+        else:
+            yield f"data: {json.dumps(frame.event.to_dict(), separators=(',', ':'))}\n\n"
 
-    from mash_api.streams import latest_event_id
 
+@event_stream
+def telemetry_event_stream(request):
     # "Now" is taken before the response starts: an event committed after the client saw
     # the stream open must be delivered (the generator's first read runs later).
-    start = await sync_to_async(latest_event_id)()
-
-    async def body():
-        async for frame in tail_frames(request.GET.get("agent_id"), request.GET.get("session_id"),
-                                       request.GET.get("trace_id"), after_id=start):
-            if frame.event is None:
-                yield ": keep-alive\n\n"
-            else:
-                yield f"data: {json.dumps(frame.event.to_dict(), separators=(',', ':'))}\n\n"
-
-    return event_stream_response(body())
+    start = latest_event_id()
+    return tail_body(tail_frames(request.GET.get("agent_id"), request.GET.get("session_id"),
+                                  request.GET.get("trace_id"), after_id=start))

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
-from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 
-from mash_api.errors import Unauthorized, error_json
 from mash_api.views.base import ApiView, ok
-from mash_api.views.streams import authorized, event_stream_response, parse_cursor
+from mash_api.views.streams import event_stream, parse_cursor
 from mash_runtime import publishing, workflow_engine
-from mash_runtime.errors import ServiceError
 
 
 class RunWorkflowSerializer(serializers.Serializer):
@@ -68,20 +64,12 @@ class RunResumeView(ApiView):
         return ok(workflow_engine.resume_run(workflow_id, run_id))
 
 
-@csrf_exempt
-async def run_events(request, workflow_id: str, run_id: str):
+@event_stream
+def run_events(request, workflow_id: str, run_id: str):
     from mash_api.streams import run_frames
 
-    if request.method != "GET":
-        return error_json("METHOD_NOT_ALLOWED", f'Method "{request.method}" not allowed.', 405)
-    if not await authorized(request):
-        return error_json("UNAUTHORIZED", str(Unauthorized.default_detail), 401)
-    try:
-        run = await sync_to_async(workflow_engine.get_run)(workflow_id, run_id)
-        after = parse_cursor(request)
-    except ServiceError as exc:
-        return error_json(exc.code, exc.message, exc.status, exc.details)
-    return event_stream_response(run_frames(run.pk, after))
+    run = workflow_engine.get_run(workflow_id, run_id)
+    return run_frames(run.pk, parse_cursor(request))
 
 
 class PublishSkillView(ApiView):

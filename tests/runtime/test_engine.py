@@ -57,9 +57,7 @@ def test_it_rejects_bad_submissions(engine):
     with pytest.raises(NotFound) as info:
         submit_request("ghost", "hi")
     assert info.value.code == "AGENT_NOT_FOUND"
-    with pytest.raises(ServiceError) as info:
-        submit_request("primary", "   ")
-    assert info.value.code == "INVALID_REQUEST"
+    # A blank message is the API serializer's to refuse (tests/api): the service takes it checked.
     with pytest.raises(ServiceError) as info:
         submit_request("primary", "hi", structured_output={"type": "string"})
     assert info.value.code == "INVALID_STRUCTURED_OUTPUT"
