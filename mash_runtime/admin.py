@@ -56,7 +56,7 @@ from mash_runtime.models import (
     WorkflowTaskState,
 )
 from mash_runtime.services import answer_interaction, cancel_request, resume_request
-from mash_runtime.workflow_validation import validate_tasks
+from mash_runtime.workflows.validation import validate_tasks
 from mash_telemetry import clock
 from mash_telemetry.forms import AnswerForm
 from mash_telemetry.paginators import EstimatedCountPaginator

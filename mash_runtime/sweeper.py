@@ -21,7 +21,7 @@ from mash_runtime.queue import enqueue, enqueue_request
 from mash_runtime.run import lifecycle
 from mash_runtime.services import expire_interactions
 from mash_runtime.tasks import ADVANCE_RUN, SWEEP
-from mash_runtime.workflow_engine import stalled_runs
+from mash_runtime.workflows.engine import stalled_runs
 
 logger = logging.getLogger("mash_runtime.sweeper")
 

@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from mash_api.views.base import ApiView, ok
 from mash_api.views.streams import event_stream, parse_cursor
-from mash_runtime import publishing, workflow_engine
+from mash_runtime.workflows import engine, publishing
 
 
 class RunWorkflowSerializer(serializers.Serializer):
@@ -18,7 +18,7 @@ class RunWorkflowSerializer(serializers.Serializer):
 class WorkflowListView(ApiView):
     @extend_schema(summary="Workflows of this host: defined in code or published")
     def get(self, request):
-        return ok(workflow_engine.list_workflows())
+        return ok(engine.list_workflows())
 
 
 class RunWorkflowView(ApiView):
@@ -27,7 +27,7 @@ class RunWorkflowView(ApiView):
     @extend_schema(summary="Start a run; a dedup_key refuses a second active run", request=RunWorkflowSerializer)
     def post(self, request, workflow_id):
         body = self.body(RunWorkflowSerializer)
-        return ok(workflow_engine.start_run(workflow_id, input=body.get("input"), dedup_key=body.get("dedup_key")),
+        return ok(engine.start_run(workflow_id, input=body.get("input"), dedup_key=body.get("dedup_key")),
                   status=202)
 
 
@@ -37,7 +37,7 @@ class RunListView(ApiView):
         OpenApiParameter("limit", int), OpenApiParameter("offset", int), OpenApiParameter("sort_desc", bool)])
     def get(self, request, workflow_id):
         p = request.query_params
-        return ok(workflow_engine.list_runs(
+        return ok(engine.list_runs(
             workflow_id, status=p.get("status"), start_time=p.get("start_time"), end_time=p.get("end_time"),
             limit=p.get("limit"), offset=p.get("offset"), sort_desc=p.get("sort_desc")))
 
@@ -45,7 +45,7 @@ class RunListView(ApiView):
 class RunDetailView(ApiView):
     @extend_schema(summary="One run with its output")
     def get(self, request, workflow_id, run_id):
-        return ok(workflow_engine.describe_run(workflow_engine.get_run(workflow_id, run_id)))
+        return ok(engine.describe_run(engine.get_run(workflow_id, run_id)))
 
 
 class RunCancelView(ApiView):
@@ -53,7 +53,7 @@ class RunCancelView(ApiView):
 
     @extend_schema(summary="Cancel a run and its current task", request=None)
     def post(self, request, workflow_id, run_id):
-        return ok(workflow_engine.cancel_run(workflow_id, run_id))
+        return ok(engine.cancel_run(workflow_id, run_id))
 
 
 class RunResumeView(ApiView):
@@ -61,14 +61,14 @@ class RunResumeView(ApiView):
 
     @extend_schema(summary="Resume a failed or cancelled run from its failed task", request=None)
     def post(self, request, workflow_id, run_id):
-        return ok(workflow_engine.resume_run(workflow_id, run_id))
+        return ok(engine.resume_run(workflow_id, run_id))
 
 
 @event_stream
 def run_events(request, workflow_id: str, run_id: str):
     from mash_api.streams import run_frames
 
-    run = workflow_engine.get_run(workflow_id, run_id)
+    run = engine.get_run(workflow_id, run_id)
     return run_frames(run.pk, parse_cursor(request))
 
 

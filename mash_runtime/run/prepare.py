@@ -6,11 +6,11 @@ from mash_core.agent import Agent
 from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory import load_history
 from mash_runtime.models import Request
-from mash_runtime.publishing import add_published_skills
 from mash_runtime.run.checkpoints import load_checkpoints
 from mash_runtime.run.state import Prepared
 from mash_runtime.runtime_tools import register_runtime_tools
 from mash_runtime.subagents import InvokeSubagentTool, routing_block
+from mash_runtime.workflows.publishing import add_published_skills
 
 
 def prepare_run(req: Request, hosted: HostedAgent, *, first_start: bool = False) -> Prepared:

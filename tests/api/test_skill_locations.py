@@ -78,7 +78,7 @@ def test_a_stored_row_pointing_outside_is_skipped_with_a_warning(api, engine, sk
     # A row written before locations were checked.
     PublishedSkill.objects.create(agent=get_agent_row("primary"), name="stolen", type="filesystem",
                                   location=str(skills_dir.parent / "outside"))
-    with caplog.at_level(logging.WARNING, logger="mash_runtime.publishing"):
+    with caplog.at_level(logging.WARNING, logger="mash_runtime.workflows.publishing"):
         result, everything = load_skill_in_a_run(engine, name="stolen")
     assert result["is_error"] is True
     assert SECRET not in everything

@@ -41,7 +41,7 @@ def test_the_example_runs_durably_on_the_server(engine, settings, tmp_path, monk
     import importlib
 
     from mash_runtime.host import set_host
-    from mash_runtime.workflow_engine import get_run, start_run
+    from mash_runtime.workflows.engine import get_run, start_run
 
     module, _ = python_blocks()
     (tmp_path / "my_app.py").write_text(module)

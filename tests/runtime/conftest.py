@@ -36,7 +36,7 @@ class EngineHarness:
     def drain(self, limit: int = 500) -> list[str]:
         from mash_runtime.sweeper import sweep
         from mash_runtime.tasks import ADVANCE_RUN
-        from mash_runtime.workflow_engine import advance_run_task
+        from mash_runtime.workflows.engine import advance_run_task
 
         outcomes = []
         while self.queue and limit:

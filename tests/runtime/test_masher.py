@@ -24,7 +24,7 @@ from mash_runtime.masher.names import EVAL_CURATION_WORKFLOW, MASHER_AGENT_ID, T
 from mash_runtime.masher.records import collect, save_digests
 from mash_runtime.models import Interaction, Request, RuntimeEvent
 from mash_runtime.services import answer_interaction
-from mash_runtime.workflow_engine import get_run, list_workflows, start_run
+from mash_runtime.workflows.engine import get_run, list_workflows, start_run
 from tests.apps.engine_host import ScriptedSpec
 from tests.apps.masher_host import summary_for
 

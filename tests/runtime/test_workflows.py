@@ -6,9 +6,9 @@ from mash_runtime.errors import Conflict, NotFound, ServiceError
 from mash_runtime.host import get_host, set_host
 from mash_runtime.host_sync import sync_host
 from mash_runtime.models import Interaction, PublishedSkill, Request, WorkflowDefinition, WorkflowRun, WorkflowRunEvent
-from mash_runtime.publishing import add_published_skills, publish_skill, publish_workflow, remove_skill, remove_workflow
+from mash_runtime.workflows.publishing import add_published_skills, publish_skill, publish_workflow, remove_skill, remove_workflow
 from mash_runtime.services import answer_interaction
-from mash_runtime.workflow_engine import (
+from mash_runtime.workflows.engine import (
     cancel_run,
     describe_run,
     get_run,

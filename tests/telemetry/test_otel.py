@@ -168,7 +168,7 @@ def test_tool_content_is_exported_only_when_asked(engine, memory_exporter, tmp_p
 def test_structured_output_calls_and_workflow_tasks_are_spans_too(engine, memory_exporter, settings):  # noqa: F811
     from mash_runtime.host import get_host, set_host
     from mash_runtime.host_sync import sync_host
-    from mash_runtime.workflow_engine import start_run
+    from mash_runtime.workflows.engine import start_run
 
     settings.MASH_HOST_APP = "tests.apps.workflow_host:build_host"
     set_host(None)

@@ -14,7 +14,7 @@ from django.test import Client
 from mash_runtime.host import get_host, set_host
 from mash_runtime.host_sync import sync_host
 from mash_runtime.models import Request, WorkflowRun, WorkflowRunEvent, WorkflowTaskRun, WorkflowTaskState
-from mash_runtime.workflow_engine import start_run
+from mash_runtime.workflows.engine import start_run
 from tests.runtime.conftest import engine  # noqa: F401  (the in-process engine fixture)
 from tests.telemetry.test_pages import client_for, html, users  # noqa: F401  (fixtures)
 

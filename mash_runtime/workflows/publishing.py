@@ -19,11 +19,11 @@ from mash_runtime.db import published_skill_rows
 from mash_runtime.models import PublishedSkill, WorkflowDefinition
 from mash_runtime.queries import hosted_agent
 from mash_runtime.storable import UnstorableValue, check_storable
-from mash_runtime.workflow_validation import validate_tasks
+from mash_runtime.workflows.validation import validate_tasks
 
 SKILL_TYPES = ("inline", "filesystem", "directory")
 
-logger = logging.getLogger("mash_runtime.publishing")
+logger = logging.getLogger("mash_runtime.workflows.publishing")
 
 
 def skills_root() -> Path:
