@@ -45,20 +45,8 @@ class AnthropicProvider(SDKProvider):
     model_env = "ANTHROPIC_MODEL"
     base_url_env = "ANTHROPIC_BASE_URL"
     default_model = DEFAULT_MODEL
-
-    def __init__(
-        self,
-        app_id: str,
-        model: str | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 0,
-        default_headers: dict[str, str] | None = None,
-        http_client: Any = None,
-    ) -> None:
-        super().__init__(app_id, model, api_key, base_url, timeout=timeout, max_retries=max_retries,
-                         default_headers=default_headers, http_client=http_client)
+    # Constructed as every SDKProvider: (app_id, model, api_key, base_url, *, timeout,
+    # max_retries, default_headers, http_client).
 
     def _get_client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
