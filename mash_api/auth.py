@@ -20,6 +20,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
 from mash_api.models import ApiKey
+from mash_runtime.conf import conf
 
 _CACHE_SECONDS = 5.0
 _configured_cache: tuple[float, bool] = (0.0, False)
@@ -36,7 +37,7 @@ class Principal:
 
 def keys_configured() -> bool:
     global _configured_cache
-    if settings.MASH_API_KEY:
+    if conf.API_KEY:
         return True
     checked_at, value = _configured_cache
     if time.monotonic() - checked_at < _CACHE_SECONDS:
@@ -67,7 +68,7 @@ def authenticate_key(key: str | None) -> Principal | None:
         return Principal("open")
     if not key:
         return None
-    env_key = settings.MASH_API_KEY
+    env_key = conf.API_KEY
     if env_key and hmac.compare_digest(key.encode(), env_key.encode()):
         return Principal("env", "MASH_API_KEY")
     row = ApiKey.match(key)
@@ -178,7 +179,7 @@ def check_bind_address(host: str, insecure: bool) -> None:
     """
     if insecure or is_loopback(host):
         return
-    if settings.MASH_API_KEY:
+    if conf.API_KEY:
         return
     from django.db import DatabaseError
 

@@ -30,13 +30,14 @@ from django.http.request import split_domain_port, validate_host
 from mash_api.auth import authenticate_key, is_loopback, presented_key
 from mash_api.connections import release_connection
 from mash_api.errors import Unauthorized, error_json, unavailable_json
+from mash_runtime.conf import conf
 from mash_runtime.dbfaults import once_more_if_dropped
 
 MCP_PATHS = ("/mcp", "/mcp/")
 
 
 def enabled() -> bool:
-    return bool(getattr(settings, "MASH_MCP_ENDPOINT", True))
+    return bool(conf.MCP_ENDPOINT)
 
 
 def scope_headers(scope) -> dict[str, str]:

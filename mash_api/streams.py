@@ -22,11 +22,11 @@ from typing import Any, AsyncIterator
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import OperationalError
 
 from mash_api.connections import release_connection
 from mash_runtime import tokens
+from mash_runtime.conf import conf
 from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
 from mash_runtime.tokens import DELTA_EVENT
 from mash_runtime.db import select_rows
@@ -54,10 +54,10 @@ class Backoff:
 
     def __init__(self) -> None:
         # Redis, or PostgreSQL's NOTIFY (mash_runtime.notify_layer): doorbells cross processes.
-        cross_process = bool(settings.REDIS_URL) or getattr(get_channel_layer(), "crosses_processes", False)
+        cross_process = bool(conf.REDIS_URL) or getattr(get_channel_layer(), "crosses_processes", False)
         self.floor = 2.0 if cross_process else 0.02
         self.growth = 2.0 if cross_process else 1.6
-        self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 15.0 if cross_process else 0.5))
+        self.ceiling = float(conf.STREAM_POLL_MAX or (15.0 if cross_process else 0.5))
         self.current = self.floor
 
     def reset(self) -> None:
@@ -79,7 +79,7 @@ class PollBackoff(Backoff):
     def __init__(self) -> None:
         self.floor = 0.05
         self.growth = 1.5
-        self.ceiling = float(getattr(settings, "MASH_STREAM_POLL_MAX", 0.5))
+        self.ceiling = float(conf.STREAM_POLL_MAX or 0.5)
         self.current = self.floor
 
 

@@ -23,12 +23,9 @@ from mash_runtime.run.dbthreads import DbThreads  # noqa: E402
 def web_threads() -> int:
     """MASH_WEB_THREADS, or a few fewer than the pool's connections (the API log's writer
     and the odd out-of-band call take one too)."""
-    from django.conf import settings
+    from mash_runtime.conf import conf
 
-    if settings.MASH_WEB_THREADS:
-        return settings.MASH_WEB_THREADS
-    pool = (settings.DATABASES["default"].get("OPTIONS") or {}).get("pool")
-    return max(4, pool["max_size"] - 4) if isinstance(pool, dict) else 8
+    return conf.web_threads
 
 
 def flush_event_stream_headers(app):

@@ -282,6 +282,10 @@ MASH_API_LOG_FLUSH_SECONDS = env.float("MASH_API_LOG_FLUSH_SECONDS", default=0.1
 # Skills published over the API with a `location` must resolve inside this directory:
 # their text is served to the model, so a location elsewhere would hand it any file.
 MASH_SKILLS_DIR = Path(env.str("MASH_SKILLS_DIR", default=str(DATA_DIR / "skills")))
+# Masher's JSON-lines export of digests and eval records under <data dir>/masher/.
+MASH_MASHER_EXPORT = env.bool("MASH_MASHER_EXPORT", default=False)
+# What each MASH_* setting means and its default: mash_runtime/conf.py (code reads them there);
+# contradictory ones are warned about at start-up (`manage.py check`).
 # The host's agents as MCP tools at /mcp (mash_api/mcp_endpoint.py); off: /mcp is a 404.
 MASH_MCP_ENDPOINT = env.bool("MASH_MCP_ENDPOINT", default=True)
 

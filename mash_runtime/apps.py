@@ -7,7 +7,12 @@ class MashRuntimeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core import checks
         from django_q.signals import post_spawn
+
+        from mash_runtime.conf import check_settings
+
+        checks.register(check_settings, "mash_settings")
 
         from mash_runtime.run import task_queue
 

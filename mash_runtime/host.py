@@ -171,9 +171,9 @@ def get_host() -> AgentHost:
     if _host is None:
         with _host_lock:
             if _host is None:
-                from django.conf import settings
+                from mash_runtime.conf import conf
 
-                _host = load_host(settings.MASH_HOST_APP)
+                _host = load_host(conf.HOST_APP)
     return _host
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import time
 
-from django.conf import settings
 
+from mash_runtime.conf import conf
 from mash_runtime.doorbell import MESSAGE_TYPE, request_group
 
 logger = logging.getLogger("mash_runtime.tokens")
@@ -32,7 +32,7 @@ LISTEN_SECONDS = 45  # a token stream refreshes its key at every keep-alive (15 
 COALESCE_SECONDS = 0.05
 
 def enabled() -> bool:
-    return bool(settings.REDIS_URL)
+    return bool(conf.REDIS_URL)
 
 
 def _key(request_id) -> str:
@@ -46,7 +46,7 @@ def _client():
 
     from mash_core.llm.clients import shared_client
 
-    return shared_client(("mash-tokens-redis", settings.REDIS_URL), lambda: aioredis.from_url(settings.REDIS_URL))
+    return shared_client(("mash-tokens-redis", conf.REDIS_URL), lambda: aioredis.from_url(conf.REDIS_URL))
 
 
 async def mark_listening(request_id) -> None:
@@ -73,7 +73,7 @@ def mark_listening_sync(request_id) -> None:
         if _sync_client is None:
             import redis
 
-            _sync_client = redis.from_url(settings.REDIS_URL)
+            _sync_client = redis.from_url(conf.REDIS_URL)
         _sync_client.set(_key(request_id), b"1", ex=LISTEN_SECONDS)
     except Exception:
         logger.warning("could not mark %s as listening for tokens", request_id, exc_info=True)

@@ -39,6 +39,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from mash_runtime.conf import conf
 from mash_runtime.db import insert_rows
 from mash_telemetry.models import REDACTED, ApiRequestLog, clean_text, clip_body, redact_headers
 
@@ -87,7 +88,7 @@ def should_log(path: str) -> bool:
         return False
     if path.startswith(SKIPPED_PREFIXES) or path == "/api/v1/telemetry/api":
         return False
-    return getattr(settings, "MASH_API_LOG", True)
+    return bool(conf.API_LOG)
 
 
 def read_request_body(request) -> tuple[str, bool]:
@@ -272,7 +273,7 @@ class ApiRequestLogMiddleware:
         if begun is not None:
             entry = self._entry(request, response, begun)
             if entry is not None:
-                delay = float(getattr(settings, "MASH_API_LOG_FLUSH_SECONDS", 0.1))
+                delay = float(conf.API_LOG_FLUSH_SECONDS)
                 if delay > 0:
                     batch_writer.add(entry, delay)
                 else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,21 +19,18 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def export_enabled() -> bool:
-    from django.conf import settings
+    from mash_runtime.conf import conf
 
-    value = getattr(settings, "MASH_MASHER_EXPORT", None)
-    if value is None:
-        value = os.environ.get("MASH_MASHER_EXPORT", "")
+    value = conf.MASHER_EXPORT
     if isinstance(value, str):
         return value.strip().lower() in _TRUE
     return bool(value)
 
 
 def export_dir() -> Path:
-    from django.conf import settings
+    from mash_runtime.conf import conf
 
-    base = getattr(settings, "DATA_DIR", None) or os.environ.get("MASH_DATA_DIR") or ".mash"
-    return Path(base) / "masher"
+    return Path(conf.DATA_DIR) / "masher"
 
 
 def append_jsonl(filename: str, records: Iterable[dict[str, Any]]) -> Path | None:

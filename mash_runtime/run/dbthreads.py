@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 
 from mash_runtime import dbfaults
+from mash_runtime.conf import conf
 
 # How often a thread drops connections that went stale or outlived CONN_MAX_AGE. Checking
 # before every call would cost a health-check query per call (Django resets the check).
@@ -34,11 +35,8 @@ _local = threading.local()
 
 
 def default_size() -> int:
-    configured = getattr(settings, "MASH_WORKER_DB_THREADS", None)
-    if configured:
-        return int(configured)
-    # SQLite takes one writer at a time: more threads only queue on its lock.
-    return 1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4
+    # SQLite takes one writer at a time: more threads only queue on its lock (conf says so).
+    return conf.worker_db_threads
 
 
 def _pooled() -> bool:

@@ -27,12 +27,12 @@ import socket
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from mash_runtime.compaction import schedule_auto_compaction
+from mash_runtime.conf import conf
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.memory import build_turn
@@ -52,7 +52,7 @@ def new_lease_owner() -> str:
 
 
 def lease_seconds() -> int:
-    return int(getattr(settings, "MASH_LEASE_SECONDS", 30))
+    return int(conf.LEASE_SECONDS)
 
 
 # -- claim -------------------------------------------------------------------------------

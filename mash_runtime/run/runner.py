@@ -30,10 +30,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_first
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
 from mash_runtime import dbfaults
+from mash_runtime.conf import conf
 from mash_runtime.models import Worker
 from mash_runtime.queue import enqueue_request
 from mash_runtime.run import lifecycle
@@ -52,17 +52,17 @@ TOOL_THREADS = 32
 
 
 def concurrency() -> int:
-    return max(1, int(getattr(settings, "MASH_WORKER_CONCURRENCY", 100)))
+    return max(1, int(conf.WORKER_CONCURRENCY))
 
 
 def drain_seconds() -> float:
-    return float(getattr(settings, "MASH_WORKER_DRAIN_SECONDS", 20))
+    return float(conf.WORKER_DRAIN_SECONDS)
 
 
 def slot_wait_seconds() -> float:
     # Well below django-q2's task timeout: a task that hits it takes its process (and every
     # run in it) down.
-    return min(30.0, float(getattr(settings, "TASK_TIMEOUT", 300)) / 4)
+    return min(30.0, float(conf.TASK_TIMEOUT) / 4)
 
 
 class Runner:

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 
 from mash_core.errors import ConfigError
@@ -17,6 +16,7 @@ from mash_runtime.errors import NotFound, ServiceError
 from mash_runtime.host_sync import get_agent_row
 from mash_runtime.db import published_skill_rows
 from mash_runtime.models import PublishedSkill, WorkflowDefinition
+from mash_runtime.conf import conf
 from mash_runtime.queries import hosted_agent
 from mash_runtime.storable import UnstorableValue, check_storable
 from mash_runtime.workflows.validation import validate_tasks
@@ -27,7 +27,7 @@ logger = logging.getLogger("mash_runtime.workflows.publishing")
 
 
 def skills_root() -> Path:
-    return Path(settings.MASH_SKILLS_DIR)
+    return conf.skills_dir
 
 
 def stored_location(location: str) -> str:

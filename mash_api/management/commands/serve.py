@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 
 from mash_core.errors import ConfigError
+from mash_runtime.conf import conf
 
 # A child that dies more often than this is not going to get better by restarting.
 MAX_RESTARTS = 5
@@ -125,15 +126,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host-app", default=None,
                             help="host app as module:attr returning the host (default: MASH_HOST_APP, "
-                                 f"currently {settings.MASH_HOST_APP})")
+                                 f"currently {conf.HOST_APP})")
         parser.add_argument("--host", default=os.environ.get("MASH_API_HOST", "127.0.0.1"),
                             help="address to bind (default: MASH_API_HOST or 127.0.0.1)")
         parser.add_argument("--port", type=int, default=None, help="port to bind (default: MASH_API_PORT, PORT or 8000)")
         parser.add_argument("--workers", type=int, default=None,
-                            help=f"worker processes running requests (default: MASH_WORKERS, currently {settings.WORKERS})")
+                            help=f"worker processes running requests (default: MASH_WORKERS, currently {conf.WORKERS})")
         parser.add_argument("--concurrency", type=int, default=None,
                             help="requests each worker process runs at once (default: MASH_WORKER_CONCURRENCY, "
-                                 f"currently {settings.MASH_WORKER_CONCURRENCY})")
+                                 f"currently {conf.WORKER_CONCURRENCY})")
         parser.add_argument("--api-key", default=None,
                             help="require this API key on /api/v1 (default: MASH_API_KEY, or the file "
                                  "MASH_API_KEY_FILE names: prefer the file, as a flag's value shows in `ps`; "
@@ -152,8 +153,8 @@ class Command(BaseCommand):
         console = Console(stderr=True, soft_wrap=True)  # URLs must stay on one line to be clickable
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "mash_project.settings")
-        env["MASH_DATA_DIR"] = str(settings.DATA_DIR)
-        host_app = options["host_app"] or settings.MASH_HOST_APP
+        env["MASH_DATA_DIR"] = str(conf.DATA_DIR)
+        host_app = options["host_app"] or conf.HOST_APP
         env["MASH_HOST_APP"] = host_app
         if options["api_key"]:
             # The flag wins over a key file; the children would refuse to start given both.
@@ -220,15 +221,15 @@ class Command(BaseCommand):
         console.print(f"  admin      {base}/admin/   (create a login: mash createsuperuser)")
         console.print(f"  telemetry  {base}/telemetry/")
         console.print(f"  database   {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
-                      f"data in {settings.DATA_DIR}")
+                      f"data in {conf.DATA_DIR}")
         if bind in ("0.0.0.0", "::", "[::]") and not env.get("MASH_ALLOWED_HOSTS"):
             console.print("  hosts      localhost and this machine's own names; clients using another name (a DNS "
                           "name, a mapped port) need MASH_ALLOWED_HOSTS=name")
         if options["no_worker"]:
             console.print("  workers    none here (run `mash qcluster` where requests should run)")
         else:
-            processes = int(env.get("MASH_WORKERS") or settings.WORKERS)
-            slots = int(env.get("MASH_WORKER_CONCURRENCY") or settings.MASH_WORKER_CONCURRENCY)
+            processes = int(env.get("MASH_WORKERS") or conf.WORKERS)
+            slots = int(env.get("MASH_WORKER_CONCURRENCY") or conf.WORKER_CONCURRENCY)
             console.print(f"  workers    {processes} process(es) x {slots} requests in flight = {processes * slots}")
         console.print("Press Ctrl-C to stop.")
         try:
@@ -258,7 +259,7 @@ class Command(BaseCommand):
         # Web first, so no new requests arrive; the worker then finishes or parks what it holds.
         for child in children:
             child.terminate()
-        deadline = time.monotonic() + settings.MASH_WORKER_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS
+        deadline = time.monotonic() + conf.WORKER_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS
         for child in children:
             if child.proc is None:
                 continue
