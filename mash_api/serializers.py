@@ -83,11 +83,11 @@ class CursorField(serializers.Field):
         return value
 
 
+# A submit's body, the one check of it (/api/v1, /h2a/ and the MCP endpoint): `message` and
+# `session_id` come out stripped, a blank `session_id` as None (the agent's default session).
+# What the schema means is the service's (INVALID_STRUCTURED_OUTPUT). A comment, not a
+# docstring: drf-spectacular would publish that in the schema.
 class SubmitRequestSerializer(serializers.Serializer):
-    """A submit's body, the one check of it (/api/v1, /h2a/ and the MCP endpoint): `message`
-    and `session_id` come out stripped, a blank `session_id` as None (the agent's default
-    session). What the schema means is the service's (`INVALID_STRUCTURED_OUTPUT`)."""
-
     message = StrictCharField(max_length=200_000)
     session_id = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
     structured_output = JSONObjectField(required=False, allow_null=True)
