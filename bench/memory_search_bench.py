@@ -154,7 +154,7 @@ def main() -> None:
 
 
 def run_queries(args, rng: random.Random, vocab: list[str], session_ids: list[str]) -> None:
-    from mash_runtime.memory_search import search_memory
+    from mash_runtime.memory.search import search_memory
     from mash_runtime.models import MemoryTurn
     from mash_runtime.queries import memory_search
 

@@ -10,10 +10,10 @@ from django.db.models import Count, Q
 
 from mash_runtime.errors import NotFound
 from mash_runtime.host import HostedAgent, get_host
-from mash_runtime.memory_search import SearchScope, get_search_service, parse_query
+from mash_runtime.memory.search import SearchScope, get_search_service, parse_query
+from mash_runtime.memory.turn_signals import signal_definitions
 from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, Worker, epoch
 from mash_runtime.query_params import parse_limit
-from mash_runtime.signals import signal_definitions
 
 MAX_EVENTS_LIMIT = 20000
 
@@ -257,7 +257,7 @@ def memory_search(q: Any, app_id: str | None = None, session_id: str | None = No
     """Full-text search over memory turns (the telemetry route and page call this).
 
     `q` must start with `@user:` or `@agent:` (400 SEARCH_VALIDATION_ERROR otherwise); see
-    `mash_runtime.memory_search` for the query language, ranking and score normalisation.
+    `mash_runtime.memory.search` for the query language, ranking and score normalisation.
     """
     query = parse_query(q, require_prefix=True)
     n = parse_limit(limit, default=10, maximum=100)

@@ -22,7 +22,7 @@ from typing import Any
 
 from mash_core.tools.base import Tool, ToolRegistry, ToolResult
 from mash_runtime.events import append_event
-from mash_runtime.memory_search import SearchValidationError, search_memory
+from mash_runtime.memory.search import SearchValidationError, search_memory
 from mash_runtime.models import MemoryTurn, epoch
 from mash_runtime.run.dbthreads import database
 

@@ -7,7 +7,7 @@ queued under the old name (tests/runtime/test_tasks.py checks that each path imp
 
 RUN_REQUEST = "mash_runtime.run.runner.run_request_task"
 ADVANCE_RUN = "mash_runtime.workflows.engine.advance_run_task"
-COMPACT_SESSION = "mash_runtime.compaction.compact_session_task"
+COMPACT_SESSION = "mash_runtime.memory.compaction.compact_session_task"
 SWEEP = "mash_runtime.sweeper.sweep"
 
 ALL = (RUN_REQUEST, ADVANCE_RUN, COMPACT_SESSION, SWEEP)

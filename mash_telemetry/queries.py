@@ -361,7 +361,7 @@ def highlight_spans(text: str, terms) -> list[tuple[str, bool]]:
 
 def memory_terms(text: str) -> list[str]:
     """The terms the memory search matched for `text` (for highlighting its previews)."""
-    from mash_runtime.memory_search import parse_query
+    from mash_runtime.memory.search import parse_query
 
     try:
         return list(parse_query(text, require_prefix=False).terms)

@@ -68,7 +68,7 @@ class CompactSessionView(ApiView):
     def post(self, request, agent_id, session_id):
         queries.hosted_agent(agent_id)
         body = self.body(CompactSessionSerializer)
-        from mash_runtime.compaction import compact_session
+        from mash_runtime.memory.compaction import compact_session
 
         return ok(compact_session(agent_id.strip(), session_id.strip(), reason=(body["reason"] or "").strip() or "manual",
                                   session_total_tokens_reset=body["session_total_tokens_reset"] or 0))

@@ -31,18 +31,18 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from mash_runtime.compaction import schedule_auto_compaction
+from mash_runtime.memory.compaction import schedule_auto_compaction
 from mash_runtime.conf import conf
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
-from mash_runtime.memory import build_turn
+from mash_runtime.memory.history import build_turn
 from mash_runtime.db import insert_rows, select_rows, take_lease, update_row
 from mash_runtime.models import Interaction, Request, RuntimeEvent, Session
 from mash_runtime.queue import enqueue_advance, enqueue_request
 from mash_runtime.run.checkpoints import store_steps
 from mash_runtime.run.prepare import prepare_run
 from mash_runtime.run.state import Outcome, RunState
-from mash_runtime.signals import request_terminal
+from mash_runtime.memory.turn_signals import request_terminal
 
 
 def new_lease_owner() -> str:

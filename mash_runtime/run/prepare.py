@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mash_core.agent import Agent
 from mash_runtime.host import HostedAgent, get_host
-from mash_runtime.memory import load_history
+from mash_runtime.memory.history import load_history
 from mash_runtime.models import Request
 from mash_runtime.run.checkpoints import load_checkpoints
 from mash_runtime.run.state import Prepared

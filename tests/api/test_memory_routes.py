@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mash_runtime.models import MemoryTurn, Session
-from mash_runtime.signals import SignalCollector, register_signal_collector, unregister_signal_collector
+from mash_runtime.memory.turn_signals import SignalCollector, register_signal_collector, unregister_signal_collector
 from tests.api.conftest import assert_error, data, post_json, script
 
 SEARCH = "/api/v1/telemetry/memory/search"
@@ -223,15 +223,8 @@ def test_a_host_app_can_register_signal_collectors(api, engine, custom_collector
     assert completed["response"]["signals"]["answer_chars"] == 12
 
 
-def test_memory_module_names_follow_the_registry(custom_collectors):
-    from mash_runtime.memory import SIGNAL_DEFINITIONS
-
-    assert "answer_chars" in SIGNAL_DEFINITIONS and SIGNAL_DEFINITIONS["answer_chars"]["value_type"] == "int"
-    assert dict(SIGNAL_DEFINITIONS)["unused_tools"]["value_type"] == "list[str]"
-
-
 def test_signal_collector_decorator_and_duplicates(api, engine):
-    from mash_runtime.signals import signal_collector, signal_definitions
+    from mash_runtime.memory.turn_signals import signal_collector, signal_definitions
 
     @signal_collector("steps_taken", value_type="int", description="Agent loop steps.")
     def steps_taken(ctx):

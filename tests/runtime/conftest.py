@@ -48,8 +48,8 @@ class EngineHarness:
                 sweep()
             elif func == ADVANCE_RUN:
                 advance_run_task(*args)
-            elif func == "mash_runtime.compaction.compact_session_task":
-                from mash_runtime.compaction import compact_session_task
+            elif func == "mash_runtime.memory.compaction.compact_session_task":
+                from mash_runtime.memory.compaction import compact_session_task
 
                 compact_session_task(*args)
             else:

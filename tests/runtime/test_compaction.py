@@ -9,7 +9,7 @@ from mash_core.config import AgentConfig
 from mash_core.llm import ScriptedProvider
 from mash_core.llm.base import TokenUsage
 from mash_runtime import HostBuilder
-from mash_runtime.compaction import (
+from mash_runtime.memory.compaction import (
     COMPACT_TASK,
     SECTIONS,
     NothingToCompact,
@@ -21,7 +21,7 @@ from mash_runtime.compaction import (
 )
 from mash_runtime.errors import Conflict
 from mash_runtime.host import get_host, set_host
-from mash_runtime.memory import SUMMARY_USER_MESSAGE
+from mash_runtime.memory.history import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
 from tests.apps.engine_host import ScriptedSpec, play, structured_for
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from mash_runtime import memory_search as ms
-from mash_runtime.memory_search import (
+from mash_runtime.memory import search as ms
+from mash_runtime.memory.search import (
     MemorySearchService,
     Retriever,
     RetrieverHit,

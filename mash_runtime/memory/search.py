@@ -67,7 +67,7 @@ from django.db import connection as default_connection
 from mash_runtime.errors import ServiceError
 from mash_runtime.models import Agent, MemoryTurn, Session, epoch
 
-logger = logging.getLogger("mash_runtime.memory_search")
+logger = logging.getLogger("mash_runtime.memory.search")
 
 USER_COLUMN = "user_message"
 AGENT_COLUMN = "agent_response"
@@ -462,7 +462,7 @@ class MemorySearchService:
 
     def register(self, retriever: Retriever, weight: float = 1.0, *, replace: bool = False) -> None:
         if not isinstance(retriever, Retriever):
-            raise TypeError("register a mash_runtime.memory_search.Retriever")
+            raise TypeError("register a mash_runtime.memory.search.Retriever")
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
             raise ValueError("a retriever's weight must be a positive number")
         with self._lock:

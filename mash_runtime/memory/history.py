@@ -1,13 +1,11 @@
-"""Memory turns: one per completed request, the history sent as context, turn signals."""
+"""Memory turns: one per completed request, and the history sent as context."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mash_core.agent import AgentResult
 from mash_core.messages import HistoryTurn
-from mash_runtime import signals as _signals
 from mash_runtime.db import recent_history
+from mash_runtime.memory.turn_signals import collect_signals
 from mash_runtime.models import MemoryTurn, Request
 
 SUMMARY_USER_MESSAGE = "[Summary of the earlier conversation]"
@@ -26,16 +24,6 @@ def load_history(req: Request, limit: int) -> list[HistoryTurn]:
             for position, message, response in rows]
 
 
-# Signals live in `mash_runtime.signals` (a registry a host app can extend); these names
-# stay for callers that imported them from here.
-estimate_tokens = _signals.estimate_tokens
-SIGNAL_DEFINITIONS = _signals.LiveSignalDefinitions()
-
-
-def compute_signals(result: AgentResult, request: Request | None = None) -> dict[str, Any]:
-    return _signals.collect_signals(result, request=request)
-
-
 def build_turn(req: Request, result: AgentResult) -> MemoryTurn:
     """The unsaved turn of a completed request (the caller sets the session total and saves it)."""
     return MemoryTurn(
@@ -46,7 +34,7 @@ def build_turn(req: Request, result: AgentResult) -> MemoryTurn:
         user_message=req.message,
         agent_response=result.text,
         token_usage=result.usage.to_dict(),
-        signals=compute_signals(result, req),
+        signals=collect_signals(result, request=req),
         metadata={
             "request_id": str(req.pk),
             "steps": result.steps,

@@ -41,12 +41,12 @@ from mash_core.llm.base import LLMError, LLMRequest, TokenUsage
 from mash_core.messages import Message
 from mash_runtime.errors import Conflict, NotFound, ServiceError
 from mash_runtime.host import HostedAgent, get_host
-from mash_runtime.memory import SUMMARY_USER_MESSAGE
+from mash_runtime.memory.history import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
 from mash_runtime.queue import enqueue
 from mash_runtime.tasks import COMPACT_SESSION as COMPACT_TASK
 
-logger = logging.getLogger("mash_runtime.compaction")
+logger = logging.getLogger("mash_runtime.memory.compaction")
 
 SECTIONS = ("Summary", "Decisions", "Open questions", "User preferences")
 MAX_MESSAGE_CHARS = 6000

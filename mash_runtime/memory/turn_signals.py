@@ -8,7 +8,7 @@ lists the definitions (`signal_definitions`). Two collectors are built in:
 
 A host app adds its own, e.g. in its host module::
 
-    from mash_runtime.signals import signal_collector
+    from mash_runtime.memory.turn_signals import signal_collector
 
     @signal_collector("answer_chars", value_type="int", description="Length of the answer.")
     def answer_chars(ctx):
@@ -26,11 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-logger = logging.getLogger("mash_runtime.signals")
+logger = logging.getLogger("mash_runtime.memory.turn_signals")
 
 
 def estimate_tokens(value: Any) -> int:
@@ -178,22 +177,6 @@ def collect_signals(result: Any, request: Any = None) -> dict[str, Any]:
         except Exception:
             logger.exception("signal collector %r failed; its signal is left out of this turn", collector.name)
     return values
-
-
-class LiveSignalDefinitions(Mapping):
-    """A read-only mapping that always reflects the registry (`memory.SIGNAL_DEFINITIONS`)."""
-
-    def __getitem__(self, key: str) -> dict[str, Any]:
-        return signal_definitions()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(signal_definitions())
-
-    def __len__(self) -> int:
-        return len(signal_definitions())
-
-    def __repr__(self) -> str:
-        return f"LiveSignalDefinitions({signal_definitions()!r})"
 
 
 # -- the runtime's Django signal ------------------------------------------------------------
