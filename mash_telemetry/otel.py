@@ -3,7 +3,7 @@
 Off by default: nothing is exported (and `opentelemetry` is never imported) unless
 `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and
 `OTEL_SDK_DISABLED` is not `true`. Then, when a request reaches a terminal state
-(`mash_runtime.memory.turn_signals.request_terminal`, sent by `lifecycle.after_terminal`), its id is
+(`mash_runtime.signals.request_terminal`, sent by `lifecycle.after_terminal`), its id is
 queued for a background thread of this process, which rebuilds the spans from the
 request's stored events (they carry the timings) and hands them to the SDK's
 `BatchSpanProcessor` and OTLP/HTTP exporter. So exporting never slows a request (the
@@ -44,6 +44,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from mash_runtime.signals import request_terminal
 
 logger = logging.getLogger("mash_telemetry.otel")
 
@@ -610,8 +612,6 @@ def on_request_terminal(sender, request, **kwargs) -> None:
 def install(custom: Exporter | None = None) -> None:
     """Export every request that ends from now on (with `custom`: through that exporter)."""
     global _exporter
-    from mash_runtime.memory.turn_signals import request_terminal
-
     if custom is not None:
         with _exporter_lock:
             _exporter = custom
@@ -621,8 +621,6 @@ def install(custom: Exporter | None = None) -> None:
 def uninstall() -> None:
     """Disconnect, and flush and shut down the exporter (tests)."""
     global _exporter
-    from mash_runtime.memory.turn_signals import request_terminal
-
     request_terminal.disconnect(dispatch_uid="mash_telemetry.otel")
     _queue_drained(time.monotonic() + 5)
     with _exporter_lock:

@@ -16,9 +16,6 @@ A host app adds its own, e.g. in its host module::
 
 Collectors run inside the request's completion; one that raises is logged and left
 out of that turn's signals (a broken collector never fails a request).
-
-This module is mostly about *turn* signals. Its one Django signal is `request_terminal`
-(at the bottom), sent after a request's terminal state has committed.
 """
 
 from __future__ import annotations
@@ -179,22 +176,13 @@ def collect_signals(result: Any, request: Any = None) -> dict[str, Any]:
     return values
 
 
-# -- the runtime's Django signal ------------------------------------------------------------
-
-from django.dispatch import Signal  # noqa: E402
-
-#: Sent with `send_robust(sender=Request, request=req)` by `mash_runtime.run.lifecycle.after_terminal`,
-#: once per request that reached completed, failed or cancelled (again after a resume), after the
-#: commit. A receiver runs in the engine's thread: it must be quick (hand work to a thread of its
-#: own); an exception it raises is swallowed. `mash_telemetry.otel` connects here when export is on.
-request_terminal = Signal()
-
-
 __all__ = [
-    "request_terminal",
     "SignalCollector",
     "SignalContext",
     "FunctionSignalCollector",
+    "UnusedToolsCollector",
+    "UnusedToolTokensCollector",
+    "BUILTIN_COLLECTORS",
     "register_signal_collector",
     "unregister_signal_collector",
     "reset_signal_collectors",

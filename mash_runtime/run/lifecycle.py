@@ -42,7 +42,7 @@ from mash_runtime.queue import enqueue_advance, enqueue_request
 from mash_runtime.run.checkpoints import store_steps
 from mash_runtime.run.prepare import prepare_run
 from mash_runtime.run.state import Outcome, RunState
-from mash_runtime.memory.turn_signals import request_terminal
+from mash_runtime.signals import request_terminal
 
 
 def new_lease_owner() -> str:

@@ -318,7 +318,7 @@ def test_a_broken_exporter_or_span_builder_never_fails_a_request(engine, monkeyp
 
 def test_without_the_endpoint_nothing_connects_and_opentelemetry_is_not_imported(tmp_path):
     probe = ("import os, sys, django; django.setup(); "
-             "from mash_runtime.memory.turn_signals import request_terminal; "
+             "from mash_runtime.signals import request_terminal; "
              "print(any(m.startswith('opentelemetry.sdk') for m in sys.modules), bool(request_terminal.receivers))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({"DJANGO_SETTINGS_MODULE": "mash_project.settings", "MASH_DATA_DIR": str(tmp_path),
