@@ -3,7 +3,7 @@
 Bulk-inserts N memory turns (default 100,000) into a fresh database (an SQLite file in a
 temp dir, or a new PostgreSQL database with --postgres), so the FTS5 triggers or the
 generated tsvector columns index them exactly as in production, then times searches
-through `mash_runtime.queries.memory_search` (the telemetry route's entry point: parse,
+through `mash_runtime.read_services.memory_search` (the telemetry route's entry point: parse,
 scope, retrieve, normalise, hydrate, preview) and reports p50/p95 per query shape.
 
 Texts are drawn from a synthetic Zipf-distributed vocabulary, so there are very common
@@ -156,7 +156,7 @@ def main() -> None:
 def run_queries(args, rng: random.Random, vocab: list[str], session_ids: list[str]) -> None:
     from mash_runtime.memory.search import search_memory
     from mash_runtime.models import MemoryTurn
-    from mash_runtime.queries import memory_search
+    from mash_runtime.read_services import memory_search
 
     common, mid, rare = vocab[:20], vocab[200:2000], vocab[5000:]
 

@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from mash_api.auth import Principal, authenticate_headers, origin_refusal, permission_refusal
-from mash_api.streams import latest_event_id, request_frames, tail_frames, ws_delta, ws_message
+from mash_api.stream_readers import latest_event_id, request_frames, tail_frames, ws_delta, ws_message
 from mash_runtime.errors import ServiceError
 from mash_runtime.services import answer_interaction, get_request
 

@@ -1,6 +1,6 @@
 """The MCP server behind `/mcp` (mounted and guarded by mash_api.mcp_endpoint).
 
-One tool per agent a client may address (`queries.list_agents`: the primary and its
+One tool per agent a client may address (`read_services.list_agents`: the primary and its
 subagents), named by its agent id, taking `message` and an optional `session_id`. A call
 submits a durable request through `services.submit_request`, as the HTTP API does,
 follows its stored events with the SSE streams' reader (`streams.request_frames`) and
@@ -34,8 +34,8 @@ from mcp.shared.exceptions import MCPError
 
 from mash_api.errors import BLANK_CODES, UNAVAILABLE, validation_errors
 from mash_api.serializers import SubmitRequestSerializer
-from mash_api.streams import request_frames
-from mash_runtime import queries, services
+from mash_api.stream_readers import request_frames
+from mash_runtime import read_services, services
 from mash_runtime.errors import ServiceError
 from mash_runtime.host import get_host
 
@@ -233,7 +233,7 @@ async def follow(accepted: dict[str, Any], progress: Progress) -> types.CallTool
 
 def submit(agent_id: str, message: str, session_id: str | None) -> tuple[dict[str, Any], str | None]:
     accepted = services.submit_request(agent_id, message, session_id=session_id)
-    return accepted, queries.no_worker_warning()
+    return accepted, read_services.no_worker_warning()
 
 
 async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:

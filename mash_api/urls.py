@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from mash_api.views import agents, h2a, sessions, streams, telemetry, workflows
+from mash_api.views import agents, h2a, sessions, sse, telemetry, workflows
 
 
 def both(singular: str, plural: str, suffix: str, view, name: str):
@@ -45,7 +45,7 @@ def agent_routes():
             r = f"{a}/{request_word}"
             routes += [
                 path(r, agents.SubmitRequestView.as_view(), name=f"request-submit{ralias}{request_word}"),
-                path(f"{r}/<str:request_id>/events", streams.request_events, name=f"request-events{ralias}{request_word}"),
+                path(f"{r}/<str:request_id>/events", sse.request_events, name=f"request-events{ralias}{request_word}"),
                 path(f"{r}/<str:request_id>/status", agents.RequestStatusView.as_view(),
                      name=f"request-status{ralias}{request_word}"),
                 path(f"{r}/<str:request_id>/resume", agents.ResumeRequestView.as_view(),
@@ -73,7 +73,7 @@ api_v1 = [
     *both("workflow", "workflows", "/<str:workflow_id>/runs/<str:run_id>/resume", workflows.RunResumeView.as_view(),
           "workflow-run-resume"),
     path("telemetry/events", telemetry.EventListView.as_view(), name="telemetry-events"),
-    path("telemetry/events/stream", streams.telemetry_event_stream, name="telemetry-events-stream"),
+    path("telemetry/events/stream", sse.telemetry_event_stream, name="telemetry-events-stream"),
     path("telemetry/memory/search", telemetry.MemorySearchView.as_view(), name="telemetry-memory-search"),
     # The API request log's routes (telemetry/api/...) are mash_telemetry's: mash_project/urls.py.
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

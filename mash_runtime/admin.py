@@ -879,7 +879,7 @@ class WorkflowRunAdmin(HistoryAdmin):
 
     @admin.display(description="duration")
     def duration(self, obj):
-        from mash_telemetry.queries import run_duration_ms
+        from mash_telemetry.page_data import run_duration_ms
 
         return ms(run_duration_ms(obj))
 

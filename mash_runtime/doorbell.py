@@ -5,11 +5,11 @@ The database is the source of truth; a doorbell only wakes readers early. Losing
 frame until the reader's fallback poll, never loses it. So ringing never raises.
 
 Every doorbell names the group it was rung for (`group`): a web process receives all
-of its streams' doorbells on one channel and sorts them by that (mash_api.streams).
+of its streams' doorbells on one channel and sorts them by that (mash_api.stream_readers).
 
 A request's doorbell also carries the events that were just committed (when they are
 small), so a reader that is caught up sends them on without reading the database; a
-reader that sees a gap reads the database as usual (mash_api.streams).
+reader that sees a gap reads the database as usual (mash_api.stream_readers).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class PostgresNotifyLayer(BaseChannelLayer):
     """A channels layer whose messages cross processes by PostgreSQL NOTIFY (module docstring)."""
 
     extensions = ("groups",)
-    # mash_api.streams polls slowly when doorbells cross processes.
+    # mash_api.stream_readers polls slowly when doorbells cross processes.
     crosses_processes = True
 
     def __init__(self, expiry: int = 60, capacity: int = 1000, **kwargs: Any) -> None:

@@ -45,7 +45,7 @@ class ApiRequestLogAdmin(BigTableAdmin):
 
     @admin.display(description="about")
     def about(self, obj):
-        from mash_telemetry.queries import attach_api_log_links
+        from mash_telemetry.page_data import attach_api_log_links
 
         attach_api_log_links([obj])
         links = []

@@ -19,9 +19,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 
 from mash_api.serializers import CursorField, LimitField
-from mash_api.streams import PollBackoff, latest_id, table_frames
+from mash_api.stream_readers import PollBackoff, latest_id, table_frames
 from mash_api.views.base import ApiView, ok, validated_query
-from mash_api.views.streams import event_stream, tail_body
+from mash_api.views.sse import event_stream, tail_body
 from mash_telemetry.models import ApiRequestLog
 
 DEFAULT_LIMIT = 100

@@ -171,7 +171,7 @@ def _clip(value: Any) -> str:
 def plan_request(request_id, *, capture_content: bool | None = None) -> TracePlan | None:
     """The spans of one request, from its row, its stored events and its children's rows."""
     from mash_runtime.models import Request, RuntimeEvent, WorkflowTaskRun
-    from mash_telemetry.queries import MARK_TYPES, split_time
+    from mash_telemetry.page_data import MARK_TYPES, split_time
 
     if capture_content is None:
         capture_content = str(os.environ.get(CAPTURE_CONTENT, "")).strip().lower() == "true"

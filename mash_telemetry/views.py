@@ -1,4 +1,4 @@
-"""The telemetry pages: staff only, server-rendered, thin over `queries` and `trace`.
+"""The telemetry pages: staff only, server-rendered, thin over `page_data` and `trace`.
 
 Every view is wrapped in `staff_required`: anonymous visitors go to the login page,
 signed-in users without staff status get a 403, and a page that is not there is the
@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_POST
 from mash_runtime import services
 from mash_runtime.errors import ServiceError
 from mash_runtime.models import Interaction, Request
-from mash_telemetry import queries
+from mash_telemetry import page_data
 from mash_telemetry.forms import (
     RANGES,
     AnswerForm,
@@ -105,19 +105,19 @@ def asset(request, name: str):
 @staff_required
 def overview(request):
     now = timezone.now()
-    agents = queries.agent_rows(now - dt.timedelta(hours=24))
-    per_hour, legend, total_24h = queries.requests_per_hour_chart(now)
+    agents = page_data.agent_rows(now - dt.timedelta(hours=24))
+    per_hour, legend, total_24h = page_data.requests_per_hour_chart(now)
     return render(request, "telemetry/overview.html", {
         "nav": "overview",
-        "health": queries.host_health(now),
+        "health": page_data.host_health(now),
         "agents": agents,
         "per_hour_chart": per_hour,
         "per_hour_legend": legend,
         "requests_24h": total_24h,
-        "tokens_chart": queries.tokens_per_agent_chart(agents),
+        "tokens_chart": page_data.tokens_per_agent_chart(agents),
         "tokens_24h": sum(a.tokens_24h for a in agents),
-        "errors": queries.latest_errors(),
-        "recent": queries.recent_requests(),
+        "errors": page_data.latest_errors(),
+        "recent": page_data.recent_requests(),
     })
 
 
@@ -127,15 +127,15 @@ def overview(request):
 @require_GET
 @staff_required
 def request_list(request):
-    form = RequestFilterForm(request.GET or None, agents=queries.agent_choices())
+    form = RequestFilterForm(request.GET or None, agents=page_data.agent_choices())
     filters = form.cleaned_data if form.is_valid() else {}
-    qs = queries.filter_requests(
+    qs = page_data.filter_requests(
         agent=filters.get("agent", ""), status=filters.get("status", ""), session=filters.get("session", ""),
         since=created_since(filters), until=filters.get("until"), q=filters.get("q", ""),
         top_level=filters.get("top", False),
     )
     page = paginate(request, qs)
-    splits = queries.time_splits(list(page.object_list))
+    splits = page_data.time_splits(list(page.object_list))
     rows = [(r, splits.get(r.pk)) for r in page.object_list]
     return render(request, "telemetry/requests.html", {"nav": "requests", "form": form, "page": page, "rows": rows})
 
@@ -153,8 +153,8 @@ def _trace_context(request, req: Request) -> dict:
         "nav": "requests",
         "trace": trace,
         "req": req,
-        "split": queries.request_time_split(req, steps_ms),
-        "task": queries.task_of_request(req),
+        "split": page_data.request_time_split(req, steps_ms),
+        "task": page_data.task_of_request(req),
         "live": not req.is_terminal,
         "can_operate": may_operate(request.user, "request"),
         "can_answer": may_operate(request.user, "interaction"),
@@ -177,7 +177,7 @@ def request_detail(request, request_id: uuid.UUID):
 @staff_required
 def request_events(request, request_id: uuid.UUID):
     req = get_object_or_404(Request.objects.select_related("agent", "session"), pk=request_id)
-    events, cut = queries.request_events(req)
+    events, cut = page_data.request_events(req)
     return render(request, "telemetry/request_events.html", {"nav": "requests", "req": req, "events": events,
                                                              "cut": cut})
 
@@ -234,16 +234,16 @@ def answer(request, request_id: uuid.UUID, interaction_id: str):
 @require_GET
 @staff_required
 def session_list(request):
-    form = SessionFilterForm(request.GET or None, agents=queries.agent_choices())
+    form = SessionFilterForm(request.GET or None, agents=page_data.agent_choices())
     filters = form.cleaned_data if form.is_valid() else {}
-    qs = queries.filter_sessions(agent=filters.get("agent", ""), q=filters.get("q", ""))
+    qs = page_data.filter_sessions(agent=filters.get("agent", ""), q=filters.get("q", ""))
     return render(request, "telemetry/sessions.html", {"nav": "sessions", "form": form, "page": paginate(request, qs)})
 
 
 @require_GET
 @staff_required
 def session_detail(request, pk: int):
-    view = queries.session_view(pk)
+    view = page_data.session_view(pk)
     if view is None:
         raise Http404("no such session")
     return render(request, "telemetry/session.html", {"nav": "sessions", "view": view, "s": view.session})
@@ -255,21 +255,21 @@ def session_detail(request, pk: int):
 @require_GET
 @staff_required
 def run_list(request):
-    workflows = queries.workflow_choices()
+    workflows = page_data.workflow_choices()
     form = RunFilterForm(request.GET or None, workflows=workflows)
     filters = form.cleaned_data if form.is_valid() else {}
-    qs = queries.filter_runs(workflow=filters.get("workflow", ""), status=filters.get("status", ""),
+    qs = page_data.filter_runs(workflow=filters.get("workflow", ""), status=filters.get("status", ""),
                              since=created_since(filters), until=filters.get("until"), q=filters.get("q", ""))
     return render(request, "telemetry/workflows.html", {
         "nav": "workflows", "form": form, "page": paginate(request, qs),
-        "workflows": queries.workflow_rows(timezone.now() - dt.timedelta(hours=24)),
+        "workflows": page_data.workflow_rows(timezone.now() - dt.timedelta(hours=24)),
     })
 
 
 @require_GET
 @staff_required
 def run_detail(request, run_id: str):
-    view = queries.run_view(run_id, all_events=request.GET.get("events") == "all")
+    view = page_data.run_view(run_id, all_events=request.GET.get("events") == "all")
     if view is None:
         raise Http404(f"No workflow run {run_id}")
     return render(request, "telemetry/run.html", {"nav": "workflows", "view": view, "run": view.run})
@@ -281,12 +281,12 @@ def run_detail(request, run_id: str):
 @require_GET
 @staff_required
 def live(request):
-    agents = queries.agent_choices()
+    agents = page_data.agent_choices()
     agent = request.GET.get("agent", "")
     if agent not in agents:
         agent = ""
     return render(request, "telemetry/live.html", {
-        "nav": "live", "agents": agents, "agent": agent, "events": queries.latest_events(agent, limit=50),
+        "nav": "live", "agents": agents, "agent": agent, "events": page_data.latest_events(agent, limit=50),
     })
 
 
@@ -296,13 +296,13 @@ def live(request):
 @require_GET
 @staff_required
 def memory(request):
-    form = MemorySearchForm(request.GET or None, agents=queries.agent_choices())
+    form = MemorySearchForm(request.GET or None, agents=page_data.agent_choices())
     hits, error, terms = None, "", []
     if form.is_valid() and form.cleaned_data["q"].strip():
         data = form.cleaned_data
-        terms = queries.memory_terms(data["q"].strip())
+        terms = page_data.memory_terms(data["q"].strip())
         try:
-            hits = queries.search_memory(data["q"].strip(), data.get("who") or "user", data.get("agent", ""),
+            hits = page_data.search_memory(data["q"].strip(), data.get("who") or "user", data.get("agent", ""),
                                          data.get("session", ""))
         except ServiceError as exc:
             error = exc.message
@@ -315,10 +315,10 @@ def memory(request):
 def api_log(request):
     form = ApiLogFilterForm(request.GET or None)
     filters = form.cleaned_data if form.is_valid() else {}
-    qs = queries.filter_api_log(filters.get("method", ""), (filters.get("status") or "").strip(),
+    qs = page_data.filter_api_log(filters.get("method", ""), (filters.get("status") or "").strip(),
                                 (filters.get("path") or "").strip())
-    rows, next_before = queries.keyset_page(qs, filters.get("before"))
-    queries.attach_api_log_links(rows)
+    rows, next_before = page_data.keyset_page(qs, filters.get("before"))
+    page_data.attach_api_log_links(rows)
     return render(request, "telemetry/api_log.html", {"nav": "api", "form": form, "rows": rows,
                                                       "next_before": next_before,
                                                       "paged": bool(filters.get("before"))})
@@ -328,7 +328,7 @@ def api_log(request):
 @staff_required
 def api_log_detail(request, pk: int):
     row = get_object_or_404(ApiRequestLog, pk=pk)
-    queries.attach_api_log_links([row])
+    page_data.attach_api_log_links([row])
     return render(request, "telemetry/api_log_detail.html", {"nav": "api", "row": row})
 
 

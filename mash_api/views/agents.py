@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 
 from mash_api.serializers import InteractionAnswerSerializer, SubmitRequestSerializer
 from mash_api.views.base import ApiView, ok
-from mash_runtime import queries, services
+from mash_runtime import read_services, services
 from mash_runtime.dbfaults import once_more_if_dropped
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -38,19 +38,19 @@ class RootView(APIView):
 class HealthView(ApiView):
     @extend_schema(summary="Health and deployment: the CLI calls this first")
     def get(self, request):
-        return ok(queries.health())
+        return ok(read_services.health())
 
 
 class AgentListView(ApiView):
     @extend_schema(summary="Agents a client may address (workflow-only agents are hidden)")
     def get(self, request):
-        return ok(queries.list_agents())
+        return ok(read_services.list_agents())
 
 
 class AgentDetailView(ApiView):
     @extend_schema(summary="One agent and its default session")
     def get(self, request, agent_id):
-        return ok(queries.agent_detail(agent_id))
+        return ok(read_services.agent_detail(agent_id))
 
 
 class SubmitRequestView(ApiView):
@@ -64,7 +64,7 @@ class SubmitRequestView(ApiView):
     @extend_schema(summary="Submit a message; follow the request's events stream", request=SubmitRequestSerializer,
                    parameters=[IDEMPOTENCY_KEY, STREAM_TOKENS])
     def post(self, request, agent_id):
-        queries.hosted_agent(agent_id)  # workflow-only agents run only as workflow tasks (404, as in /h2a)
+        read_services.hosted_agent(agent_id)  # workflow-only agents run only as workflow tasks (404, as in /h2a)
         body = self.body(SubmitRequestSerializer)
         data = services.submit_request(
             agent_id.strip(), body["message"], session_id=body.get("session_id"),
@@ -74,7 +74,7 @@ class SubmitRequestView(ApiView):
         )
         # A replay answers as the first submit did (202: a client that lost that answer gets it
         # now), and says so.
-        if (warning := queries.no_worker_warning()) is not None:
+        if (warning := read_services.no_worker_warning()) is not None:
             data = {**data, "warning": warning}  # nothing will run it until a worker starts: say so now
         response = ok(data, status=202)
         if data.get("replayed"):

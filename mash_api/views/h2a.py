@@ -11,8 +11,8 @@ from rest_framework import serializers
 from mash_api.auth import authenticate_headers, csrf_refusal, permission_refusal
 from mash_api.errors import unstorable_param_error, validation_errors
 from mash_api.serializers import StrictCharField, SubmitRequestSerializer
-from mash_api.views.streams import event_stream, request_stream_frames, sse_body
-from mash_runtime import queries, services
+from mash_api.views.sse import event_stream, request_stream_frames, sse_body
+from mash_runtime import read_services, services
 from mash_runtime.errors import NotFound, ServiceError
 from mash_runtime.host import get_host
 from mash_runtime.storable import UnstorableValue, check_storable
@@ -93,7 +93,7 @@ def _only(request, method: str) -> JsonResponse | None:
 
 @guarded
 def health(request):
-    return _only(request, "GET") or JsonResponse({"status": "ok", "service": "mash-h2a", **queries.list_agents()})
+    return _only(request, "GET") or JsonResponse({"status": "ok", "service": "mash-h2a", **read_services.list_agents()})
 
 
 @guarded(permission="mash_runtime.add_request")

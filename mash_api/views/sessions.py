@@ -5,7 +5,7 @@ from rest_framework import serializers
 
 from mash_api.serializers import StrictCharField
 from mash_api.views.base import ApiView, ok
-from mash_runtime import queries
+from mash_runtime import read_services
 from mash_runtime.storable import is_storable
 
 LIMIT = OpenApiParameter("limit", int, required=False)
@@ -14,32 +14,32 @@ LIMIT = OpenApiParameter("limit", int, required=False)
 class SessionListView(ApiView):
     @extend_schema(summary="Sessions of an agent, newest activity first")
     def get(self, request, agent_id):
-        return ok(queries.list_sessions(agent_id))
+        return ok(read_services.list_sessions(agent_id))
 
 
 class SessionDetailView(ApiView):
     @extend_schema(summary="Session info (zero tokens for an unused id)")
     def get(self, request, agent_id, session_id):
-        queries.hosted_agent(agent_id)
-        return ok(queries.session_info(agent_id.strip(), session_id))
+        read_services.hosted_agent(agent_id)
+        return ok(read_services.session_info(agent_id.strip(), session_id))
 
 
 class SessionHistoryView(ApiView):
     @extend_schema(summary="The last N turns, oldest first", parameters=[LIMIT])
     def get(self, request, agent_id, session_id):
-        return ok(queries.session_history(agent_id, session_id, request.query_params.get("limit")))
+        return ok(read_services.session_history(agent_id, session_id, request.query_params.get("limit")))
 
 
 class SessionSignalsView(ApiView):
     @extend_schema(summary="Signal definitions and per-turn values", parameters=[LIMIT])
     def get(self, request, agent_id, session_id):
-        return ok(queries.session_signals(agent_id, session_id, request.query_params.get("limit")))
+        return ok(read_services.session_signals(agent_id, session_id, request.query_params.get("limit")))
 
 
 class ReasoningTraceView(ApiView):
     @extend_schema(summary="One request's steps: model text, tool calls, tokens, durations")
     def get(self, request, agent_id, session_id, trace_id):
-        return ok(queries.reasoning_trace(agent_id, session_id, trace_id))
+        return ok(read_services.reasoning_trace(agent_id, session_id, trace_id))
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -66,7 +66,7 @@ class CompactSessionView(ApiView):
     @extend_schema(summary="Summarise the turns since the last checkpoint into a summary checkpoint turn",
                    request=CompactSessionSerializer)
     def post(self, request, agent_id, session_id):
-        queries.hosted_agent(agent_id)
+        read_services.hosted_agent(agent_id)
         body = self.body(CompactSessionSerializer)
         from mash_runtime.memory.compaction import compact_session
 

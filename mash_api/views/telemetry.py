@@ -3,7 +3,7 @@
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 
 from mash_api.views.base import ApiView, ok
-from mash_runtime import queries
+from mash_runtime import read_services
 
 
 class EventListView(ApiView):
@@ -12,7 +12,7 @@ class EventListView(ApiView):
         OpenApiParameter("trace_id", str), OpenApiParameter("limit", int)])
     def get(self, request):
         p = request.query_params
-        return ok(queries.telemetry_events(p.get("agent_id"), p.get("session_id"), p.get("trace_id"), p.get("limit")))
+        return ok(read_services.telemetry_events(p.get("agent_id"), p.get("session_id"), p.get("trace_id"), p.get("limit")))
 
 
 class MemorySearchView(ApiView):
@@ -21,4 +21,4 @@ class MemorySearchView(ApiView):
         OpenApiParameter("session_id", str), OpenApiParameter("limit", int)])
     def get(self, request):
         p = request.query_params
-        return ok(queries.memory_search(p.get("q"), p.get("app_id"), p.get("session_id"), p.get("limit")))
+        return ok(read_services.memory_search(p.get("q"), p.get("app_id"), p.get("session_id"), p.get("limit")))

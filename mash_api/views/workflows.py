@@ -6,7 +6,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 
 from mash_api.views.base import ApiView, ok
-from mash_api.views.streams import event_stream, parse_cursor
+from mash_api.views.sse import event_stream, parse_cursor
 from mash_runtime.workflows import engine, publishing
 
 
@@ -66,7 +66,7 @@ class RunResumeView(ApiView):
 
 @event_stream
 def run_events(request, workflow_id: str, run_id: str):
-    from mash_api.streams import run_frames
+    from mash_api.stream_readers import run_frames
 
     run = engine.get_run(workflow_id, run_id)
     return run_frames(run.pk, parse_cursor(request))

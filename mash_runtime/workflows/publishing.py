@@ -17,7 +17,7 @@ from mash_runtime.host_sync import get_agent_row
 from mash_runtime.db import published_skill_rows
 from mash_runtime.models import PublishedSkill, WorkflowDefinition
 from mash_runtime.conf import conf
-from mash_runtime.queries import hosted_agent
+from mash_runtime.read_services import hosted_agent
 from mash_runtime.storable import UnstorableValue, check_storable
 from mash_runtime.workflows.validation import validate_tasks
 

@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 
 from mash_telemetry import clock
 from mash_telemetry.formats import duration_text
-from mash_telemetry.queries import highlight_spans, run_duration_ms
+from mash_telemetry.page_data import highlight_spans, run_duration_ms
 from mash_telemetry.trace import pretty
 
 register = template.Library()

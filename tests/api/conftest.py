@@ -82,7 +82,7 @@ def engine(committed_db, monkeypatch, settings):
     harness = EngineHarness()
     monkeypatch.setattr("django_q.tasks.async_task", harness.record)
     # The harness is the worker here (`drain`): no submit should warn that none runs.
-    monkeypatch.setattr("mash_runtime.queries.no_worker_warning", lambda: None)
+    monkeypatch.setattr("mash_runtime.read_services.no_worker_warning", lambda: None)
     yield harness
     set_host(None)
     auth.forget_cached_configuration()

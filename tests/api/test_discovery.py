@@ -9,7 +9,7 @@ import pytest
 
 from mash_runtime import HostBuilder, SubAgentMetadata
 from mash_runtime.host import set_host
-from mash_runtime.queries import no_worker_warning as REAL_NO_WORKER_WARNING
+from mash_runtime.read_services import no_worker_warning as REAL_NO_WORKER_WARNING
 from mash_runtime.workflows import TaskSpec, WorkflowSpec
 from tests.api.conftest import assert_error, data, post_json
 from tests.apps.engine_host import HelperSpec, ScriptedSpec
@@ -172,12 +172,12 @@ def test_it_answers_wrong_methods_with_the_envelope(engine, method, path):
 
 
 def test_it_wraps_a_crash_in_the_envelope(api, monkeypatch):
-    from mash_runtime import queries
+    from mash_runtime import read_services
 
     def boom():
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(queries, "health", boom)
+    monkeypatch.setattr(read_services, "health", boom)
     error = assert_error(api.get("/api/v1/health"), 500, "INTERNAL_ERROR")
     assert "secret" not in error["message"]
 
@@ -245,15 +245,15 @@ def test_it_serves_the_browsable_api_to_a_logged_in_staff_browser(api, keyed, ma
 def test_a_submit_says_when_no_worker_has_been_seen(api, monkeypatch):
     from django.utils import timezone
 
-    from mash_runtime import queries
+    from mash_runtime import read_services
     from mash_runtime.models import Worker
 
-    monkeypatch.setattr(queries, "no_worker_warning", REAL_NO_WORKER_WARNING)  # not the harness's "a worker runs"
-    queries.forget_worker_warning()
+    monkeypatch.setattr(read_services, "no_worker_warning", REAL_NO_WORKER_WARNING)  # not the harness's "a worker runs"
+    read_services.forget_worker_warning()
     body = data(post_json(api, "/api/v1/agent/primary/request", {"message": "hi"}), 202)
     assert body["warning"].startswith("no worker has been seen yet")
     now = timezone.now()
     Worker.objects.create(name="h1:1:aa", hostname="h1", pid=1, slots=10, in_use=0, started_at=now, last_seen_at=now)
-    queries.forget_worker_warning()
+    read_services.forget_worker_warning()
     assert "warning" not in data(post_json(api, "/api/v1/agent/primary/request", {"message": "hi"}), 202)
-    queries.forget_worker_warning()
+    read_services.forget_worker_warning()

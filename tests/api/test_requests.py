@@ -351,14 +351,14 @@ def test_a_submit_the_database_cannot_take_now_is_a_retryable_503(api, engine, m
 def test_a_stream_the_database_cannot_open_now_is_a_retryable_503(api, engine, monkeypatch):
     from django.db import OperationalError
 
-    from mash_api.views import streams
+    from mash_api.views import sse
 
     rid = accepted(api, {"message": "hi"})["request_id"]
 
     def starved(*args, **kwargs):
         raise OperationalError("couldn't get a connection after 10.00 sec")
 
-    monkeypatch.setattr(streams, "stream_target", starved)
+    monkeypatch.setattr(sse, "stream_target", starved)
     response = api.get(f"/api/v1/agent/primary/request/{rid}/events")
     assert_error(response, 503, "DATABASE_UNAVAILABLE")
     assert response["Retry-After"] == "1"

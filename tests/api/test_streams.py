@@ -92,11 +92,11 @@ def test_it_resumes_after_a_cursor(api, engine):
 def test_a_read_the_database_cannot_serve_is_retried_not_the_end_of_the_stream(api, engine, monkeypatch):
     from django.db import OperationalError
 
-    from mash_api import streams
+    from mash_api import stream_readers
 
     rid = submit(api, script("done"))
     engine.drain()
-    real, failures = streams._fetch_request_events, []
+    real, failures = stream_readers._fetch_request_events, []
 
     def flaky(*args, **kwargs):
         if not failures:
@@ -104,7 +104,7 @@ def test_a_read_the_database_cannot_serve_is_retried_not_the_end_of_the_stream(a
             raise OperationalError("couldn't get a connection after 10.00 sec")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(streams, "_fetch_request_events", flaky)
+    monkeypatch.setattr(stream_readers, "_fetch_request_events", flaky)
     frames = stream(api, events_url(rid))
     assert failures == [1]
     assert [f["id"] for f in frames] == list(range(1, len(engine.events(rid)) + 1))
@@ -248,7 +248,7 @@ def test_it_closes_at_once_when_resuming_past_the_end_of_a_finished_request(engi
 
 
 def test_carried_frames_follow_the_cursor_without_gaps():
-    from mash_api.streams import carried_frames
+    from mash_api.stream_readers import carried_frames
 
     def event(seq):
         return {"id": seq, "seq": seq, "event_type": "runtime.x", "agent_id": "a", "session_id": "s",
@@ -269,7 +269,7 @@ def test_carried_frames_follow_the_cursor_without_gaps():
 
 
 def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(engine, monkeypatch):
-    from mash_api import streams
+    from mash_api import stream_readers
     from mash_runtime import doorbell
     from mash_runtime.events import append_events
     from mash_runtime.models import Request
@@ -277,19 +277,19 @@ def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(en
     from mash_runtime.host_sync import get_agent_row
     from mash_runtime.services import create_request
 
-    class NoPoll(streams.Backoff):  # only doorbells may wake the reader in this test
+    class NoPoll(stream_readers.Backoff):  # only doorbells may wake the reader in this test
         def __init__(self):
             super().__init__()
             self.floor = self.current = self.ceiling = 60.0
 
     reads = []
-    real_fetch = streams._fetch_request_events
-    monkeypatch.setattr(streams, "Backoff", NoPoll)
-    monkeypatch.setattr(streams, "_fetch_request_events", lambda *a: reads.append(a[1]) or real_fetch(*a))
+    real_fetch = stream_readers._fetch_request_events
+    monkeypatch.setattr(stream_readers, "Backoff", NoPoll)
+    monkeypatch.setattr(stream_readers, "_fetch_request_events", lambda *a: reads.append(a[1]) or real_fetch(*a))
     req = create_request(get_agent_row("primary"), "hi", session_id="carry")
 
     async def scenario():
-        frames = streams.request_frames(req.pk, 0)
+        frames = stream_readers.request_frames(req.pk, 0)
         seen = [(await frames.__anext__()).event.event_type]  # "accepted", from the one read
 
         def append(items):
@@ -314,23 +314,23 @@ def test_a_caught_up_stream_sends_carried_events_without_reading_the_database(en
 
 
 def test_a_bare_doorbell_makes_the_stream_read(engine, monkeypatch):
-    from mash_api import streams
+    from mash_api import stream_readers
     from mash_runtime import doorbell
     from mash_runtime.events import append_events
     from mash_runtime.models import Request
     from mash_runtime.host_sync import get_agent_row
     from mash_runtime.services import create_request
 
-    class NoPoll(streams.Backoff):
+    class NoPoll(stream_readers.Backoff):
         def __init__(self):
             super().__init__()
             self.floor = self.current = self.ceiling = 60.0
 
-    monkeypatch.setattr(streams, "Backoff", NoPoll)
+    monkeypatch.setattr(stream_readers, "Backoff", NoPoll)
     req = create_request(get_agent_row("primary"), "hi", session_id="bare")
 
     async def scenario():
-        frames = streams.request_frames(req.pk, 0)
+        frames = stream_readers.request_frames(req.pk, 0)
         await frames.__anext__()
 
         def append():
@@ -348,7 +348,7 @@ def test_a_bare_doorbell_makes_the_stream_read(engine, monkeypatch):
 def test_streams_of_one_loop_share_one_channel_and_get_only_their_groups_bells():
     from channels.layers import get_channel_layer
 
-    from mash_api.streams import Doorbell
+    from mash_api.stream_readers import Doorbell
     from mash_runtime.doorbell import request_group
 
     async def scenario():

@@ -1,5 +1,5 @@
 """Tails read tables by ascending id: a row whose id a tail has passed still reaches it
-when it commits late (mash_api.streams.IdCursor)."""
+when it commits late (mash_api.stream_readers.IdCursor)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import threading
 import pytest
 from django.db import connection, connections
 
-from mash_api import streams
-from mash_api.streams import IdCursor
+from mash_api import stream_readers
+from mash_api.stream_readers import IdCursor
 from mash_runtime.models import RuntimeEvent
 
 
@@ -26,7 +26,7 @@ def ids(rows) -> list[int]:
 @pytest.fixture
 def no_start_window(monkeypatch):
     """Only the holes a test makes: ids below its first row may be other tests' rolled-back ones."""
-    monkeypatch.setattr(streams, "START_WINDOW", 0)
+    monkeypatch.setattr(stream_readers, "START_WINDOW", 0)
 
 
 def test_a_row_that_fills_a_hole_below_the_cursor_is_sent_late(make_request, no_start_window):
@@ -59,7 +59,7 @@ def test_a_hole_that_never_fills_is_forgotten(make_request, no_start_window, mon
     event(req, pk=start + 3)
     cursor.read(RuntimeEvent.objects.all())
     assert sorted(cursor.gaps) == [start + 1, start + 2]
-    monkeypatch.setattr(streams, "GAP_SECONDS", 0.0)  # a rolled-back insert's id: it never shows
+    monkeypatch.setattr(stream_readers, "GAP_SECONDS", 0.0)  # a rolled-back insert's id: it never shows
     assert cursor.read(RuntimeEvent.objects.all()) == [] and cursor.gaps == {}
 
 

@@ -145,7 +145,7 @@ def test_auto_compaction_triggers_at_the_threshold(engine, tasks):
     assert texts[:3] == [SUMMARY_USER_MESSAGE, CANNED_SUMMARY, '{"script": ["fourth"]}']
 
     # The history route still lists every turn, the checkpoint in its place.
-    from mash_runtime.queries import session_history
+    from mash_runtime.read_services import session_history
 
     kinds = [t["metadata"].get("kind", "turn") for t in session_history("primary", "s1")["turns"]]
     assert kinds == ["turn", "turn", "turn", "summary", "turn", "turn"]

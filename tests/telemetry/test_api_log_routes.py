@@ -218,7 +218,7 @@ def test_it_tails_rows_logged_after_it_opened(committed, make_log):
 
 
 def test_it_sends_keep_alives_while_idle(committed, monkeypatch):
-    monkeypatch.setattr("mash_api.streams.KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr("mash_api.stream_readers.KEEPALIVE_SECONDS", 0.2)
 
     async def scenario():
         response = await AsyncClient().get(STREAM)

@@ -32,7 +32,7 @@ from mash_runtime.tokens import DELTA_EVENT
 from mash_runtime.db import select_rows
 from mash_runtime.models import Request, RuntimeEvent
 
-logger = logging.getLogger("mash_api.streams")
+logger = logging.getLogger("mash_api.stream_readers")
 
 KEEPALIVE_SECONDS = 15.0
 BATCH = 500

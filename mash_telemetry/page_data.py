@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mash_runtime.models import Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session
-from mash_runtime import queries as runtime_queries
+from mash_runtime import read_services
 from mash_telemetry import charts
 from mash_telemetry.formats import duration_text
 from mash_telemetry.models import ApiRequestLog
@@ -82,7 +82,7 @@ def host_health(now: dt.datetime | None = None) -> Health:
     if health.oldest_queued and (now - health.oldest_queued).total_seconds() > QUEUE_STALL_SECONDS:
         health.problem("a request has waited over a minute for a worker: is the qcluster running?")
     health.pending_interactions = Interaction.objects.filter(status=Interaction.Status.PENDING).count()
-    health.workers = runtime_queries.worker_status(now)
+    health.workers = read_services.worker_status(now)
     if "warning" in health.workers:
         health.problem(health.workers["warning"])
     try:
@@ -286,10 +286,10 @@ class MemoryHit:
 def search_memory(text: str, who: str = "user", agent: str = "", session: str = "", limit: int = 50):
     """Run the memory search service and attach each hit's turn (for links to session and trace).
 
-    Goes through `mash_runtime.queries.memory_search`, so this page follows whatever search
+    Goes through `mash_runtime.read_services.memory_search`, so this page follows whatever search
     the runtime provides (turn text now, full-text search once issue 7 lands).
     """
-    from mash_runtime.queries import memory_search
+    from mash_runtime.read_services import memory_search
 
     prefix = "@agent:" if who == "agent" else "@user:"
     data = memory_search(f"{prefix}{text}", app_id=agent or None, session_id=session or None, limit=limit)

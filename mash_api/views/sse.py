@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from mash_api.auth import authenticate_headers
 from mash_api.connections import release_connection
 from mash_api.errors import UNAVAILABLE, Unauthorized, error_json, note_database_fault, unstorable_param_error
-from mash_api.streams import latest_event_id, request_frames, sse_delta, sse_frame, tail_frames
+from mash_api.stream_readers import latest_event_id, request_frames, sse_delta, sse_frame, tail_frames
 from mash_runtime.dbfaults import once_more_if_dropped
 from mash_runtime.errors import ServiceError, invalid
 from mash_runtime.services import stream_target
