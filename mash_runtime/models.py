@@ -24,6 +24,7 @@ def new_interaction_id() -> str:
 
 
 def epoch(value) -> float | None:
+    """A datetime as epoch seconds, as the wire carries times (None stays None)."""
     return value.timestamp() if value is not None else None
 
 
@@ -570,7 +571,8 @@ class IdempotencyKey(models.Model):
 
 
 __all__ = ["Agent", "Session", "Request", "RuntimeEvent", "StepCheckpoint", "Interaction", "MemoryTurn", "Worker",
-           "IdempotencyKey"]
+           "IdempotencyKey", "WorkflowDefinition", "PublishedSkill", "WorkflowRun", "WorkflowTaskRun", "WorkflowTaskState",
+           "WorkflowRunEvent", "epoch", "new_interaction_id"]
 
 
 # -- workflows and publishing -------------------------------------------------------------

@@ -246,4 +246,7 @@ __all__ = [
     "GetFullTurnMessageTool",
     "build_runtime_tools",
     "register_runtime_tools",
+    "MAX_SEARCH_LIMIT",
+    "MAX_PAIRS",
+    "MAX_TURN_CHARS",
 ]

@@ -1,4 +1,4 @@
-"""Formats shared by the template filters, the SVG charts and the page queries (a leaf module)."""
+"""Formats shared by the template filters, the SVG charts and `page_data` (a leaf module)."""
 
 from __future__ import annotations
 

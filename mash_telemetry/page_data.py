@@ -17,11 +17,15 @@ from django.db.models.functions import TruncHour
 from django.urls import reverse
 from django.utils import timezone
 
-from mash_runtime.models import Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session
 from mash_runtime import read_services
+from mash_runtime.host import get_host
+from mash_runtime.memory.search import parse_query
+from mash_runtime.models import (Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session, WorkflowDefinition,
+                                 WorkflowRun, WorkflowRunEvent, WorkflowTaskRun)
 from mash_telemetry import charts
 from mash_telemetry.formats import duration_text
 from mash_telemetry.models import ApiRequestLog
+from mash_telemetry.trace import pretty
 
 ACTIVE_STATUSES = [s for s in Request.Status.values if s not in Request.TERMINAL]
 SWEEP_SCHEDULE = "mash-sweep"
@@ -61,8 +65,6 @@ class Health:
 
 def host_health(now: dt.datetime | None = None) -> Health:
     """What an operator checks first: does the host load, do workers take work, is anything stuck."""
-    from mash_runtime.host import get_host
-
     now = now or timezone.now()
     health = Health()
     try:
@@ -121,8 +123,6 @@ class AgentRow:
 
 
 def agent_rows(since: dt.datetime) -> list[AgentRow]:
-    from mash_runtime.host import get_host
-
     try:
         hosted = get_host().agents
     except Exception:
@@ -287,12 +287,10 @@ def search_memory(text: str, who: str = "user", agent: str = "", session: str = 
     """Run the memory search service and attach each hit's turn (for links to session and trace).
 
     Goes through `mash_runtime.read_services.memory_search`, so this page follows whatever search
-    the runtime provides (turn text now, full-text search once issue 7 lands).
+    the runtime provides.
     """
-    from mash_runtime.read_services import memory_search
-
     prefix = "@agent:" if who == "agent" else "@user:"
-    data = memory_search(f"{prefix}{text}", app_id=agent or None, session_id=session or None, limit=limit)
+    data = read_services.memory_search(f"{prefix}{text}", app_id=agent or None, session_id=session or None, limit=limit)
     ids = []
     for result in data["results"]:
         try:
@@ -361,8 +359,6 @@ def highlight_spans(text: str, terms) -> list[tuple[str, bool]]:
 
 def memory_terms(text: str) -> list[str]:
     """The terms the memory search matched for `text` (for highlighting its previews)."""
-    from mash_runtime.memory.search import parse_query
-
     try:
         return list(parse_query(text, require_prefix=False).terms)
     except Exception:  # a query the search refused has nothing to highlight
@@ -534,8 +530,6 @@ def api_log_targets(row: ApiRequestLog) -> tuple[str | None, str | None]:
 def attach_api_log_links(rows: list[ApiRequestLog]) -> list[ApiRequestLog]:
     """Set `trace_request_id` / `workflow_run_id` on each row whose request or run still
     exists (two queries for the page, whatever its size)."""
-    from mash_runtime.models import WorkflowRun
-
     found = [(row, *api_log_targets(row)) for row in rows]
     request_ids = {uuid.UUID(r) for _, r, _ in found if r}
     run_ids = {run for _, _, run in found if run}
@@ -551,8 +545,6 @@ def attach_api_log_links(rows: list[ApiRequestLog]) -> list[ApiRequestLog]:
 
 
 def workflow_choices() -> list[str]:
-    from mash_runtime.models import WorkflowDefinition
-
     return list(WorkflowDefinition.objects.order_by("workflow_id").values_list("workflow_id", flat=True))
 
 
@@ -569,8 +561,6 @@ def filter_runs(workflow: str = "", status: str = "", since: dt.datetime | None 
                 until: dt.datetime | None = None, q: str = ""):
     from django.db.models import IntegerField, OuterRef, Subquery
     from django.db.models.functions import Coalesce
-
-    from mash_runtime.models import WorkflowRun, WorkflowTaskRun
 
     done = (WorkflowTaskRun.objects.filter(run=OuterRef("pk"), status="completed").order_by().values("run")
             .annotate(n=Count("pk")).values("n")[:1])
@@ -662,9 +652,6 @@ MAX_RUN_EVENTS = 500
 def run_view(run_id: str, all_events: bool = False) -> RunView | None:
     """One run: its declared tasks (run or not), each task's request and time split, the
     timeline chart, its events (`workflow.*` only unless `all_events`)."""
-    from mash_runtime.models import WorkflowRun, WorkflowRunEvent, WorkflowTaskRun
-    from mash_telemetry.trace import pretty
-
     run = WorkflowRun.objects.select_related("workflow").filter(pk=run_id).first()
     if run is None:
         return None
@@ -721,8 +708,6 @@ def run_view(run_id: str, all_events: bool = False) -> RunView | None:
 
 def workflow_rows(since: dt.datetime) -> list[dict[str, Any]]:
     """Each workflow with its runs since `since` by status (one grouped query over recent runs)."""
-    from mash_runtime.models import WorkflowDefinition, WorkflowRun
-
     counts: dict[str, dict[str, int]] = {}
     for workflow_id, status, n in (WorkflowRun.objects.filter(created_at__gte=since)
                                    .values_list("workflow__workflow_id", "status").annotate(n=Count("pk"))):
@@ -742,6 +727,4 @@ def task_of_request(req: Request):
     """The workflow task run a request ran for (None for an ordinary request)."""
     if not req.workflow_run_id:
         return None
-    from mash_runtime.models import WorkflowTaskRun
-
     return WorkflowTaskRun.objects.filter(request=req).select_related("run", "run__workflow").first()

@@ -209,5 +209,5 @@ def masher_workflows(spec: MasherSpec | None = None) -> list[WorkflowSpec]:
     ]
 
 
-__all__ = ["MasherSpec", "MASHER_AGENT_ID", "TRACE_DIGEST_WORKFLOW", "EVAL_CURATION_WORKFLOW", "TASK_OUTPUT",
-           "masher_tools", "masher_workflows"]
+__all__ = ["MasherSpec", "MasherTool", "CollectTool", "SaveDigestsTool", "SaveEvalsTool", "TASK_OUTPUT", "SYSTEM_PROMPT",
+           "AGENT_PARAM", "MODE_PARAM", "RUN_PARAM", "masher_tools", "masher_workflows"]

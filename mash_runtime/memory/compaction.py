@@ -44,7 +44,7 @@ from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory.history import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
 from mash_runtime.queue import enqueue
-from mash_runtime.tasks import COMPACT_SESSION as COMPACT_TASK
+from mash_runtime.tasks import COMPACT_SESSION
 
 logger = logging.getLogger("mash_runtime.memory.compaction")
 
@@ -256,7 +256,7 @@ def should_compact(hosted: HostedAgent, session_total_tokens: int) -> bool:
 
 def enqueue_compaction(session_pk: int, reason: str = "auto") -> None:
     try:
-        enqueue(COMPACT_TASK, session_pk, reason, task_name=f"compact-session-{session_pk}")
+        enqueue(COMPACT_SESSION, session_pk, reason, task_name=f"compact-session-{session_pk}")
     except Exception:
         # The next completed request over the threshold enqueues again.
         logger.exception("could not enqueue compaction of session %s", session_pk)
@@ -301,7 +301,6 @@ def compact_session_task(session_pk: int, reason: str = "auto") -> str:
 
 __all__ = [
     "SECTIONS",
-    "COMPACT_TASK",
     "NothingToCompact",
     "CompactionFailed",
     "compact_session",
@@ -312,4 +311,11 @@ __all__ = [
     "build_prompt",
     "plan_compaction",
     "run_compaction",
+    "CompactionPlan",
+    "enqueue_compaction",
+    "store_summary",
+    "summarise",
+    "SYSTEM_PROMPT",
+    "MAX_MESSAGE_CHARS",
+    "MAX_PROMPT_CHARS",
 ]

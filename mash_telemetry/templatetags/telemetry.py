@@ -58,15 +58,6 @@ def num(value) -> str:
 
 
 @register.filter
-def epoch(value):
-    """Float epoch seconds (events store these) to an aware datetime for `|date`."""
-    try:
-        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-
-
-@register.filter
 def when(value):
     """A timestamp by the one rule of these pages (see `mash_telemetry.clock`)."""
     return clock.when(value)

@@ -10,7 +10,6 @@ from mash_core.llm import ScriptedProvider
 from mash_core.llm.base import TokenUsage
 from mash_runtime import HostBuilder
 from mash_runtime.memory.compaction import (
-    COMPACT_TASK,
     SECTIONS,
     NothingToCompact,
     compact_session,
@@ -23,6 +22,7 @@ from mash_runtime.errors import Conflict
 from mash_runtime.host import get_host, set_host
 from mash_runtime.memory.history import SUMMARY_USER_MESSAGE
 from mash_runtime.models import MemoryTurn, Session
+from mash_runtime.tasks import COMPACT_SESSION
 from tests.apps.engine_host import ScriptedSpec, play, structured_for
 
 CANNED_SUMMARY = (
@@ -66,7 +66,7 @@ class Tasks:
         self.compactions: list[tuple] = []
 
     def record(self, func, *args, **kwargs):
-        if func == COMPACT_TASK:
+        if func == COMPACT_SESSION:
             self.compactions.append(args)
             return "captured"
         return self.engine.record(func, *args, **kwargs)
@@ -166,7 +166,7 @@ def test_threshold_zero_never_compacts(engine, settings, monkeypatch):
                         lambda func, *a, **k: enqueued.append(func) or engine.record(func, *a, **k))
     for _ in range(4):
         engine.run({"script": [LONG]}, session_id="s1")
-    assert COMPACT_TASK not in enqueued
+    assert COMPACT_SESSION not in enqueued
     assert not MemoryTurn.objects.filter(kind=MemoryTurn.Kind.SUMMARY).exists()
 
 
