@@ -11,12 +11,10 @@ the in-memory layer, whose doorbells do not cross processes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -27,7 +25,7 @@ from django.db import OperationalError
 from mash_api.connections import release_connection
 from mash_runtime import tokens
 from mash_runtime.conf import conf
-from mash_runtime.doorbell import ALL_EVENTS_GROUP, agent_group, request_group
+from mash_runtime.doorbell import ALL_EVENTS_GROUP, Doorbell, agent_group, request_group
 from mash_runtime.tokens import DELTA_EVENT
 from mash_runtime.db import select_rows
 from mash_runtime.models import Request, RuntimeEvent
@@ -222,134 +220,6 @@ class IdCursor:
                 break
             if pk not in present:
                 self.gaps.setdefault(pk, now)
-
-
-class _Bells:
-    """Every doorbell of one event loop's streams, received on one channel.
-
-    A stream used to take a channel of its own (a Redis SUBSCRIBE when it opened, an
-    UNSUBSCRIBE when it closed, and a task receiving on it) besides joining its group
-    (another pair). Here one channel joins each group that has listeners in this
-    process (channels_redis subscribes a group once per process, however many channels
-    join it), and one task hands each message to the listeners of the group it names
-    (mash_runtime.doorbell). The channel stays for the loop's life, listeners or not:
-    dropping it with the last listener cost a SUBSCRIBE and an UNSUBSCRIBE per stream
-    when streams came one at a time, and channels_redis's reader naps 0.1 s at a time
-    while nothing is subscribed, so the first stream after a quiet spell got its
-    doorbells up to 0.1 s late.
-
-    One task receives for the channel's whole life: waiting with a timeout directly on
-    `layer.receive` would cancel it at every timeout, and channels_redis treats a
-    cancelled receive as the consumer leaving (it unsubscribes the channel, and
-    doorbells rung before the next receive are dropped).
-    """
-
-    def __init__(self, layer) -> None:
-        self.layer = layer
-        self.channel: asyncio.Task | None = None  # resolves to the channel's name
-        self.receiver: asyncio.Task | None = None
-        self.listeners: dict[str, set[asyncio.Queue]] = {}
-
-    async def join(self, group: str, inbox: asyncio.Queue) -> None:
-        if self.channel is None:
-            loop = asyncio.get_running_loop()
-            self.channel = loop.create_task(self.layer.new_channel(prefix="bells."))
-            self.receiver = loop.create_task(self._receive(self.channel))
-        channel_task = self.channel
-        try:
-            channel = await channel_task
-        except Exception:
-            if self.channel is channel_task:
-                self.channel = self.receiver = None  # the next stream tries again
-            raise
-        listeners = self.listeners.setdefault(group, set())
-        listeners.add(inbox)
-        if len(listeners) == 1:
-            await self.layer.group_add(group, channel)
-
-    async def leave(self, group: str, inbox: asyncio.Queue) -> None:
-        listeners = self.listeners.get(group)
-        if listeners is None or inbox not in listeners:
-            return
-        listeners.discard(inbox)
-        if not listeners:
-            del self.listeners[group]
-            if self.channel is None:  # the receiver failed: the layer dropped the channel already
-                return
-            try:
-                await self.layer.group_discard(group, await self.channel)
-            except Exception:
-                pass
-
-    async def _receive(self, channel_task: asyncio.Task) -> None:
-        try:
-            channel = await channel_task
-            while True:
-                message = await self.layer.receive(channel)
-                for inbox in self.listeners.get(message.get("group"), ()):
-                    inbox.put_nowait(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the layer failed: streams go on polling, and a new listener starts afresh
-            logger.warning("doorbell receiver stopped", exc_info=True)
-            if self.receiver is asyncio.current_task():
-                self.channel = self.receiver = None
-                self.listeners.clear()
-
-
-_bells: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bells]" = weakref.WeakKeyDictionary()
-
-
-def _loop_bells(layer) -> _Bells:
-    loop = asyncio.get_running_loop()
-    bells = _bells.get(loop)
-    if bells is None or bells.layer is not layer:
-        bells = _bells[loop] = _Bells(layer)
-    return bells
-
-
-class Doorbell:
-    """A stream's wake-up signal: the doorbells of its groups, through the loop's `_Bells`."""
-
-    def __init__(self, groups: list[str]):
-        self.groups = groups
-        self.layer = get_channel_layer()
-        self.bells: _Bells | None = None
-        self.inbox: asyncio.Queue = asyncio.Queue()
-
-    async def __aenter__(self) -> "Doorbell":
-        if self.layer is not None:
-            bells = _loop_bells(self.layer)
-            try:
-                for group in self.groups:
-                    await bells.join(group, self.inbox)
-                self.bells = bells
-            except Exception:  # no doorbell: the poll alone keeps the stream correct
-                for group in self.groups:
-                    await bells.leave(group, self.inbox)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self.bells is not None:
-            for group in self.groups:
-                try:
-                    await self.bells.leave(group, self.inbox)
-                except Exception:
-                    pass
-
-    async def wait(self, timeout: float) -> list[dict]:
-        """The doorbells rung before the timeout passed (empty when none was)."""
-        if self.bells is None or self.bells.receiver is None or self.bells.receiver.done():
-            await asyncio.sleep(timeout)
-            return []
-        try:
-            rung = [await asyncio.wait_for(self.inbox.get(), timeout)]
-        except asyncio.TimeoutError:
-            return []
-        # Take the doorbells that piled up too: they are answered together.
-        while not self.inbox.empty():
-            rung.append(self.inbox.get_nowait())
-        return rung
 
 
 def carried_frames(rung: list[dict], cursor: int) -> tuple[list[Frame], bool]:

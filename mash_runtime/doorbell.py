@@ -1,4 +1,5 @@
-"""Doorbells: "something new for request X" on the channel layer.
+"""Doorbells: "something new for request X" on the channel layer, rung (`ring_async`,
+`ring_run`, `TailBells`) and listened for (`Doorbell`, through one `_Bells` per event loop).
 
 The database is the source of truth; a doorbell only wakes readers early. Losing one
 (or having no cross-process layer at all, as with the in-memory default) delays a
@@ -20,6 +21,7 @@ import logging
 import weakref
 
 from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 
 logger = logging.getLogger("mash_runtime.doorbell")
 
@@ -45,8 +47,6 @@ def run_group(run_id: str) -> str:
 
 
 def ring_run(run_id: str) -> None:
-    from channels.layers import get_channel_layer
-
     try:
         layer = get_channel_layer()
         if layer is not None:
@@ -77,8 +77,6 @@ def carried_events(events) -> list[dict] | None:
 
 async def ring_async(request_id, agent_id: str, seq: int, events=()) -> None:
     """Ring after commit; `events` are the rows just committed (their seqs end at `seq`)."""
-    from channels.layers import get_channel_layer
-
     layer = get_channel_layer()
     if layer is None:
         return
@@ -167,3 +165,134 @@ def ring(request_id, agent_id: str, seq: int, events=()) -> None:
         async_to_sync(ring_async)(request_id, agent_id, seq, events)
     except Exception:
         logger.warning("doorbell for %s failed", request_id, exc_info=True)
+
+
+# -- listening -----------------------------------------------------------------------------
+
+
+class _Bells:
+    """Every doorbell of one event loop's streams, received on one channel.
+
+    A stream used to take a channel of its own (a Redis SUBSCRIBE when it opened, an
+    UNSUBSCRIBE when it closed, and a task receiving on it) besides joining its group
+    (another pair). Here one channel joins each group that has listeners in this
+    process (channels_redis subscribes a group once per process, however many channels
+    join it), and one task hands each message to the listeners of the group it names
+    (mash_runtime.doorbell). The channel stays for the loop's life, listeners or not:
+    dropping it with the last listener cost a SUBSCRIBE and an UNSUBSCRIBE per stream
+    when streams came one at a time, and channels_redis's reader naps 0.1 s at a time
+    while nothing is subscribed, so the first stream after a quiet spell got its
+    doorbells up to 0.1 s late.
+
+    One task receives for the channel's whole life: waiting with a timeout directly on
+    `layer.receive` would cancel it at every timeout, and channels_redis treats a
+    cancelled receive as the consumer leaving (it unsubscribes the channel, and
+    doorbells rung before the next receive are dropped).
+    """
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.channel: asyncio.Task | None = None  # resolves to the channel's name
+        self.receiver: asyncio.Task | None = None
+        self.listeners: dict[str, set[asyncio.Queue]] = {}
+
+    async def join(self, group: str, inbox: asyncio.Queue) -> None:
+        if self.channel is None:
+            loop = asyncio.get_running_loop()
+            self.channel = loop.create_task(self.layer.new_channel(prefix="bells."))
+            self.receiver = loop.create_task(self._receive(self.channel))
+        channel_task = self.channel
+        try:
+            channel = await channel_task
+        except Exception:
+            if self.channel is channel_task:
+                self.channel = self.receiver = None  # the next stream tries again
+            raise
+        listeners = self.listeners.setdefault(group, set())
+        listeners.add(inbox)
+        if len(listeners) == 1:
+            await self.layer.group_add(group, channel)
+
+    async def leave(self, group: str, inbox: asyncio.Queue) -> None:
+        listeners = self.listeners.get(group)
+        if listeners is None or inbox not in listeners:
+            return
+        listeners.discard(inbox)
+        if not listeners:
+            del self.listeners[group]
+            if self.channel is None:  # the receiver failed: the layer dropped the channel already
+                return
+            try:
+                await self.layer.group_discard(group, await self.channel)
+            except Exception:
+                pass
+
+    async def _receive(self, channel_task: asyncio.Task) -> None:
+        try:
+            channel = await channel_task
+            while True:
+                message = await self.layer.receive(channel)
+                for inbox in self.listeners.get(message.get("group"), ()):
+                    inbox.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the layer failed: streams go on polling, and a new listener starts afresh
+            logger.warning("doorbell receiver stopped", exc_info=True)
+            if self.receiver is asyncio.current_task():
+                self.channel = self.receiver = None
+                self.listeners.clear()
+
+
+_listening: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bells]" = weakref.WeakKeyDictionary()
+
+
+def _loop_bells(layer) -> _Bells:
+    loop = asyncio.get_running_loop()
+    bells = _listening.get(loop)
+    if bells is None or bells.layer is not layer:
+        bells = _listening[loop] = _Bells(layer)
+    return bells
+
+
+class Doorbell:
+    """A stream's wake-up signal: the doorbells of its groups, through the loop's `_Bells`."""
+
+    def __init__(self, groups: list[str]):
+        self.groups = groups
+        self.layer = get_channel_layer()
+        self.bells: _Bells | None = None
+        self.inbox: asyncio.Queue = asyncio.Queue()
+
+    async def __aenter__(self) -> "Doorbell":
+        if self.layer is not None:
+            bells = _loop_bells(self.layer)
+            try:
+                for group in self.groups:
+                    await bells.join(group, self.inbox)
+                self.bells = bells
+            except Exception:  # no doorbell: the poll alone keeps the stream correct
+                for group in self.groups:
+                    await bells.leave(group, self.inbox)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.bells is not None:
+            for group in self.groups:
+                try:
+                    await self.bells.leave(group, self.inbox)
+                except Exception:
+                    pass
+
+    async def wait(self, timeout: float) -> list[dict]:
+        """The doorbells rung before the timeout passed (empty when none was)."""
+        if self.bells is None or self.bells.receiver is None or self.bells.receiver.done():
+            await asyncio.sleep(timeout)
+            return []
+        try:
+            rung = [await asyncio.wait_for(self.inbox.get(), timeout)]
+        except asyncio.TimeoutError:
+            return []
+        # Take the doorbells that piled up too: they are answered together.
+        while not self.inbox.empty():
+            rung.append(self.inbox.get_nowait())
+        return rung

@@ -348,7 +348,7 @@ def test_a_bare_doorbell_makes_the_stream_read(engine, monkeypatch):
 def test_streams_of_one_loop_share_one_channel_and_get_only_their_groups_bells():
     from channels.layers import get_channel_layer
 
-    from mash_api.stream_readers import Doorbell
+    from mash_runtime.doorbell import Doorbell
     from mash_runtime.doorbell import request_group
 
     async def scenario():
