@@ -40,7 +40,7 @@ def run_once(tree: Path, args) -> dict:
     command = [sys.executable, str(REPO / "bench" / "http_load.py"), "--levels", str(args.level),
                "--requests", str(args.requests), "--json", "--tree", str(tree)]
     if not args.sqlite:
-        command += ["--postgres", "--redis"]
+        command += ["--postgres"] + ([] if args.no_redis else ["--redis"])
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"http_load failed in {tree}:\n{done.stderr[-2000:]}")
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=8, help="concurrent sessions (default 8)")
     parser.add_argument("--requests", type=int, default=300, help="requests per run (default 300)")
     parser.add_argument("--sqlite", action="store_true", help="SQLite and the ORM broker instead of PostgreSQL + Redis")
+    parser.add_argument("--no-redis", action="store_true",
+                        help="PostgreSQL alone: its ORM broker and no Redis channel layer (as users without Redis run)")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
