@@ -203,19 +203,16 @@ def recent_requests(limit: int = 10) -> list[Request]:
 # -- request list ---------------------------------------------------------------------------
 
 
+def filtered(qs, **lookups):
+    """`qs` filtered by each lookup that has a value: a page's filters left empty filter nothing."""
+    return qs.filter(**{lookup: value for lookup, value in lookups.items() if value})
+
+
 def filter_requests(agent: str = "", status: str = "", session: str = "", since: dt.datetime | None = None,
                     until: dt.datetime | None = None, q: str = "", top_level: bool = False):
-    qs = Request.objects.select_related("agent", "session").order_by("-created_at")
-    if agent:
-        qs = qs.filter(agent__agent_id=agent)
-    if status:
-        qs = qs.filter(status=status)
-    if session:
-        qs = qs.filter(session__session_id=session)
-    if since:
-        qs = qs.filter(created_at__gte=since)
-    if until:
-        qs = qs.filter(created_at__lt=until)
+    qs = filtered(Request.objects.select_related("agent", "session").order_by("-created_at"),
+                  agent__agent_id=agent, status=status, session__session_id=session,
+                  created_at__gte=since, created_at__lt=until)
     if q:
         try:
             qs = qs.filter(Q(pk=uuid.UUID(q)) | Q(trace_id=uuid.UUID(q)))
@@ -568,14 +565,7 @@ def filter_runs(workflow: str = "", status: str = "", since: dt.datetime | None 
         tokens=run_tokens_subquery(),
         tasks_done=Coalesce(Subquery(done, output_field=IntegerField()), 0),
     ).order_by("-created_at")
-    if workflow:
-        qs = qs.filter(workflow__workflow_id=workflow)
-    if status:
-        qs = qs.filter(status=status)
-    if since:
-        qs = qs.filter(created_at__gte=since)
-    if until:
-        qs = qs.filter(created_at__lt=until)
+    qs = filtered(qs, workflow__workflow_id=workflow, status=status, created_at__gte=since, created_at__lt=until)
     if q:
         qs = qs.filter(Q(pk=q) | Q(dedup_key=q))
     return qs
