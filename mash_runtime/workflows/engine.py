@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from mash_runtime import doorbell
-from mash_runtime.errors import Conflict, NotFound, ServiceError
+from mash_runtime.errors import Conflict, NotFound, ServiceError, invalid
 from mash_runtime.host_sync import ensure_synced, get_agent_row
 from mash_runtime.models import (
     Request,
@@ -129,8 +129,7 @@ MAX_DEDUP_KEY = WorkflowRun._meta.get_field("dedup_key").max_length
 def start_run(workflow_id: str, *, input: Any = None, dedup_key: Any = None) -> dict[str, Any]:
     wf = get_definition(workflow_id)
     if input is not None and not isinstance(input, dict):
-        raise ServiceError("input must be a JSON object", code="VALIDATION_ERROR", status=422,
-                           details={"errors": [{"loc": ["body", "input"], "msg": "must be an object", "type": "dict_type"}]})
+        raise invalid(["body", "input"], "must be an object", "dict_type", message="input must be a JSON object")
     if dedup_key is not None:
         if not isinstance(dedup_key, str) or not dedup_key.strip():
             raise ServiceError("dedup_key must be a non-empty string", code="INVALID_REQUEST")
@@ -306,8 +305,7 @@ def list_runs(workflow_id: str, *, status=None, start_time=None, end_time=None, 
         statuses = [s.strip() for s in str(status).split(",") if s.strip()]
         unknown = [s for s in statuses if s not in WorkflowRun.Status.values]
         if unknown:
-            raise ServiceError(f"unknown status {', '.join(unknown)}", code="VALIDATION_ERROR", status=422,
-                               details={"errors": [{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}]})
+            raise invalid(["query", "status"], "unknown status", "enum", message=f"unknown status {', '.join(unknown)}")
         qs = qs.filter(status__in=statuses)
     if (start := parse_epoch(start_time, "start_time")) is not None:
         qs = qs.filter(created_at__gte=start)
