@@ -93,3 +93,14 @@ def test_it_publishes_and_removes_skills_and_workflows(wf, api):
     assert "pub" not in [w["workflow_id"] for w in data(api.get("/api/v1/workflow"))["workflows"]]
     assert data(api.delete("/api/v1/agent/primary/skill/s"))["deleted"] is True
     assert_error(api.delete("/api/v1/agent/primary/skill/s"), 404, "SKILL_NOT_FOUND")
+
+
+def test_its_422s_name_the_value_at_fault(wf, api):
+    bad_input = post_json(api, "/api/v1/workflow/count-and-report/run", {"input": "not an object"})
+    assert_error(bad_input, 422, "VALIDATION_ERROR")
+    assert bad_input.json()["error"]["details"]["errors"] == [
+        {"loc": ["body", "input"], "msg": "must be an object", "type": "dict_type"}]
+    bad_status = api.get("/api/v1/workflow/count-and-report/runs", {"status": "completed,bogus"})
+    assert_error(bad_status, 422, "VALIDATION_ERROR")
+    assert "bogus" in bad_status.json()["error"]["message"]
+    assert bad_status.json()["error"]["details"]["errors"][0]["loc"] == ["query", "status"]
