@@ -133,6 +133,11 @@ def _too_large() -> tuple[str, str]:
                                  "(MASH_MAX_BODY_BYTES)")
 
 
+def too_large_json() -> JsonResponse:
+    """413 PAYLOAD_TOO_LARGE for a body over MASH_MAX_BODY_BYTES, outside DRF (handler400, /mcp)."""
+    return error_json(*_too_large(), 413)
+
+
 UNAVAILABLE = ("DATABASE_UNAVAILABLE", "The database is busy or unreachable; retry shortly", {"retryable": True})
 
 
@@ -190,7 +195,7 @@ def handler400(request, exception=None):
     from django.core.exceptions import DisallowedHost
 
     if isinstance(exception, RequestDataTooBig):
-        return error_json(*_too_large(), 413)
+        return too_large_json()
     if isinstance(exception, DisallowedHost):
         host = request.META.get("HTTP_HOST", "")
         return error_json("DISALLOWED_HOST", f"Host {host!r} is not served here: add it to MASH_ALLOWED_HOSTS", 400)

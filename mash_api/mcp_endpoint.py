@@ -11,7 +11,15 @@ here first, with the API's own functions and answers:
   only): 401 `UNAUTHORIZED`. A logged-in browser's cookie is not a credential here: MCP
   clients send keys, and a cookie-authenticated POST from any page would be a CSRF hole;
 - an Origin, when sent, must be this host, a loopback origin or one of
-  CSRF_TRUSTED_ORIGINS (403 `FORBIDDEN`), as the MCP transport spec asks of servers.
+  CSRF_TRUSTED_ORIGINS (403 `FORBIDDEN`), as the MCP transport spec asks of servers;
+- the body must fit MASH_MAX_BODY_BYTES (413 `PAYLOAD_TOO_LARGE`): it is read here, before
+  the SDK sees the request, and a chunked one is cut off as soon as it passes the limit
+  (the SDK would answer its own 413, not the API's envelope).
+
+Every exchange is logged to the API request log as Django's requests are, by the
+middleware's own functions (`mash_telemetry.middleware`: the same redaction, clipping and
+batch writer), once it ends: its duration is the whole call, even for an answer sent as
+an event stream (whose body, as the middleware's streams, is not captured).
 
 Nothing here imports `mcp`: a process that never serves `/mcp` never loads the SDK
 (mash_api.mcp_server is imported on the first request that passes these checks).
@@ -19,19 +27,27 @@ Nothing here imports `mcp`: a process that never serves `/mcp` never loads the S
 
 from __future__ import annotations
 
+import io
+import logging
+import time
 from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db import InterfaceError, OperationalError
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.http.request import split_domain_port, validate_host
 
 from mash_api.auth import authenticate_key, is_loopback, presented_key
 from mash_api.connections import release_connection
-from mash_api.errors import Unauthorized, error_json, unavailable_json
+from mash_api.errors import Unauthorized, error_json, too_large_json, unavailable_json
 from mash_runtime.conf import conf
 from mash_runtime.dbfaults import once_more_if_dropped
+from mash_telemetry.middleware import build_entry, read_request_body, should_log, write_entry
+from mash_telemetry.models import BODY_LIMIT
+
+logger = logging.getLogger("mash_api.mcp")
 
 MCP_PATHS = ("/mcp", "/mcp/")
 
@@ -103,6 +119,120 @@ async def refusal(scope) -> HttpResponse | None:
     return found
 
 
+def declared_length(headers: dict[str, str]) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+async def read_body(scope, receive) -> tuple[bytes, bool] | None:
+    """`(body, over_the_limit)`, or None when the client left before sending it all.
+
+    Over MASH_MAX_BODY_BYTES nothing more is read (the answer is 413 whatever follows), so
+    no more than the limit is ever held in memory."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    declared = declared_length(scope_headers(scope))
+    if limit is not None and declared is not None and declared > limit:
+        return b"", True
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def replayed(body: bytes, receive):
+    """`receive` for the SDK: the body read here first, then the client's own messages (the
+    disconnect an event-stream answer waits for)."""
+    first = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return first.pop() if first else await receive()
+
+    return replay
+
+
+class Exchange:
+    """One /mcp request as the API log needs it: its body and what was answered, seen on the way out."""
+
+    def __init__(self, send) -> None:
+        self.downstream = send
+        self.request_body = b""
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.headers = message["status"], list(message.get("headers") or ())
+        elif message["type"] == "http.response.body" and len(self.body) <= BODY_LIMIT:
+            # One byte past the limit is enough for clip_body to mark the cut.
+            self.body += message.get("body", b"")[:BODY_LIMIT + 1 - len(self.body)]
+        await self.downstream(message)
+
+    def response(self) -> HttpResponse | StreamingHttpResponse:
+        """The answer as the Django response the middleware's `build_entry` reads."""
+        streamed = any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                       for name, value in self.headers)
+        response = StreamingHttpResponse((), status=self.status) if streamed else HttpResponse(
+            bytes(self.body), status=self.status)
+        del response["Content-Type"]  # Django's default: only what was really sent belongs in the row
+        for name, value in self.headers:
+            response[name.decode("latin-1")] = value.decode("latin-1")
+        return response
+
+
+async def log_exchange(scope, exchange: Exchange, started: float) -> None:
+    if not should_log(scope["path"]):
+        return
+    try:
+        request = ASGIRequest(scope, io.BytesIO(exchange.request_body))
+        entry = build_entry(request, exchange.response(), started, read_request_body(request))
+    except Exception:  # logging is best effort, as in the middleware
+        logger.warning("API request log: could not capture %s %s", scope.get("method"), scope.get("path"),
+                       exc_info=True)
+        return
+    await write_entry(entry)
+
+
+async def serve(scope, receive, exchange: Exchange) -> None:
+    send = exchange.send
+    if not enabled():
+        await send_response(error_json(
+            "ROUTE_NOT_FOUND", f"No route for {scope['method']} {scope['path']}: the MCP endpoint is off "
+                               "(MASH_MCP_ENDPOINT)", 404), send)
+        return
+    read = await read_body(scope, receive)
+    if read is None:
+        return  # the client is gone: nobody to answer
+    exchange.request_body, too_large = read
+    if (refused := await refusal(scope)) is not None:
+        await send_response(refused, send)
+        return
+    if scope["method"] == "GET":
+        # The stream a GET opens carries what a session's server sends unasked; a stateless
+        # server has no session and sends nothing there, so it would only hold a connection.
+        response = error_json("METHOD_NOT_ALLOWED", "This MCP server is stateless: it opens no GET stream; POST "
+                                                    "requests to it", 405)
+        response["Allow"] = "POST"
+        await send_response(response, send)
+        return
+    if too_large:  # after the key check, as on /api/v1, where a missing key is 401 whatever the body
+        await send_response(too_large_json(), send)
+        return
+    from mash_api.mcp_server import handle
+
+    await handle(scope, replayed(exchange.request_body, receive), send)
+
+
 def with_mcp_endpoint(app):
     """`app` (Django) with `/mcp` answered by the MCP server (unless MASH_MCP_ENDPOINT is off)."""
 
@@ -110,24 +240,16 @@ def with_mcp_endpoint(app):
         if scope["type"] != "http" or scope["path"] not in MCP_PATHS:
             await app(scope, receive, send)
             return
-        if not enabled():
-            await send_response(error_json(
-                "ROUTE_NOT_FOUND", f"No route for {scope['method']} {scope['path']}: the MCP endpoint is off "
-                                   "(MASH_MCP_ENDPOINT)", 404), send)
-            return
-        if (refused := await refusal(scope)) is not None:
-            await send_response(refused, send)
-            return
-        if scope["method"] == "GET":
-            # The stream a GET opens carries what a session's server sends unasked; a stateless
-            # server has no session and sends nothing there, so it would only hold a connection.
-            response = error_json("METHOD_NOT_ALLOWED", "This MCP server is stateless: it opens no GET stream; POST "
-                                                        "requests to it", 405)
-            response["Allow"] = "POST"
-            await send_response(response, send)
-            return
-        from mash_api.mcp_server import handle
-
-        await handle(scope, receive, send)
+        started = time.perf_counter()
+        exchange = Exchange(send)
+        try:
+            await serve(scope, receive, exchange)
+        except Exception:
+            if exchange.status is None:
+                exchange.status = 500  # what daphne answers an app that fails before its response
+            raise
+        finally:
+            if exchange.status is not None:  # else the client left unanswered: nothing was exchanged
+                await log_exchange(scope, exchange, started)
 
     return routed

@@ -50,7 +50,7 @@ SETTINGS = (
     Setting("MASH_STREAM_POLL_MAX", None, "Longest wait of a stream between database reads; None: 15 s when "
                                           "doorbells cross processes (Redis, PostgreSQL NOTIFY), else 0.5 s; "
                                           "0.5 s for the API log's tail, which no doorbell rings."),
-    Setting("MASH_API_LOG", True, "Log requests under /api/ and /h2a/ to ApiRequestLog."),
+    Setting("MASH_API_LOG", True, "Log requests under /api/ and /h2a/, and /mcp, to ApiRequestLog."),
     Setting("MASH_API_LOG_FLUSH_SECONDS", 0.1, "Seconds an API log row may wait to be written with others "
                                                "(0: each row before its response)."),
     Setting("MASH_SKILLS_DIR", None, "The only directory published skill locations may point into; None: "

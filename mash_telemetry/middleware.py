@@ -1,4 +1,8 @@
-"""Log every API request (under /api/ and /h2a/) to `ApiRequestLog`.
+"""Log every API request (under /api/ and /h2a/, and `/mcp`) to `ApiRequestLog`.
+
+`/mcp` never passes through Django: mash_api.mcp_endpoint logs it with the functions
+here (`read_request_body`, `build_entry`, `write_entry`), so its rows are built, redacted,
+clipped and batched exactly as these.
 
 Async-capable, because under ASGI a sync-only middleware costs a thread hop on every
 request (ecosystem notes). In async mode rows are not written on the response path:
@@ -46,6 +50,7 @@ from mash_telemetry.models import REDACTED, ApiRequestLog, clean_text, clip_body
 logger = logging.getLogger("mash_telemetry")
 
 LOGGED_PREFIXES = ("/api/", "/h2a/")
+LOGGED_PATHS = frozenset({"/mcp", "/mcp/"})
 SKIPPED_PATHS = frozenset({"/api/v1/health", "/api/v1/health/", "/h2a/health", "/h2a/health/"})
 SKIPPED_PREFIXES = ("/api/v1/telemetry/api/",)
 
@@ -84,6 +89,8 @@ def logged_headers(headers) -> dict[str, str]:
 
 
 def should_log(path: str) -> bool:
+    if path in LOGGED_PATHS:
+        return bool(conf.API_LOG)
     if not path.startswith(LOGGED_PREFIXES) or path in SKIPPED_PATHS:
         return False
     if path.startswith(SKIPPED_PREFIXES) or path == "/api/v1/telemetry/api":
@@ -230,6 +237,18 @@ class BatchWriter:
 batch_writer = BatchWriter()
 
 
+async def write_entry(entry: dict[str, Any]) -> None:
+    """Hand a row to the batch writer, or write it now when MASH_API_LOG_FLUSH_SECONDS is 0."""
+    delay = float(conf.API_LOG_FLUSH_SECONDS)
+    if delay > 0:
+        batch_writer.add(entry, delay)
+        return
+    try:
+        await sync_to_async(save_entry)(entry)
+    except Exception:  # save_entry swallows its own errors; this guards the hop itself
+        logger.warning("API request log: write failed", exc_info=True)
+
+
 class ApiRequestLogMiddleware:
     sync_capable = True
     async_capable = True
@@ -273,12 +292,5 @@ class ApiRequestLogMiddleware:
         if begun is not None:
             entry = self._entry(request, response, begun)
             if entry is not None:
-                delay = float(conf.API_LOG_FLUSH_SECONDS)
-                if delay > 0:
-                    batch_writer.add(entry, delay)
-                else:
-                    try:
-                        await sync_to_async(save_entry)(entry)
-                    except Exception:  # save_entry swallows its own errors; this guards the hop itself
-                        logger.warning("API request log: write failed", exc_info=True)
+                await write_entry(entry)
         return response

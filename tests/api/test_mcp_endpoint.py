@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from mash_api.mcp_endpoint import host_refusal, origin_refusal, with_mcp_endpoint
 from mash_api.mcp_server import InvalidArguments, clean_arguments
@@ -120,6 +122,7 @@ def asgi_call(app, path: str, method: str = "POST") -> tuple[list[dict], list[st
 
 def test_switched_off_mcp_is_a_404_envelope_and_other_paths_go_to_django(settings):
     settings.MASH_MCP_ENDPOINT = False
+    settings.MASH_API_LOG = False  # the 404 is an exchange too, but this test has no database
     sent, reached = asgi_call(None, "/mcp")
     assert reached == [] and sent[0]["status"] == 404
     error = json.loads(sent[1]["body"])["error"]
@@ -168,3 +171,134 @@ def test_each_step_is_said_in_a_progress_message(stored, said):
     from mash_api.mcp_server import step_message
 
     assert step_message(stored) == said
+
+
+KEY = "mcp-in-process-key"
+
+
+def mcp_exchange(monkeypatch, messages, headers=(), answer=None, query=b""):
+    """One POST to /mcp with `messages` as what the client sends, the SDK's handler replaced by
+    `answer` (default: a 200 JSON reply); returns (sent, what the handler received, receives asked)."""
+    import mash_api.mcp_server
+
+    sent, handled, asked = [], [], []
+    incoming = list(messages) + [{"type": "http.disconnect"}]
+
+    async def receive():
+        asked.append(True)
+        return incoming.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    async def default_answer(scope, receive, send):
+        handled.append(await receive())
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"jsonrpc": "2.0", "id": 1, "result": {}}'})
+
+    monkeypatch.setattr(mash_api.mcp_server, "handle", answer or default_answer)
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "query_string": query, "client": ("10.1.2.3", 5151),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {KEY}".encode()),
+                         *headers]}
+    async def exchange():
+        try:
+            await with_mcp_endpoint(None)(scope, receive, send)
+        finally:
+            # The inline log write ran on asgiref's shared thread: its connection would outlive
+            # the test and keep PostgreSQL from dropping the test database.
+            await sync_to_async(connections.close_all)()
+
+    asyncio.run(exchange())
+    return sent, handled, len(asked)
+
+
+def chunks(*parts: bytes) -> list[dict]:
+    return [{"type": "http.request", "body": part, "more_body": index < len(parts) - 1}
+            for index, part in enumerate(parts)]
+
+
+@pytest.fixture
+def keyed(settings):
+    settings.MASH_API_KEY = KEY
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("headers, parts, reads", [
+    ([(b"content-length", b"101")], [b"x" * 101], 0),  # refused on its Content-Length: never read
+    ([], [b"x" * 60, b"x" * 41, b"never read"], 2),  # chunked: cut off where it passes the limit
+])
+def test_a_body_over_the_limit_is_413_in_the_api_envelope_before_the_sdk(monkeypatch, keyed, headers, parts, reads):
+    from mash_telemetry.models import ApiRequestLog
+
+    sent, handled, asked = mcp_exchange(monkeypatch, chunks(*parts), headers)
+    assert handled == [] and asked == reads
+    assert sent[0]["status"] == 413
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "PAYLOAD_TOO_LARGE" and "MASH_MAX_BODY_BYTES" in error["message"]
+    assert error["details"] == {}
+    [row] = ApiRequestLog.objects.all()
+    assert (row.method, row.path, row.status_code) == ("POST", "/mcp", 413)
+    assert json.loads(row.response_body)["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_body_within_the_limit_reaches_the_sdk_whole_then_the_client_s_own_messages(monkeypatch, keyed):
+    async def answer(scope, receive, send):
+        handled.extend([await receive(), await receive()])
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    handled = []
+    sent, _handled, _asked = mcp_exchange(monkeypatch, chunks(b"x" * 50, b"y" * 50), answer=answer)
+    assert sent[0]["status"] == 202
+    assert handled == [{"type": "http.request", "body": b"x" * 50 + b"y" * 50, "more_body": False},
+                       {"type": "http.disconnect"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_exchange_is_in_the_api_request_log_as_the_middleware_writes_it(monkeypatch, keyed, settings):
+    from mash_telemetry.models import REDACTED, ApiRequestLog
+
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+    mcp_exchange(monkeypatch, chunks(body), [(b"content-length", str(len(body)).encode()),
+                                              (b"content-type", b"application/json")], query=b"token=abc&x=1")
+    row = ApiRequestLog.objects.get()
+    assert (row.method, row.path, row.status_code, row.client) == ("POST", "/mcp", 200, "10.1.2.3")
+    assert row.query_string == f"token={REDACTED}&x=1"
+    assert row.request_headers["Authorization"] == REDACTED and KEY not in json.dumps(row.request_headers)
+    assert (row.request_body, row.request_body_truncated) == (body.decode(), False)
+    assert row.response_headers == {"content-type": "application/json"}
+    assert json.loads(row.response_body)["result"] == {} and not row.streaming
+    assert row.duration_ms >= 0
+
+    async def streamed(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"event: message\ndata: {}\n\n"})
+
+    mcp_exchange(monkeypatch, chunks(body), [(b"content-length", str(len(body)).encode())], answer=streamed)
+    stream = ApiRequestLog.objects.order_by("-id").first()
+    assert stream.streaming and stream.response_body == "" and stream.status_code == 200
+
+    settings.MASH_API_KEY = "another key"  # refusals are exchanges too
+    mcp_exchange(monkeypatch, chunks(body), [(b"content-length", str(len(body)).encode())])
+    refused = ApiRequestLog.objects.order_by("-id").first()
+    assert refused.status_code == 401 and json.loads(refused.response_body)["error"]["code"] == "UNAUTHORIZED"
+    assert refused.request_body == body.decode()
+
+    settings.MASH_API_LOG = False
+    mcp_exchange(monkeypatch, chunks(body))
+    assert ApiRequestLog.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_sdk_failure_is_logged_as_the_500_daphne_answers(monkeypatch, keyed):
+    from mash_telemetry.models import ApiRequestLog
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        mcp_exchange(monkeypatch, chunks(b"{}"), answer=broken)
+    assert ApiRequestLog.objects.get().status_code == 500

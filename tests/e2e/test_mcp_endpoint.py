@@ -298,3 +298,45 @@ def test_one_client_is_served_by_several_web_processes_in_turn(clusters, web_ser
         assert names == ["helper", "primary"]
         assert first.content[0].text == f"echo: hello {mode}" and second.content[0].text == f"before: hello {mode}"
         assert {port for method, port in sent if method == "POST"} == {servers[0].port, servers[1].port}, sent
+
+
+def test_calls_are_in_the_api_request_log_and_a_body_over_the_limit_is_413(web_servers):
+    from mash_telemetry.models import REDACTED, ApiRequestLog
+
+    server = web_servers.start(MASH_API_KEY=KEY, MASH_MAX_BODY_BYTES="10000")
+
+    async def listing():
+        async with connect(server, mode="legacy") as client:
+            return [tool.name for tool in (await client.list_tools()).tools]
+
+    assert sorted(run(listing())) == ["helper", "primary"]
+    url = f"{server.url}/mcp"
+    accept = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25",
+              "Content-Type": "application/json", **server.headers}
+    big = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {"pad": "x" * 20_000}}).encode()
+
+    def chunked():
+        for start in range(0, len(big), 4096):
+            yield big[start:start + 4096]
+
+    for content in (big, chunked()):
+        response = httpx.post(url, content=content, headers=accept, timeout=30)
+        assert response.status_code == 413, response.text[:300]
+        error = response.json()["error"]
+        assert error["code"] == "PAYLOAD_TOO_LARGE" and "MASH_MAX_BODY_BYTES" in error["message"]
+        assert error["details"] == {}
+    assert httpx.post(url, json={}, headers={**accept, "Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+
+    def rows():
+        return list(ApiRequestLog.objects.filter(path="/mcp").order_by("id"))
+
+    # The legacy handshake (initialize, initialized, tools/list), two 413s and a 401.
+    wait_for(lambda: len(rows()) >= 6, timeout=30, what="the /mcp exchanges in the API request log")
+    logged = rows()
+    assert all(row.method == "POST" and row.client == "127.0.0.1" for row in logged)
+    assert [row.status_code for row in logged[-3:]] == [413, 413, 401]
+    assert {row.status_code for row in logged[:-3]} <= {200, 202} and 200 in {row.status_code for row in logged}
+    assert any('"tools/list"' in row.request_body for row in logged[:-3])
+    assert all(row.request_headers.get("Authorization") == REDACTED for row in logged)
+    assert logged[-3].request_body_truncated and "not captured" in logged[-3].request_body
+    assert json.loads(logged[-1].response_body)["error"]["code"] == "UNAUTHORIZED"

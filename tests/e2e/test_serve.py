@@ -82,6 +82,7 @@ def test_it_serves_the_pilot_host_from_an_empty_directory_and_stops_cleanly(tmp_
             output, _ = serve.communicate()
     assert serve.returncode == 0, output
     assert "/api/v1/" in output and "/admin/" in output and "/telemetry/" in output
+    assert f"localhost:{port}/mcp " in output  # MASH_MCP_ENDPOINT is on by default
     wait_for(lambda: not any(process_alive(pid) for pid in kids), timeout=10, what="children to exit")
 
 

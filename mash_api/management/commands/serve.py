@@ -220,6 +220,8 @@ class Command(BaseCommand):
         console.print(f"  API        {base}/api/v1/   (docs {base}/api/v1/docs/)")
         console.print(f"  admin      {base}/admin/   (create a login: mash createsuperuser)")
         console.print(f"  telemetry  {base}/telemetry/")
+        if conf.MCP_ENDPOINT:
+            console.print(f"  MCP        {base}/mcp   (Streamable HTTP: the agents as tools, same key as the API)")
         console.print(f"  database   {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
                       f"data in {conf.DATA_DIR}")
         if bind in ("0.0.0.0", "::", "[::]") and not env.get("MASH_ALLOWED_HOSTS"):
