@@ -27,16 +27,14 @@ Nothing here imports `mcp`: a process that never serves `/mcp` never loads the S
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
 from django.db import InterfaceError, OperationalError
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.http.request import split_domain_port, validate_host
 
 from mash_api.auth import authenticate_key, is_loopback, presented_key
@@ -44,8 +42,6 @@ from mash_api.connections import release_connection
 from mash_api.errors import Unauthorized, error_json, too_large_json, unavailable_json
 from mash_runtime.conf import conf
 from mash_runtime.dbfaults import once_more_if_dropped
-from mash_telemetry.middleware import build_entry, read_request_body, should_log, write_entry
-from mash_telemetry.models import BODY_LIMIT
 
 logger = logging.getLogger("mash_api.mcp")
 
@@ -161,46 +157,22 @@ def replayed(body: bytes, receive):
 
 
 class Exchange:
-    """One /mcp request as the API log needs it: its body and what was answered, seen on the way out."""
+    """One /mcp exchange: what `serve` sends through it and the request body it read. This one
+    only passes the answer on; mash_project.asgi gives the API log's (mash_telemetry.asgi_log),
+    which also keeps what was answered, so this package never imports the telemetry one."""
 
     def __init__(self, send) -> None:
         self.downstream = send
         self.request_body = b""
         self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
 
     async def send(self, message) -> None:
         if message["type"] == "http.response.start":
-            self.status, self.headers = message["status"], list(message.get("headers") or ())
-        elif message["type"] == "http.response.body" and len(self.body) <= BODY_LIMIT:
-            # One byte past the limit is enough for clip_body to mark the cut.
-            self.body += message.get("body", b"")[:BODY_LIMIT + 1 - len(self.body)]
+            self.status = message["status"]
         await self.downstream(message)
 
-    def response(self) -> HttpResponse | StreamingHttpResponse:
-        """The answer as the Django response the middleware's `build_entry` reads."""
-        streamed = any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                       for name, value in self.headers)
-        response = StreamingHttpResponse((), status=self.status) if streamed else HttpResponse(
-            bytes(self.body), status=self.status)
-        del response["Content-Type"]  # Django's default: only what was really sent belongs in the row
-        for name, value in self.headers:
-            response[name.decode("latin-1")] = value.decode("latin-1")
-        return response
-
-
-async def log_exchange(scope, exchange: Exchange, started: float) -> None:
-    if not should_log(scope["path"]):
-        return
-    try:
-        request = ASGIRequest(scope, io.BytesIO(exchange.request_body))
-        entry = build_entry(request, exchange.response(), started, read_request_body(request))
-    except Exception:  # logging is best effort, as in the middleware
-        logger.warning("API request log: could not capture %s %s", scope.get("method"), scope.get("path"),
-                       exc_info=True)
-        return
-    await write_entry(entry)
+    async def finish(self, scope, started: float) -> None:
+        """After the exchange (answered: `status` is set)."""
 
 
 async def serve(scope, receive, exchange: Exchange) -> None:
@@ -233,15 +205,16 @@ async def serve(scope, receive, exchange: Exchange) -> None:
     await handle(scope, replayed(exchange.request_body, receive), send)
 
 
-def with_mcp_endpoint(app):
-    """`app` (Django) with `/mcp` answered by the MCP server (unless MASH_MCP_ENDPOINT is off)."""
+def with_mcp_endpoint(app, exchange_class: type[Exchange] = Exchange):
+    """`app` (Django) with `/mcp` answered by the MCP server (unless MASH_MCP_ENDPOINT is off);
+    each exchange goes through an `exchange_class` (the API log's, as mash_project.asgi mounts it)."""
 
     async def routed(scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in MCP_PATHS:
             await app(scope, receive, send)
             return
         started = time.perf_counter()
-        exchange = Exchange(send)
+        exchange = exchange_class(send)
         try:
             await serve(scope, receive, exchange)
         except Exception:
@@ -250,6 +223,6 @@ def with_mcp_endpoint(app):
             raise
         finally:
             if exchange.status is not None:  # else the client left unanswered: nothing was exchanged
-                await log_exchange(scope, exchange, started)
+                await exchange.finish(scope, started)
 
     return routed

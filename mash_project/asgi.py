@@ -16,6 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from mash_api.mcp_endpoint import with_mcp_endpoint  # noqa: E402
+from mash_telemetry.asgi_log import LoggedExchange  # noqa: E402
 from mash_project.routing import websocket_urlpatterns  # noqa: E402
 from mash_runtime.run.dbthreads import DbThreads  # noqa: E402
 
@@ -76,8 +77,9 @@ def shared_threads(app, threads):
 
 application = ProtocolTypeRouter(
     {
-        # /mcp is the MCP server's own ASGI app (mash_api.mcp_endpoint), on the same threads.
-        "http": flush_event_stream_headers(shared_threads(with_mcp_endpoint(django_asgi_app),
+        # /mcp is the MCP server's own ASGI app (mash_api.mcp_endpoint), on the same threads;
+        # its exchanges are logged as API requests by the telemetry app's LoggedExchange.
+        "http": flush_event_stream_headers(shared_threads(with_mcp_endpoint(django_asgi_app, LoggedExchange),
                                                           DbThreads(web_threads(), name="mash-http"))),
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }

@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from mash_api.mcp_endpoint import host_refusal, origin_refusal, with_mcp_endpoint
+from mash_telemetry.asgi_log import LoggedExchange
 from mash_api.mcp_server import InvalidArguments, clean_arguments
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def asgi_call(app, path: str, method: str = "POST") -> tuple[list[dict], list[st
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": [(b"host", b"127.0.0.1:8000")]}
-    asyncio.run(with_mcp_endpoint(downstream)(scope, receive, send))
+    asyncio.run(with_mcp_endpoint(downstream, LoggedExchange)(scope, receive, send))
     return sent, reached
 
 
@@ -203,7 +204,7 @@ def mcp_exchange(monkeypatch, messages, headers=(), answer=None, query=b""):
                          *headers]}
     async def exchange():
         try:
-            await with_mcp_endpoint(None)(scope, receive, send)
+            await with_mcp_endpoint(None, LoggedExchange)(scope, receive, send)
         finally:
             # The inline log write ran on asgiref's shared thread: its connection would outlive
             # the test and keep PostgreSQL from dropping the test database.
