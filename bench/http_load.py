@@ -107,6 +107,20 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def only_the_tree(scratch: str) -> str:
+    """A folder whose sitecustomize drops this checkout's editable-install finder, for
+    processes serving another tree: without it, a module the other tree lacks (an older
+    revision has no mash_runtime/admin.py) was found in this checkout instead, mixing two
+    revisions' code in one process (Django's admin autodiscovery imported it)."""
+    folder = Path(scratch) / "only-the-tree"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')\n"
+        "                    and '__editable__' not in getattr(type(f), '__module__', '')]\n")
+    return str(folder)
+
+
 class Servers:
     def __init__(self, args):
         self.args = args
@@ -114,7 +128,10 @@ class Servers:
         self.env = dict(os.environ)
         self.data_dir = tempfile.mkdtemp(prefix="mash-http-bench-")
         self.tree = Path(getattr(args, "tree", None) or REPO)  # the checkout whose code serves
-        self.env.update({"MASH_DATA_DIR": self.data_dir, "MASH_HOST_APP": HOST, "PYTHONPATH": str(self.tree),
+        path = [str(self.tree)]
+        if self.tree.resolve() != REPO.resolve():
+            path.append(only_the_tree(self.data_dir))
+        self.env.update({"MASH_DATA_DIR": self.data_dir, "MASH_HOST_APP": HOST, "PYTHONPATH": os.pathsep.join(path),
                          "MASH_WORKERS": str(args.workers), "MASH_QUEUE_POLL": str(args.poll),
                          "MASH_LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "mash_project.settings"})
         self.db = fresh_backends(self.env, args, "mash_http_bench", redis_db=14)
