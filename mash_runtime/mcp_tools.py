@@ -227,6 +227,40 @@ def has_servers(host: AgentHost) -> bool:
     return False
 
 
+def check_at_start(host: AgentHost, build_agent: Callable[[HostedAgent], Agent]) -> list[str]:
+    """For `mash host serve` before it starts anything: reach each MCP server of the host's
+    agents once, list their tools as a run would, and raise the ConfigError of a name that
+    another tool of the agent has (a host that cannot run that agent must not start).
+    Returns one line per server it could not reach: a warning, as runs carry on without it.
+    Its sessions close again (stdio servers stop): the workers open their own."""
+    agents = []
+    for hosted in host.agents.values():
+        if servers_of(hosted):  # a bad server list is its ConfigError, raised here
+            agents.append((hosted, build_agent(hosted)))
+    if not agents:
+        return []
+
+    async def check() -> list[str]:
+        unreachable: list[str] = []
+
+        async def emit(event_type: str, payload: dict, step_key: str = "") -> None:
+            if event_type == "mcp.client.error":
+                unreachable.append(f"agent {hosted.agent_id!r}: MCP server {payload['server']!r} "
+                                   f"({payload['target']}) not reachable: {payload['error']}")
+
+        try:
+            for hosted, agent in agents:
+                try:
+                    await attach(agent, hosted, emit)
+                finally:
+                    await agent.tools.aclose()
+        finally:
+            await close_sessions()
+        return unreachable
+
+    return asyncio.run(check())
+
+
 async def close_sessions() -> None:
     """Close this loop's MCP sessions (stdio servers stop with their process group)."""
     if "mash_core.mcp.client" in sys.modules:

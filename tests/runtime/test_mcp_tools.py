@@ -233,3 +233,39 @@ def test_a_worker_whose_agents_have_no_mcp_server_never_imports_the_sdk():
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mash_project.settings"}
     subprocess.run([sys.executable, "-c", probe], check=True, env=env, cwd=str(os.getcwd()))
+
+
+def test_serve_checks_names_at_start_and_warns_of_a_server_out_of_reach(mcp_engine, monkeypatch):
+    """`mash host serve` reaches the servers once before it starts: a clash refuses to start
+    (one line naming the tool), an unreachable server is a warning, and nothing stays open."""
+    from django.core.management.base import CommandError
+    from rich.console import Console
+
+    from mash_api.management.commands.serve import Command
+    from mash_runtime.mcp_tools import check_at_start
+    from mash_runtime.run.prepare import build_agent
+
+    assert check_at_start(get_host(), build_agent) == []
+
+    server = HTTPServerProcess(token=TOKEN)  # never started: nobody listens
+    monkeypatch.setenv("MCP_TEST_HTTP_URL", server.url)
+    monkeypatch.setenv("MCP_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("MCP_TEST_TIMEOUT", "5")
+    set_host(None)
+    (warning,) = check_at_start(get_host(), build_agent)
+    assert "'web'" in warning and "not reachable" in warning and TOKEN not in warning
+
+    monkeypatch.setenv("MCP_TEST_CLASH", "1")
+    set_host(None)
+    with pytest.raises(ConfigError, match="mcp_local_echo"):
+        check_at_start(get_host(), build_agent)
+    with pytest.raises(CommandError, match="include_tools"):
+        Command.check_mcp_servers(get_host(), Console(file=open("/dev/null", "w")))
+
+
+def test_serve_skips_the_check_for_a_host_without_mcp_servers(engine):
+    from rich.console import Console
+
+    from mash_api.management.commands.serve import Command
+
+    Command.check_mcp_servers(get_host(), Console(file=open("/dev/null", "w")))  # nothing to reach: no error

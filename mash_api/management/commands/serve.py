@@ -149,6 +149,24 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true",
                             help="run only the web process (workers run elsewhere: `mash qcluster`)")
 
+    @staticmethod
+    def check_mcp_servers(host, console) -> None:
+        """A tool name two tools of an agent would share refuses to start (every run of that
+        agent would fail); an MCP server out of reach is a warning (runs carry on without it)."""
+        from mash_runtime.mcp_tools import check_at_start, has_servers
+
+        if not has_servers(host):
+            return
+        from mash_runtime.run.prepare import build_agent
+
+        with console.status("reaching the agents' MCP servers"):
+            try:
+                unreachable = check_at_start(host, build_agent)
+            except ConfigError as exc:
+                raise CommandError(str(exc)) from None
+        for line in unreachable:
+            console.print(f"[yellow]warning:[/] {line}")
+
     def handle(self, *args, **options):
         console = Console(stderr=True, soft_wrap=True)  # URLs must stay on one line to be clickable
         env = dict(os.environ)
@@ -186,6 +204,7 @@ class Command(BaseCommand):
             with console.status("applying database migrations"):
                 call_command("migrate", interactive=False, verbosity=0)
         sync_host(host)
+        self.check_mcp_servers(host, console)
 
         from mash_api.auth import check_bind_address, forget_cached_configuration
 
