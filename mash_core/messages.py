@@ -62,8 +62,22 @@ def block_from_dict(data: dict[str, Any]) -> ContentBlock:
     raise ValueError(f"unknown content block type: {kind!r}")
 
 
+class HasContent:
+    """What a message and a model's answer say, read off their `content` blocks."""
+
+    content: list
+
+    @property
+    def text(self) -> str:
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+    @property
+    def tool_calls(self) -> list[ToolCallBlock]:
+        return [b for b in self.content if isinstance(b, ToolCallBlock)]
+
+
 @dataclass
-class Message:
+class Message(HasContent):
     role: Literal["user", "assistant"]
     content: list[ContentBlock]
 
@@ -74,14 +88,6 @@ class Message:
     @classmethod
     def assistant(cls, text: str) -> "Message":
         return cls(role="assistant", content=[TextBlock(text)])
-
-    @property
-    def text(self) -> str:
-        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
-
-    @property
-    def tool_calls(self) -> list[ToolCallBlock]:
-        return [b for b in self.content if isinstance(b, ToolCallBlock)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"role": self.role, "content": [b.to_dict() for b in self.content]}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal
 
 from mash_core.errors import MashError
-from mash_core.messages import ContentBlock, Message, TextBlock, ToolCallBlock, block_from_dict
+from mash_core.messages import ContentBlock, HasContent, Message, block_from_dict
 
 StopReason = Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "refusal", "other"]
 STOP_REASONS: tuple[str, ...] = ("end_turn", "tool_use", "max_tokens", "stop_sequence", "refusal", "other")
@@ -87,19 +87,11 @@ class LLMRequest:
 
 
 @dataclass
-class LLMResponse:
+class LLMResponse(HasContent):
     content: list[ContentBlock]
     stop_reason: StopReason = "end_turn"
     usage: TokenUsage = field(default_factory=TokenUsage)
     model: str = ""
-
-    @property
-    def text(self) -> str:
-        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
-
-    @property
-    def tool_calls(self) -> list[ToolCallBlock]:
-        return [b for b in self.content if isinstance(b, ToolCallBlock)]
 
     def to_message(self) -> Message:
         return Message(role="assistant", content=list(self.content))
