@@ -460,6 +460,9 @@ def connect_params(alias: str = "default") -> dict[str, Any]:
     params = dict(connections[alias].get_connection_params())
     for django_only in ("cursor_factory", "context", "prepare_threshold", "pool"):
         params.pop(django_only, None)
+    # A listener or a sender must never hang on a server that does not answer (libpq waits
+    # for ever by default); the caller retries.
+    params.setdefault("connect_timeout", 5)
     return params
 
 

@@ -39,6 +39,8 @@ logger = logging.getLogger("mash_runtime.notify_layer")
 
 CHANNEL = "mash_doorbell"
 RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+START_SECONDS = 5.0  # how long joining a group waits for the listener to listen
+SEND_SECONDS = 5.0  # how long a ring waits for its NOTIFY
 
 
 class _Listener:
@@ -57,10 +59,13 @@ class _Listener:
             self.task = asyncio.get_running_loop().create_task(self._listen())
         if not self.ready.is_set():
             waiter = asyncio.ensure_future(self.ready.wait())
-            done, _ = await asyncio.wait({waiter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            # Bounded: a stream that cannot listen polls instead (its Doorbell joins nothing)
+            # rather than wait for a database that may not come back soon.
+            done, _ = await asyncio.wait({waiter, self.task}, timeout=START_SECONDS,
+                                         return_when=asyncio.FIRST_COMPLETED)
             if waiter not in done:
                 waiter.cancel()
-                raise RuntimeError("the doorbell listener stopped") from self.failed
+                raise RuntimeError("the doorbell listener is not listening") from self.failed
 
     async def _listen(self) -> None:
         attempt = 0
@@ -152,7 +157,9 @@ class PostgresNotifyLayer(BaseChannelLayer):
                 logger.info("doorbell sender reconnecting: %s", exc)
 
     async def _send(self, note: dict[str, Any]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._sender, self._send_now, note)
+        # Bounded too: a ring is a hint, and the run that rings must not wait on it for long.
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._sender, self._send_now, note),
+                               SEND_SECONDS)
 
     async def group_send(self, group: str, message: dict) -> None:
         self.require_valid_group_name(group)

@@ -181,3 +181,24 @@ def test_the_settings_choose_notify_on_postgresql_without_redis(settings):
         pytest.skip("Redis configured: the broker and layer are Redis's")
     assert settings.Q_CLUSTER["broker_class"] == "mash_runtime.run.pg_broker.NotifyingORM"
     assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "mash_runtime.notify_layer.PostgresNotifyLayer"
+
+
+def test_joining_gives_up_when_the_listener_cannot_listen(monkeypatch):
+    """A stream whose process cannot LISTEN polls instead of waiting for the database."""
+    from mash_runtime import db, notify_layer
+
+    real = db.connect_params
+    monkeypatch.setattr(db, "connect_params", lambda alias="default": {**real(alias), "port": 1})  # nobody there
+    monkeypatch.setattr(notify_layer, "START_SECONDS", 1.0)
+    web = notify_layer.PostgresNotifyLayer()
+
+    async def scenario():
+        channel = f"bells.{web.prefix}.x"
+        try:
+            await web.group_add("g", channel)
+        except RuntimeError as exc:
+            return exc
+        finally:
+            await web.close()
+
+    assert "not listening" in str(run(scenario()))
