@@ -26,7 +26,14 @@ def _api_log_written_inline(request):
     batched default, and tests/telemetry/test_middleware.py tests the batch writer itself.
     (tests/core also runs without pytest-django, hence no `settings` argument.)"""
     if request.config.pluginmanager.hasplugin("django"):
-        request.getfixturevalue("settings").MASH_API_LOG_FLUSH_SECONDS = 0
+        settings = request.getfixturevalue("settings")
+        settings.MASH_API_LOG_FLUSH_SECONDS = 0
+        if "e2e" not in request.node.path.parts:
+            # Users made for a test hash their passwords with the cheapest hasher: PBKDF2's
+            # 870,000 rounds cost about a second per user on this machine, which the page
+            # tests paid in every setup. Not in tests/e2e: the servers they start keep the
+            # real hashers and must check the passwords those tests store.
+            settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 # A developer's shell may export a provider's key; the provider a test meets is its own choice.
