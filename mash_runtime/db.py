@@ -1,8 +1,11 @@
 """The one module with SQL written out by hand.
 
 The ORM is the default everywhere else. A statement is here only when the ORM cannot say it
-(PostgreSQL's LISTEN/NOTIFY) or when writing it out was measured to pay (bench/README.md
-names each gain); each function's docstring gives the ORM equivalent or says there is none.
+(PostgreSQL's LISTEN/NOTIFY, full-text search with FTS5 and ts_rank, the planner's row
+estimate) or when writing it out was measured to pay (bench/README.md names each gain); each
+function's docstring gives the ORM equivalent or says there is none. tests/runtime/
+test_db_statements.py holds each against its ORM equivalent; the search statements are
+tested through memory search (tests/runtime/test_memory_search.py), on both databases.
 """
 
 from __future__ import annotations
@@ -436,6 +439,104 @@ def published_skill_rows(skill_model: type[models.Model], agent_id: str) -> list
            f"WHERE a.{column(agent_model, 'agent_id', conn)} = %s ORDER BY s.{s('name')}")
     with bound_cursor() as cursor:
         cursor.execute(sql, [agent_id])
+        return cursor.fetchall()
+
+
+def estimated_rows(conn, table: str) -> int | None:
+    """PostgreSQL's planner estimate of `table`'s rows (`pg_class.reltuples`, kept by
+    autovacuum; -1 when never analysed), for pages that must not COUNT(*) a big table. No ORM
+    equivalent (`count()` is the exact, unbounded count this avoids)."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+# -- memory search (full text) ---------------------------------------------------------------
+# Written out of necessity: the ORM has no FTS5, and ranking by ts_rank over the migration's
+# own tsvector columns with the query inlined beside the GIN index is not a QuerySet either.
+# `mig` is migration 0004_memory_search, which names the tables, columns and triggers.
+
+
+def fts5_phrase(term: str) -> str:
+    """A term as an FTS5 string: double quotes around, inner double quotes doubled."""
+    return '"' + term.replace('"', '""') + '"'
+
+
+def sqlite_search_schema_present(conn, mig) -> bool:
+    """Whether the FTS5 table and its triggers exist (a later table rebuild drops triggers)."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")
+        present = {row[0] for row in cursor.fetchall()}
+    return {mig.FTS_TABLE, *mig.SQLITE_TRIGGERS} <= present
+
+
+def install_sqlite_search_schema(conn, mig) -> None:
+    """Reinstall the FTS5 table and triggers and rebuild the index (the migration's statements)."""
+    from django.db import transaction
+
+    with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
+        for sql in mig.install_statements("sqlite"):
+            cursor.execute(sql)
+
+
+def postgresql_search_columns_present(conn, mig) -> bool:
+    """Whether the turn table has the migration's tsvector columns."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = %s AND column_name IN (%s, %s)",
+            [mig.TURN_TABLE, *mig.PG_COLUMNS],
+        )
+        return cursor.fetchone()[0] == len(mig.PG_COLUMNS)
+
+
+def search_turn_column(conn, mig, column: str, terms: list[str], *, kinds, agent_pks, session_pks, limit: int,
+                       within: list[str] | None, weights_column: str) -> list[tuple[Any, float]]:
+    """(turn_id, raw score) of the turns whose `column` matches any of `terms`, best first, among
+    turns of `kinds` (and of `agent_pks` / `session_pks` when given); on SQLite `within`
+    (turn ids) narrows the match inside FTS5. PostgreSQL: ts_rank over `<column>_tsv`;
+    SQLite: -bm25 weighted to `column` (`weights_column` is the user-message column)."""
+    params: list[Any] = []
+
+    def scope_filters() -> str:
+        sql = [f"m.kind IN ({', '.join(['%s'] * len(kinds))})"]
+        params.extend(kinds)
+        for name, pks in (("agent_id", agent_pks), ("session_id", session_pks)):
+            if pks is not None:
+                sql.append(f"m.{name} IN ({', '.join(['%s'] * len(pks))})")
+                params.extend(pks)
+        return " AND ".join(sql)
+
+    turns = mig.TURN_TABLE
+    if conn.vendor == "postgresql":
+        tsv = f"m.{column}_tsv"
+        term_sql = f"phraseto_tsquery('simple'::regconfig, {mig.PG_SPLIT.format('%s')})"
+        tsquery = " || ".join([term_sql] * len(terms))
+        params.extend(terms)  # the rank's tsquery
+        params.extend(terms)  # the match's tsquery (inlined, so the planner sees it next to the GIN index)
+        where = scope_filters()
+        sql = (
+            f"SELECT m.turn_id, ts_rank('{{1,1,1,1}}'::float4[], {tsv}, ({tsquery}), 1) AS raw "
+            f"FROM {turns} m WHERE {tsv} @@ ({tsquery}) AND {where} "
+            "ORDER BY raw DESC, m.created_at DESC LIMIT %s"
+        )
+    else:
+        fts = mig.FTS_TABLE
+        weights = "0.0, 1.0, 0.0" if column == weights_column else "0.0, 0.0, 1.0"
+        match = "{%s} : (%s)" % (column, " OR ".join(fts5_phrase(t) for t in terms))
+        if within:
+            match = "({turn_id} : (%s)) AND (%s)" % (" OR ".join(fts5_phrase(t) for t in within), match)
+        params.append(match)
+        where = scope_filters()
+        sql = (
+            f"SELECT m.turn_id, -bm25({fts}, {weights}) AS raw "
+            f"FROM {fts} JOIN {turns} m ON m.turn_id = {fts}.turn_id "
+            f"WHERE {fts} MATCH %s AND {where} "
+            "ORDER BY raw DESC, m.created_at DESC LIMIT %s"
+        )
+    params.append(limit)
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
         return cursor.fetchall()
 
 

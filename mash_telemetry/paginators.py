@@ -12,6 +12,8 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.utils.functional import cached_property
 
+from mash_runtime import db
+
 CAP = 10_000
 
 
@@ -26,12 +28,9 @@ class EstimatedCountPaginator(Paginator):
         connection = connections[qs.db]
         if connection.vendor != "postgresql":
             return None
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                           [qs.model._meta.db_table])
-            row = cursor.fetchone()
+        estimate = db.estimated_rows(connection, qs.model._meta.db_table)
         # -1 (never analysed) or small tables: counting is cheap and exact.
-        return int(row[0]) if row and row[0] and row[0] > self.cap else None
+        return estimate if estimate is not None and estimate > self.cap else None
 
     @cached_property
     def count(self) -> int:

@@ -64,6 +64,8 @@ from typing import Any, Callable, Iterable
 
 from django.db import connection as default_connection
 
+from mash_runtime import db
+from mash_runtime.db import fts5_phrase
 from mash_runtime.errors import ServiceError
 from mash_runtime.models import Agent, MemoryTurn, Session, epoch
 
@@ -222,11 +224,6 @@ def _canonical_id(value: Any) -> str:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
-def fts5_phrase(term: str) -> str:
-    """A term as an FTS5 string: double quotes around, inner double quotes doubled."""
-    return '"' + term.replace('"', '""') + '"'
-
-
 _schema_ok: set[tuple[str, str]] = set()
 _schema_lock = threading.Lock()
 
@@ -249,27 +246,15 @@ def ensure_search_schema(conn=None) -> None:
         if key in _schema_ok:
             return
         mig = _search_migration()
-        with conn.cursor() as cursor:
-            if conn.vendor == "sqlite":
-                names = {mig.FTS_TABLE, *mig.SQLITE_TRIGGERS}
-                cursor.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")
-                present = {row[0] for row in cursor.fetchall()}
-                if not names <= present:
-                    logger.warning("memory search: FTS5 table or triggers missing; reinstalling and reindexing")
-                    from django.db import transaction
-
-                    with transaction.atomic(using=conn.alias):
-                        for sql in mig.install_statements("sqlite"):
-                            cursor.execute(sql)
-            elif conn.vendor == "postgresql":
-                cursor.execute(
-                    "SELECT count(*) FROM information_schema.columns WHERE table_name = %s AND column_name IN (%s, %s)",
-                    [mig.TURN_TABLE, *mig.PG_COLUMNS],
-                )
-                if cursor.fetchone()[0] != len(mig.PG_COLUMNS):
-                    raise SearchUnavailable("Memory search needs migration mash_runtime 0004_memory_search: run migrate")
-            else:
-                raise SearchUnavailable(f"Memory search supports PostgreSQL and SQLite, not {conn.vendor}")
+        if conn.vendor == "sqlite":
+            if not db.sqlite_search_schema_present(conn, mig):
+                logger.warning("memory search: FTS5 table or triggers missing; reinstalling and reindexing")
+                db.install_sqlite_search_schema(conn, mig)
+        elif conn.vendor == "postgresql":
+            if not db.postgresql_search_columns_present(conn, mig):
+                raise SearchUnavailable("Memory search needs migration mash_runtime 0004_memory_search: run migrate")
+        else:
+            raise SearchUnavailable(f"Memory search supports PostgreSQL and SQLite, not {conn.vendor}")
         _schema_ok.add(key)
 
 
@@ -303,17 +288,6 @@ class LexicalRetriever(Retriever):
         hits.sort(key=lambda h: -h.score)
         return hits[:limit]
 
-    def _filters(self, scope: SearchScope, params: list[Any]) -> str:
-        sql = [f"m.kind IN ({', '.join(['%s'] * len(scope.kinds))})"]
-        params.extend(scope.kinds)
-        if scope.agent_pks is not None:
-            sql.append(f"m.agent_id IN ({', '.join(['%s'] * len(scope.agent_pks))})")
-            params.extend(scope.agent_pks)
-        if scope.session_pks is not None:
-            sql.append(f"m.session_id IN ({', '.join(['%s'] * len(scope.session_pks))})")
-            params.extend(scope.session_pks)
-        return " AND ".join(sql)
-
     def _sqlite_scope_turns(self, scope: SearchScope) -> list[str] | None:
         """The turn ids of a session-scoped search, when there are few enough to hand to FTS5.
 
@@ -335,43 +309,11 @@ class LexicalRetriever(Retriever):
     def _search_column(self, conn, column: str, terms: Iterable[str], scope: SearchScope, limit: int,
                        within: list[str] | None = None):
         assert column in COLUMNS
-        terms = list(terms)
-        params: list[Any] = []
-        mig = _search_migration()
-        turns = mig.TURN_TABLE
-        if conn.vendor == "postgresql":
-            tsv = f"m.{column}_tsv"
-            term_sql = f"phraseto_tsquery('simple'::regconfig, {mig.PG_SPLIT.format('%s')})"
-            tsquery = " || ".join([term_sql] * len(terms))
-            params.extend(terms)  # the rank's tsquery
-            params.extend(terms)  # the match's tsquery (inlined, so the planner sees it next to the GIN index)
-            where = self._filters(scope, params)
-            sql = (
-                f"SELECT m.turn_id, ts_rank('{{1,1,1,1}}'::float4[], {tsv}, ({tsquery}), 1) AS raw "
-                f"FROM {turns} m WHERE {tsv} @@ ({tsquery}) AND {where} "
-                "ORDER BY raw DESC, m.created_at DESC LIMIT %s"
-            )
-            params.append(limit)
-        elif conn.vendor == "sqlite":
-            fts = mig.FTS_TABLE
-            weights = "0.0, 1.0, 0.0" if column == USER_COLUMN else "0.0, 0.0, 1.0"
-            match = "{%s} : (%s)" % (column, " OR ".join(fts5_phrase(t) for t in terms))
-            if within:
-                match = "({turn_id} : (%s)) AND (%s)" % (" OR ".join(fts5_phrase(t) for t in within), match)
-            params.append(match)
-            where = self._filters(scope, params)
-            sql = (
-                f"SELECT m.turn_id, -bm25({fts}, {weights}) AS raw "
-                f"FROM {fts} JOIN {turns} m ON m.turn_id = {fts}.turn_id "
-                f"WHERE {fts} MATCH %s AND {where} "
-                "ORDER BY raw DESC, m.created_at DESC LIMIT %s"
-            )
-            params.append(limit)
-        else:  # pragma: no cover - ensure_search_schema refused it already
+        if conn.vendor not in ("postgresql", "sqlite"):  # pragma: no cover - ensure_search_schema refused it
             raise SearchUnavailable(f"Memory search supports PostgreSQL and SQLite, not {conn.vendor}")
-        with conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+        return db.search_turn_column(conn, _search_migration(), column, list(terms), kinds=scope.kinds,
+                                     agent_pks=scope.agent_pks, session_pks=scope.session_pks, limit=limit,
+                                     within=within, weights_column=USER_COLUMN)
 
 
 # -- results ------------------------------------------------------------------------------
