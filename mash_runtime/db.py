@@ -603,10 +603,6 @@ def _payload(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-def fits_notify(message: dict[str, Any]) -> bool:
-    return len(_payload(message).encode()) <= NOTIFY_LIMIT
-
-
 def sender_connection(alias: str = "default"):
     """A connection of its own (autocommit) for `notify_on`."""
     import psycopg

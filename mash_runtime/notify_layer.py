@@ -136,13 +136,14 @@ class PostgresNotifyLayer(BaseChannelLayer):
 
     def _send_now(self, note: dict[str, Any]) -> None:
         message = note["m"]
-        if not db.fits_notify(note) and "events" in message:
-            note = {**note, "m": {k: v for k, v in message.items() if k != "events"}}
+        # Over NOTIFY's limit, a doorbell goes bare (readers then read the events themselves).
+        bare = {**note, "m": {k: v for k, v in message.items() if k != "events"}} if "events" in message else None
         for attempt in (1, 2):
             try:
                 if self._send_conn is None or self._send_conn.closed:
                     self._send_conn = db.sender_connection()
-                if not db.notify_on(self._send_conn, CHANNEL, note):
+                if not db.notify_on(self._send_conn, CHANNEL, note) and not (
+                        bare is not None and db.notify_on(self._send_conn, CHANNEL, bare)):
                     logger.debug("doorbell too big to send: %s", note.get("g") or note.get("c"))
                 return
             except Exception as exc:
