@@ -12,13 +12,14 @@
   same code the API runs, and need the model's change permission.
 - Changelists show a few chosen columns that fit a 1400 px screen (previews clipped,
   long ids cut with the whole value on hover); every timestamp follows the pages' one
-  clock (`mash_telemetry.clock`: server time zone, labelled, seconds shown).
+  clock (`mash_runtime.presentation.clock`: server time zone, labelled, seconds shown).
 
 The bases and column helpers here (`MashAdmin`, `HistoryAdmin`, `BigTableAdmin`,
 `FixedChoicesFilter`, `clipped`, `when_display`, ...) serve the other apps' admins too
-(`mash_telemetry/admin.py`). The presentation pieces come from mash_telemetry (the clock,
-the answer form, the paginator): admin modules load through autodiscover once every app
-is ready, and the engine never imports this one.
+(`mash_telemetry/admin.py`). The presentation pieces (the clock, duration and JSON text, the
+answer form, the paginator) are `mash_runtime.presentation`, which the telemetry pages use
+too: this package imports nothing of mash_telemetry. Admin modules load through autodiscover
+once every app is ready, and the engine never imports this one.
 """
 
 from __future__ import annotations
@@ -57,11 +58,10 @@ from mash_runtime.models import (
 )
 from mash_runtime.services import answer_interaction, cancel_request, resume_request
 from mash_runtime.workflows.validation import validate_tasks
-from mash_telemetry import clock
-from mash_telemetry.forms import AnswerForm
-from mash_telemetry.paginators import EstimatedCountPaginator
-from mash_telemetry.templatetags.telemetry import ms
-from mash_telemetry.trace import pretty
+from mash_runtime.presentation import clock
+from mash_runtime.presentation.formats import duration_text, pretty
+from mash_runtime.presentation.forms import AnswerForm
+from mash_runtime.presentation.paginators import EstimatedCountPaginator
 
 # Operators act on a page of rows; a larger selection is most likely a mistake.
 MAX_ACTION_ROWS = 500
@@ -182,7 +182,7 @@ class MashAdmin(admin.ModelAdmin):
     """The admin pages of Mash's records: compact changelists (admin.css)."""
 
     class Media:
-        css = {"all": ("mash_telemetry/admin.css",)}
+        css = {"all": ("mash_runtime/admin.css",)}
 
 
 class HistoryAdmin(MashAdmin):
@@ -438,7 +438,7 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
 
     @admin.display(description="duration")
     def duration(self, obj):
-        return ms(obj.duration_ms)
+        return duration_text(obj.duration_ms)
 
     @admin.display(description="events", ordering="last_seq")
     def events(self, obj):
@@ -879,9 +879,7 @@ class WorkflowRunAdmin(HistoryAdmin):
 
     @admin.display(description="duration")
     def duration(self, obj):
-        from mash_telemetry.page_data import run_duration_ms
-
-        return ms(run_duration_ms(obj))
+        return duration_text(obj.elapsed_ms())
 
     @admin.display(description="")
     def telemetry(self, obj):

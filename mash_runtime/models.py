@@ -666,6 +666,16 @@ class WorkflowRun(models.Model):
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
 
+    def elapsed_ms(self, now=None) -> int | None:
+        """From its start (or creation) to its end, or to now while it runs."""
+        from django.utils import timezone
+
+        start = self.started_at or self.created_at
+        end = self.finished_at or (None if self.is_terminal else (now or timezone.now()))
+        if start is None or end is None:
+            return None
+        return max(0, int((end - start).total_seconds() * 1000))
+
 
 class WorkflowTaskRun(models.Model):
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="task_runs")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from mash_telemetry.formats import duration_text
+from mash_runtime.presentation.formats import duration_text
 
 # One colour per request status; the CSS legend uses the same `status-*` names.
 STATUS_COLORS = {

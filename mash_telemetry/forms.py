@@ -1,10 +1,11 @@
-"""Forms of the telemetry pages and the admin: filters (GET) and the interaction answer (POST)."""
+"""Forms of the telemetry pages: filters (GET). The interaction answer form (POST) is the admin's
+too: `mash_runtime.presentation.forms.AnswerForm`."""
 
 from __future__ import annotations
 
 from django import forms
 
-from mash_runtime.models import Interaction, Request
+from mash_runtime.models import Request
 
 RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
@@ -13,7 +14,7 @@ def label_times_by_zone(form: forms.Form) -> None:
     """`since` / `until` are read in the server's time zone (the pages' one clock): say so."""
     from django.utils import timezone
 
-    from mash_telemetry.clock import zone_label
+    from mash_runtime.presentation.clock import zone_label
 
     zone = zone_label(timezone.localtime())
     for name in ("since", "until"):
@@ -68,27 +69,6 @@ class ApiLogFilterForm(forms.Form):
                              widget=forms.TextInput(attrs={"placeholder": "e.g. 404 or 5xx", "size": 12}))
     path = forms.CharField(required=False, max_length=500, label="path contains")
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
-
-
-class AnswerForm(forms.Form):
-    """The answer to one pending interaction, shaped by its type (approval, info, choice)."""
-
-    def __init__(self, interaction: Interaction, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.interaction = interaction
-        options = [str(o) for o in (interaction.schema or {}).get("options") or []]
-        if interaction.type == Interaction.Type.APPROVAL:
-            self.fields["response"] = forms.ChoiceField(choices=[(o, o) for o in options], widget=forms.RadioSelect,
-                                                        label="decision")
-        elif interaction.type == Interaction.Type.CHOICE:
-            self.fields["response"] = forms.MultipleChoiceField(
-                choices=[(o, o) for o in options], widget=forms.CheckboxSelectMultiple, required=False, label="choose")
-        else:
-            self.fields["response"] = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
-                                                      label="answer")
-
-    def answer(self):
-        return self.cleaned_data["response"]
 
 
 class RunFilterForm(forms.Form):

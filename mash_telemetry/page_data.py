@@ -22,10 +22,9 @@ from mash_runtime.host import get_host
 from mash_runtime.memory.search import parse_query
 from mash_runtime.models import (Agent, Interaction, MemoryTurn, Request, RuntimeEvent, Session, WorkflowDefinition,
                                  WorkflowRun, WorkflowRunEvent, WorkflowTaskRun)
+from mash_runtime.presentation.formats import duration_text, pretty
 from mash_telemetry import charts
-from mash_telemetry.formats import duration_text
 from mash_telemetry.models import ApiRequestLog
-from mash_telemetry.trace import pretty
 
 ACTIVE_STATUSES = [s for s in Request.Status.values if s not in Request.TERMINAL]
 SWEEP_SCHEDULE = "mash-sweep"
@@ -571,14 +570,6 @@ def filter_runs(workflow: str = "", status: str = "", since: dt.datetime | None 
     return qs
 
 
-def run_duration_ms(run, now: dt.datetime | None = None) -> int | None:
-    start = run.started_at or run.created_at
-    end = run.finished_at or (None if run.is_terminal else (now or timezone.now()))
-    if start is None or end is None:
-        return None
-    return max(0, int((end - start).total_seconds() * 1000))
-
-
 @dataclass
 class TaskRow:
     index: int
@@ -692,7 +683,7 @@ def run_view(run_id: str, all_events: bool = False) -> RunView | None:
     return RunView(
         run=run, tasks=rows, timeline=timeline, events=events, event_total=event_total, all_events=all_events,
         input=pretty(run.input), output=pretty(run.output) if run.output is not None else None,
-        duration_ms=run_duration_ms(run, now), tokens=sum(r.tokens for r in rows),
+        duration_ms=run.elapsed_ms(now), tokens=sum(r.tokens for r in rows),
     )
 
 

@@ -10,11 +10,11 @@ surfaced interaction copies would only repeat it, so they are skipped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from mash_runtime.models import Interaction, Request, RuntimeEvent
+from mash_runtime.presentation.formats import pretty
 
 # Above this many characters (or lines) an argument or result starts collapsed.
 COLLAPSE_CHARS = 240
@@ -22,15 +22,6 @@ COLLAPSE_LINES = 6
 MAX_DEPTH = 4
 # The trace of a request with an enormous event log still renders: later steps are cut.
 MAX_EVENTS = 5000
-
-
-def pretty(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def is_long(text: str) -> bool:

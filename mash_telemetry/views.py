@@ -27,10 +27,11 @@ from django.views.decorators.http import require_GET, require_POST
 from mash_runtime import services
 from mash_runtime.errors import ServiceError
 from mash_runtime.models import Interaction, Request
+from mash_runtime.presentation.forms import AnswerForm
+from mash_runtime.presentation.paginators import EstimatedCountPaginator
 from mash_telemetry import page_data
 from mash_telemetry.forms import (
     RANGES,
-    AnswerForm,
     ApiLogFilterForm,
     MemorySearchForm,
     RequestFilterForm,
@@ -38,7 +39,6 @@ from mash_telemetry.forms import (
     SessionFilterForm,
 )
 from mash_telemetry.models import ApiRequestLog
-from mash_telemetry.paginators import EstimatedCountPaginator
 from mash_telemetry.trace import build_trace
 
 ASSETS_DIR = Path(__file__).resolve().parent / "static" / "mash_telemetry"

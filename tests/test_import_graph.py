@@ -1,4 +1,4 @@
-"""No import cycles among the project's modules.
+"""No import cycles among the project's modules, and no import against the layers.
 
 The graph is built from the source with `ast`, so it counts every import statement: at
 module level, inside functions, under `if TYPE_CHECKING:`. An import inside a function
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("mash_core", "mash_runtime", "mash_api", "mash_telemetry")
@@ -106,3 +108,36 @@ def test_it_sees_cycles_hidden_in_functions(tmp_path):
     cycle = find_cycle(graph)
     assert cycle == ["pkg.a", "pkg.b", "pkg.a"]
     assert describe(cycle, graph, modules, tmp_path) == "  pkg.a -> pkg.b  (pkg/a.py:1)\n  pkg.b -> pkg.a  (pkg/b.py:2)"
+
+
+# Arrows point down the layers (CLAUDE.md): a package imports only those listed before it.
+# mash_core is the SDK without Django; the runtime shows its records with its own pieces
+# (mash_runtime.presentation), which the telemetry pages reuse, not the other way round.
+FORBIDDEN = {
+    "mash_core": ("mash_runtime", "mash_api", "mash_telemetry", "mash_project", "pilot", "django"),
+    "mash_runtime": ("mash_telemetry",),
+}
+
+
+def imported_names(path: Path) -> dict[str, int]:
+    """Every absolute module name a file imports (`from x import y` gives `x` and `x.y`)."""
+    names: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names.setdefault(alias.name, node.lineno)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.setdefault(node.module, node.lineno)
+            for alias in node.names:
+                names.setdefault(f"{node.module}.{alias.name}", node.lineno)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_it_finds_no_import_against_the_layers(package):
+    wrong = []
+    for module, path in project_modules(packages=(package,)).items():
+        for name, line in imported_names(path).items():
+            if name.split(".")[0] in FORBIDDEN[package]:
+                wrong.append(f"  {path.relative_to(ROOT)}:{line} imports {name}")
+    assert not wrong, f"{package} imports what it must not:\n" + "\n".join(sorted(set(wrong)))

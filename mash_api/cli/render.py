@@ -13,22 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mash_runtime.presentation.formats import duration_text
+
 
 def make_console(file=None, *, no_color: bool = False, stderr: bool = False) -> Console:
     return Console(file=file, no_color=no_color or None, stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def fmt_ms(ms: Any) -> str:
-    try:
-        value = float(ms)
-    except (TypeError, ValueError):
-        return "?"
-    if value < 1000:
-        return f"{int(round(value))} ms"
-    if value < 60_000:
-        return f"{value / 1000:.1f} s"
-    minutes, seconds = divmod(int(round(value / 1000)), 60)
-    return f"{minutes}m{seconds:02d}s"
+    return duration_text(ms, compact=True)
 
 
 def fmt_when(epoch: Any) -> str:

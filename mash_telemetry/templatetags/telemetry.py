@@ -15,10 +15,9 @@ from django import template
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from mash_telemetry import clock
-from mash_telemetry.formats import duration_text
-from mash_telemetry.page_data import highlight_spans, run_duration_ms
-from mash_telemetry.trace import pretty
+from mash_runtime.presentation import clock
+from mash_runtime.presentation.formats import duration_text, pretty
+from mash_telemetry.page_data import highlight_spans
 
 register = template.Library()
 
@@ -59,7 +58,7 @@ def num(value) -> str:
 
 @register.filter
 def when(value):
-    """A timestamp by the one rule of these pages (see `mash_telemetry.clock`)."""
+    """A timestamp by the one rule of these pages (see `mash_runtime.presentation.clock`)."""
     return clock.when(value)
 
 
@@ -90,7 +89,7 @@ def highlight(text, terms) -> str:
 
 @register.filter
 def run_duration(run):
-    return run_duration_ms(run)
+    return run.elapsed_ms()
 
 
 @register.filter

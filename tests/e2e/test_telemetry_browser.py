@@ -127,7 +127,7 @@ def off_the_loop(fn):
 
 def server_text(moment: dt.datetime) -> str:
     """What the server's one clock prints for `moment`, computed here independently."""
-    from mash_telemetry import clock
+    from mash_runtime.presentation import clock
 
     local = moment.astimezone(ZoneInfo(SERVER_ZONE))
     return f"{clock.short(local)} {clock.zone_label(local)}"

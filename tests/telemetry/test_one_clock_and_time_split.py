@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from mash_runtime.models import Interaction, Request, RuntimeEvent
-from mash_telemetry import clock
+from mash_runtime.presentation import clock
 from mash_telemetry.page_data import split_time
 from tests.runtime.conftest import engine  # noqa: F401  (the in-process engine fixture)
 from tests.telemetry.test_pages import client_for, html, runs, users  # noqa: F401  (fixtures)

@@ -15,7 +15,7 @@
 
   // One clock for every page: the server's time zone (data-zone, an IANA name) and its
   // labels by UTC offset (data-zone-labels), never the browser's. Same text as
-  // mash_telemetry/clock.py renders: "Dec 02 08:04:49 UTC", full timestamp on hover.
+  // mash_runtime/presentation/clock.py renders: "Dec 02 08:04:49 UTC", full timestamp on hover.
   var zone = table.dataset.zone || "UTC";
   var labels = {};
   try { labels = JSON.parse(table.dataset.zoneLabels || "{}"); } catch (e) { labels = {}; }
