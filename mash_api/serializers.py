@@ -4,11 +4,13 @@ These are where a request's input is checked, once: the views hand services type
 """
 
 import json
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from mash_runtime.errors import ServiceError
-from mash_runtime.query_params import parse_limit
 from mash_runtime.storable import UnstorableValue, check_storable
 
 
@@ -48,23 +50,77 @@ class JSONObjectField(StorableJSONField):
         return value
 
 
-class LimitField(serializers.Field):
-    """`?limit=`: the runtime's one rule (`parse_limit`: 1..maximum, blank or absent is the
-    default), its complaint as this field's `{msg, type}`."""
+class QueryValueField(serializers.Field):
+    """A query-string value: absent or blank is the default, else `parse(text)`; a complaint is
+    `{msg, type}` under `loc: ["query", name]` (views.base.validated_query)."""
 
-    def __init__(self, *, default: int, maximum: int, **kwargs):
-        self.maximum = maximum
+    def __init__(self, *, default=None, **kwargs):
         super().__init__(required=False, default=default, **kwargs)
 
     def to_internal_value(self, data):
-        try:
-            return parse_limit(data, default=self.default, maximum=self.maximum, name=self.field_name)
-        except ServiceError as exc:
-            error = exc.details["errors"][0]
-            raise serializers.ValidationError(error["msg"], code=error["type"]) from None
+        if data in (None, ""):
+            return self.default
+        return self.parse(str(data))
+
+    def parse(self, text: str):
+        raise NotImplementedError
 
     def to_representation(self, value):
         return value
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class LimitField(QueryValueField):
+    """`?limit=`: 1..maximum (a `(default, maximum)` pair of the service it feeds)."""
+
+    def __init__(self, *, default: int, maximum: int, **kwargs):
+        self.maximum = maximum
+        super().__init__(default=default, **kwargs)
+
+    def parse(self, text):
+        try:
+            limit = int(text.strip())
+        except ValueError:
+            raise serializers.ValidationError("not an integer", code="int_parsing") from None
+        if not 1 <= limit <= self.maximum:
+            raise serializers.ValidationError(f"must be between 1 and {self.maximum}", code="value_error")
+        return limit
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class OffsetField(QueryValueField):
+    """`?offset=`: rows to skip, a non-negative integer (0 when absent)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default=0, **kwargs)
+
+    def parse(self, text):
+        try:
+            skip = int(text)
+        except ValueError:
+            skip = -1
+        if skip < 0:
+            raise serializers.ValidationError("invalid", code="int_parsing")
+        return skip
+
+
+@extend_schema_field(OpenApiTypes.NUMBER)
+class EpochField(QueryValueField):
+    """A time as epoch seconds, an aware datetime (None when absent)."""
+
+    def parse(self, text):
+        try:
+            return datetime.fromtimestamp(float(text), tz=dt_timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise serializers.ValidationError("not a number", code="float_parsing") from None
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class FlagField(QueryValueField):
+    """A yes/no query value: anything but `false`, `0` or `no` is yes."""
+
+    def parse(self, text):
+        return text.lower() not in ("false", "0", "no")
 
 
 class CursorField(serializers.Field):

@@ -56,12 +56,12 @@ from mash_runtime.models import (
     WorkflowTaskRun,
     WorkflowTaskState,
 )
-from mash_runtime.services import answer_interaction, cancel_request, resume_request
-from mash_runtime.workflows.validation import validate_tasks
 from mash_runtime.presentation import clock
 from mash_runtime.presentation.formats import duration_text, pretty
 from mash_runtime.presentation.forms import AnswerForm
 from mash_runtime.presentation.paginators import EstimatedCountPaginator
+from mash_runtime.services import answer_interaction, cancel_request, resume_request
+from mash_runtime.workflows.validation import validate_tasks
 
 # Operators act on a page of rows; a larger selection is most likely a mistake.
 MAX_ACTION_ROWS = 500

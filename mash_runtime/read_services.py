@@ -13,9 +13,11 @@ from mash_runtime.host import HostedAgent, get_host
 from mash_runtime.memory.search import SearchScope, get_search_service, parse_query
 from mash_runtime.memory.turn_signals import signal_definitions
 from mash_runtime.models import MemoryTurn, Request, RuntimeEvent, Session, Worker, epoch
-from mash_runtime.query_params import parse_limit
 
-MAX_EVENTS_LIMIT = 20000
+# `?limit=` of the routes below: (default, maximum). The API's serializers check it; these take ints.
+HISTORY_LIMIT = (20, 1000)
+EVENTS_LIMIT = (200, 20000)
+SEARCH_LIMIT = (10, 100)
 
 
 def hosted_agent(agent_id: str, *, include_workflow: bool = False) -> HostedAgent:
@@ -137,18 +139,16 @@ def _turns(agent_id: str, session_id: str):
     return MemoryTurn.objects.filter(agent__agent_id=agent_id, session__session_id=session_id.strip())
 
 
-def session_history(agent_id: str, session_id: str, limit: Any = None) -> dict[str, Any]:
+def session_history(agent_id: str, session_id: str, limit: int = HISTORY_LIMIT[0]) -> dict[str, Any]:
     hosted = hosted_agent(agent_id)
-    n = parse_limit(limit, default=20, maximum=1000)
-    turns = list(_turns(hosted.agent_id, session_id).order_by("-created_at")[:n])
+    turns = list(_turns(hosted.agent_id, session_id).order_by("-created_at")[:limit])
     return {"turns": [t.to_dict() for t in reversed(turns)]}
 
 
-def session_signals(agent_id: str, session_id: str, limit: Any = None) -> dict[str, Any]:
+def session_signals(agent_id: str, session_id: str, limit: int = HISTORY_LIMIT[0]) -> dict[str, Any]:
     hosted = hosted_agent(agent_id)
-    n = parse_limit(limit, default=20, maximum=1000)
     turns = list(
-        _turns(hosted.agent_id, session_id).filter(kind=MemoryTurn.Kind.TURN).order_by("-created_at")[:n]
+        _turns(hosted.agent_id, session_id).filter(kind=MemoryTurn.Kind.TURN).order_by("-created_at")[:limit]
     )
     computed_at = epoch(turns[0].created_at) if turns else None
     definitions = {
@@ -230,8 +230,7 @@ def reasoning_trace(agent_id: str, session_id: str, trace_id: str) -> dict[str, 
 
 
 def telemetry_events(agent_id: str | None = None, session_id: str | None = None, trace_id: str | None = None,
-                     limit: Any = None) -> dict[str, Any]:
-    n = parse_limit(limit, default=200, maximum=MAX_EVENTS_LIMIT)
+                     limit: int = EVENTS_LIMIT[0]) -> dict[str, Any]:
     qs = RuntimeEvent.objects.all()
     if agent_id:
         qs = qs.filter(agent_id=agent_id.strip())
@@ -242,26 +241,26 @@ def telemetry_events(agent_id: str | None = None, session_id: str | None = None,
             qs = qs.filter(trace_id=uuid.UUID(trace_id.strip()))
         except ValueError:
             qs = qs.none()
-    newest = list(qs.order_by("-id")[:n])
+    newest = list(qs.order_by("-id")[:limit])
     return {
         "events": [e.to_dict() for e in reversed(newest)],
         "source": "runtime_events",
         "agent_id": agent_id or None,
         "session_id": session_id or None,
         "trace_id": trace_id or None,
-        "limit": n,
+        "limit": limit,
     }
 
 
-def memory_search(q: Any, app_id: str | None = None, session_id: str | None = None, limit: Any = None) -> dict[str, Any]:
+def memory_search(q: Any, app_id: str | None = None, session_id: str | None = None,
+                  limit: int = SEARCH_LIMIT[0]) -> dict[str, Any]:
     """Full-text search over memory turns (the telemetry route and page call this).
 
     `q` must start with `@user:` or `@agent:` (400 SEARCH_VALIDATION_ERROR otherwise); see
     `mash_runtime.memory.search` for the query language, ranking and score normalisation.
     """
     query = parse_query(q, require_prefix=True)
-    n = parse_limit(limit, default=10, maximum=100)
     scope = SearchScope.resolve(app_id, session_id)
-    outcome = get_search_service().search(query, scope, n)
+    outcome = get_search_service().search(query, scope, limit)
     return {"results": [r.to_api() for r in outcome.results], "app_id": app_id or None,
-            "session_id": session_id or None, "query": str(q), "limit": n}
+            "session_id": session_id or None, "query": str(q), "limit": limit}

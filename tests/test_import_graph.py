@@ -136,7 +136,7 @@ def imported_names(path: Path) -> dict[str, int]:
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_it_finds_no_import_against_the_layers(package):
     wrong = []
-    for module, path in project_modules(packages=(package,)).items():
+    for path in project_modules(packages=(package,)).values():
         for name, line in imported_names(path).items():
             if name.split(".")[0] in FORBIDDEN[package]:
                 wrong.append(f"  {path.relative_to(ROOT)}:{line} imports {name}")

@@ -1,14 +1,16 @@
 """Sessions, history, signals, compaction and reasoning traces."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
-from mash_api.serializers import StrictCharField
+from mash_api.serializers import LimitField, StrictCharField
 from mash_api.views.base import ApiView, ok
 from mash_runtime import read_services
 from mash_runtime.storable import is_storable
 
-LIMIT = OpenApiParameter("limit", int, required=False)
+
+class TurnsQuerySerializer(serializers.Serializer):
+    limit = LimitField(default=read_services.HISTORY_LIMIT[0], maximum=read_services.HISTORY_LIMIT[1])
 
 
 class SessionListView(ApiView):
@@ -25,15 +27,17 @@ class SessionDetailView(ApiView):
 
 
 class SessionHistoryView(ApiView):
-    @extend_schema(summary="The last N turns, oldest first", parameters=[LIMIT])
+    @extend_schema(summary="The last N turns, oldest first", parameters=[TurnsQuerySerializer])
     def get(self, request, agent_id, session_id):
-        return ok(read_services.session_history(agent_id, session_id, request.query_params.get("limit")))
+        read_services.hosted_agent(agent_id)  # an unknown agent is 404 whatever the query says
+        return ok(read_services.session_history(agent_id, session_id, self.query(TurnsQuerySerializer)["limit"]))
 
 
 class SessionSignalsView(ApiView):
-    @extend_schema(summary="Signal definitions and per-turn values", parameters=[LIMIT])
+    @extend_schema(summary="Signal definitions and per-turn values", parameters=[TurnsQuerySerializer])
     def get(self, request, agent_id, session_id):
-        return ok(read_services.session_signals(agent_id, session_id, request.query_params.get("limit")))
+        read_services.hosted_agent(agent_id)
+        return ok(read_services.session_signals(agent_id, session_id, self.query(TurnsQuerySerializer)["limit"]))
 
 
 class ReasoningTraceView(ApiView):

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
+from mash_api.serializers import EpochField, FlagField, LimitField, OffsetField
 from mash_api.views.base import ApiView, ok
 from mash_api.views.sse import event_stream, parse_cursor
+from mash_runtime.models import WorkflowRun
 from mash_runtime.workflows import engine, publishing
 
 
 class RunWorkflowSerializer(serializers.Serializer):
     dedup_key = serializers.CharField(required=False, allow_null=True)
     input = serializers.JSONField(required=False, allow_null=True)
+
+
+class StatusListField(serializers.CharField):
+    """`?status=completed,failed`: run statuses, comma-separated (blank: every status)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, allow_blank=True, **kwargs)
+
+    def to_internal_value(self, data):
+        statuses = [s.strip() for s in super().to_internal_value(data).split(",") if s.strip()]
+        unknown = [s for s in statuses if s not in WorkflowRun.Status.values]
+        if unknown:
+            raise serializers.ValidationError(f"unknown status {', '.join(unknown)}", code="enum")
+        return statuses
+
+
+class RunListQuerySerializer(serializers.Serializer):
+    status = StatusListField()
+    start_time = EpochField(help_text="epoch seconds")
+    end_time = EpochField(help_text="epoch seconds")
+    limit = LimitField(default=engine.RUNS_LIMIT[0], maximum=engine.RUNS_LIMIT[1])
+    offset = OffsetField()
+    sort_desc = FlagField(default=True)
 
 
 class WorkflowListView(ApiView):
@@ -32,14 +57,12 @@ class RunWorkflowView(ApiView):
 
 
 class RunListView(ApiView):
-    @extend_schema(summary="Runs of a workflow (every status), filtered and paginated", parameters=[
-        OpenApiParameter("status", str), OpenApiParameter("start_time", float), OpenApiParameter("end_time", float),
-        OpenApiParameter("limit", int), OpenApiParameter("offset", int), OpenApiParameter("sort_desc", bool)])
+    @extend_schema(summary="Runs of a workflow (every status), filtered and paginated",
+                   parameters=[RunListQuerySerializer])
     def get(self, request, workflow_id):
-        p = request.query_params
-        return ok(engine.list_runs(
-            workflow_id, status=p.get("status"), start_time=p.get("start_time"), end_time=p.get("end_time"),
-            limit=p.get("limit"), offset=p.get("offset"), sort_desc=p.get("sort_desc")))
+        p = self.query(RunListQuerySerializer)
+        return ok(engine.list_runs(workflow_id, statuses=p.get("status"), start=p["start_time"], end=p["end_time"],
+                                   limit=p["limit"], offset=p["offset"], descending=p["sort_desc"]))
 
 
 class RunDetailView(ApiView):

@@ -9,6 +9,7 @@ interactions, cancel and streaming inside tasks are the request engine's, unchan
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import uuid
@@ -30,7 +31,6 @@ from mash_runtime.models import (
     WorkflowTaskState,
     epoch,
 )
-from mash_runtime.query_params import parse_epoch, parse_limit, parse_offset
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime.services import cancel_request, create_request, resume_request
 from mash_runtime.storable import UnstorableValue, check_storable
@@ -295,25 +295,24 @@ def describe_run(run: WorkflowRun, *, with_output: bool = True) -> dict[str, Any
     return data
 
 
-def list_runs(workflow_id: str, *, status=None, start_time=None, end_time=None, limit=None, offset=None,
-              sort_desc=None) -> dict[str, Any]:
+RUNS_LIMIT = (50, 200)  # `?limit=` of the runs route: (default, maximum)
+
+
+def list_runs(workflow_id: str, *, statuses: list[str] | None = None, start: dt.datetime | None = None,
+              end: dt.datetime | None = None, limit: int = RUNS_LIMIT[0], offset: int = 0,
+              descending: bool = True) -> dict[str, Any]:
+    """Runs of a workflow, newest first unless `descending` is False; `statuses` are
+    WorkflowRun.Status values, `start`/`end` bound their creation time."""
     wf = get_definition(workflow_id)
-    n = parse_limit(limit, default=50, maximum=200)
-    skip = parse_offset(offset)
     qs = WorkflowRun.objects.select_related("workflow").filter(workflow=wf)
-    if status:
-        statuses = [s.strip() for s in str(status).split(",") if s.strip()]
-        unknown = [s for s in statuses if s not in WorkflowRun.Status.values]
-        if unknown:
-            raise invalid(["query", "status"], "unknown status", "enum", message=f"unknown status {', '.join(unknown)}")
+    if statuses:
         qs = qs.filter(status__in=statuses)
-    if (start := parse_epoch(start_time, "start_time")) is not None:
+    if start is not None:
         qs = qs.filter(created_at__gte=start)
-    if (end := parse_epoch(end_time, "end_time")) is not None:
+    if end is not None:
         qs = qs.filter(created_at__lte=end)
-    descending = str(sort_desc).lower() not in ("false", "0", "no")
     qs = qs.order_by("-created_at" if descending else "created_at")
-    return {"workflow_id": wf.workflow_id, "runs": [describe_run(r, with_output=False) for r in qs[skip: skip + n]]}
+    return {"workflow_id": wf.workflow_id, "runs": [describe_run(r, with_output=False) for r in qs[offset: offset + limit]]}
 
 
 # -- definitions ----------------------------------------------------------------------------

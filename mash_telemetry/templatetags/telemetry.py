@@ -6,7 +6,6 @@ Everything these receive may come from a model, a tool or an API client. Only
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from functools import lru_cache
 

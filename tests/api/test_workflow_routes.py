@@ -64,6 +64,11 @@ def test_it_lists_runs_with_filters(wf, api):
     assert all("output" not in r and r["status"] == "completed" for r in body["runs"])
     assert data(api.get("/api/v1/workflow/count-and-report/runs", {"status": "failed"}))["runs"] == []
     assert_error(api.get("/api/v1/workflow/count-and-report/runs", {"limit": 0}), 422, "VALIDATION_ERROR")
+    assert_error(api.get("/api/v1/workflow/count-and-report/runs", {"limit": 500}), 422, "VALIDATION_ERROR")
+    assert_error(api.get("/api/v1/workflow/count-and-report/runs", {"offset": -1}), 422, "VALIDATION_ERROR")
+    oldest = data(api.get("/api/v1/workflow/count-and-report/runs", {"sort_desc": "false", "limit": 1}))["runs"]
+    newest = data(api.get("/api/v1/workflow/count-and-report/runs", {"limit": 1}))["runs"]
+    assert oldest != newest
     assert_error(api.get("/api/v1/workflow/count-and-report/runs", {"start_time": "yesterday"}), 422,
                  "VALIDATION_ERROR")
 

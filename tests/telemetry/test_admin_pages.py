@@ -15,8 +15,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from mash_runtime.models import Interaction, MemoryTurn, Request, RuntimeEvent, Session, StepCheckpoint
-from mash_telemetry.models import ApiRequestLog
 from mash_runtime.presentation.paginators import CAP, EstimatedCountPaginator
+from mash_telemetry.models import ApiRequestLog
 from tests.runtime.conftest import engine  # noqa: F401  (the in-process engine fixture)
 
 EVENTS = 10_000
