@@ -35,6 +35,7 @@ from mcp.shared.exceptions import MCPError
 from mash_api.errors import BLANK_CODES, UNAVAILABLE, validation_errors
 from mash_api.serializers import SubmitRequestSerializer
 from mash_api.stream_readers import request_frames
+from mash_core.tools.base import object_schema
 from mash_runtime import read_services, services
 from mash_runtime.errors import ServiceError
 from mash_runtime.host import get_host
@@ -46,20 +47,15 @@ HEARTBEAT_SECONDS = 5.0
 
 ARGUMENTS = ("message", "session_id")
 
-INPUT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "message": {"type": "string", "minLength": 1,
-                    "maxLength": SubmitRequestSerializer().fields["message"].max_length,
-                    "description": "What to ask the agent."},
-        "session_id": {"type": "string", "maxLength": SubmitRequestSerializer().fields["session_id"].max_length,
-                       "description": "Continue a conversation: the session_id an earlier call answered, or a "
-                                      "name of your own. Omitted, the agent's default session (shared by every "
-                                      "caller that omits it)."},
-    },
-    "required": ["message"],
-    "additionalProperties": False,
-}
+INPUT_SCHEMA: dict[str, Any] = object_schema({
+    "message": {"type": "string", "minLength": 1,
+                "maxLength": SubmitRequestSerializer().fields["message"].max_length,
+                "description": "What to ask the agent."},
+    "session_id": {"type": "string", "maxLength": SubmitRequestSerializer().fields["session_id"].max_length,
+                   "description": "Continue a conversation: the session_id an earlier call answered, or a "
+                                  "name of your own. Omitted, the agent's default session (shared by every "
+                                  "caller that omits it)."},
+}, required=["message"])
 
 OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",

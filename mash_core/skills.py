@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from mash_core.errors import ConfigError
-from mash_core.tools.base import Tool, ToolResult
+from mash_core.tools.base import Tool, ToolResult, object_schema
 
 SKILL_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
 SKILL_TOOL_NAME = "Skill"
@@ -161,12 +161,7 @@ class SkillTool(Tool):
         self.description = (
             "Load the full instructions of a skill before doing a task it covers. Available skills:\n" + listing
         )
-        self.parameters = {
-            "type": "object",
-            "properties": {"name": {"type": "string", "enum": registry.names, "description": "Skill to load."}},
-            "required": ["name"],
-            "additionalProperties": False,
-        }
+        self.parameters = object_schema({"name": {"type": "string", "enum": registry.names, "description": "Skill to load."}}, required=["name"])
 
     async def execute(self, args: dict[str, Any]) -> ToolResult:
         skill = self.registry.get(str(args.get("name", "")))

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from mash_core.tools.base import Tool, ToolRegistry, ToolResult
+from mash_core.tools.base import Tool, ToolRegistry, ToolResult, object_schema
 from mash_runtime.events import append_event
 from mash_runtime.memory.search import SearchValidationError, search_memory
 from mash_runtime.models import MemoryTurn, epoch
@@ -75,18 +75,13 @@ class SearchConversationsTool(Tool):
         "Results carry session_id, turn_id, a score in [0, 1] and a preview of at most 200 characters; "
         "read a whole turn with get_full_turn_message."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "query": {"type": "string", "description": "Words or \"a phrase\", optionally prefixed by @user: or @agent:"},
-            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT, "default": 10,
-                      "description": "How many results (1-50)."},
-            "scope": {"type": "string", "enum": ["session", "app"], "default": "session",
-                      "description": "session: this conversation; app: every conversation of this agent."},
-        },
-        "required": ["query"],
-        "additionalProperties": False,
-    }
+    parameters = object_schema({
+        "query": {"type": "string", "description": "Words or \"a phrase\", optionally prefixed by @user: or @agent:"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT, "default": 10,
+                  "description": "How many results (1-50)."},
+        "scope": {"type": "string", "enum": ["session", "app"], "default": "session",
+                  "description": "session: this conversation; app: every conversation of this agent."},
+    }, required=["query"])
 
     def __init__(self, context: RuntimeToolContext):
         self.context = context
@@ -136,24 +131,19 @@ class GetFullTurnMessageTool(Tool):
         "session_id and turn_id, as returned by search_conversations. Returns requested_count, "
         "found_count, turns and missing_pairs (pairs that do not name a turn of this agent)."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "pairs": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_PAIRS,
-                "items": {
-                    "type": "object",
-                    "properties": {"session_id": {"type": "string"}, "turn_id": {"type": "string"}},
-                    "required": ["session_id", "turn_id"],
-                },
-                "description": "Which turns to read, e.g. [{\"session_id\": \"s1\", \"turn_id\": \"...\"}]",
-            }
-        },
-        "required": ["pairs"],
-        "additionalProperties": False,
-    }
+    parameters = object_schema({
+        "pairs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_PAIRS,
+            "items": {
+                "type": "object",
+                "properties": {"session_id": {"type": "string"}, "turn_id": {"type": "string"}},
+                "required": ["session_id", "turn_id"],
+            },
+            "description": "Which turns to read, e.g. [{\"session_id\": \"s1\", \"turn_id\": \"...\"}]",
+        }
+    }, required=["pairs"])
 
     def __init__(self, context: RuntimeToolContext):
         self.context = context

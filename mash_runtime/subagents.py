@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mash_core.tools.base import Tool, ToolResult
+from mash_core.tools.base import Tool, ToolResult, object_schema
 
 INVOKE_SUBAGENT = "InvokeSubagent"
 
@@ -19,15 +19,10 @@ class InvokeSubagentTool(Tool):
             "Delegate a task to a subagent and get its answer back. Give the subagent everything it "
             "needs in `prompt`: it does not see this conversation."
         )
-        self.parameters = {
-            "type": "object",
-            "properties": {
-                "agent_id": {"type": "string", "enum": list(agent_ids), "description": "Which subagent."},
-                "prompt": {"type": "string", "description": "The task, self-contained."},
-            },
-            "required": ["agent_id", "prompt"],
-            "additionalProperties": False,
-        }
+        self.parameters = object_schema({
+            "agent_id": {"type": "string", "enum": list(agent_ids), "description": "Which subagent."},
+            "prompt": {"type": "string", "description": "The task, self-contained."},
+        }, required=["agent_id", "prompt"])
 
     async def execute(self, args: dict[str, Any]) -> ToolResult:
         return ToolResult.error("InvokeSubagent runs only inside the Mash runtime")

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from mash_core.tools import Tool, ToolResult
+from mash_core.tools import Tool, ToolResult, object_schema
 
 DOC_NAMES = ("README.md", "AGENTS.md")
 
@@ -38,15 +38,10 @@ class UpdateDocsTool(Tool):
         "Replace the content of a README.md or AGENTS.md file inside the repository. "
         "Other files and paths outside the repository are refused. A person approves each call."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "path": {"type": "string", "description": "Path relative to the repository root, e.g. mash_core/README.md"},
-            "content": {"type": "string", "description": "The full new content of the file."},
-        },
-        "required": ["path", "content"],
-        "additionalProperties": False,
-    }
+    parameters = object_schema({
+        "path": {"type": "string", "description": "Path relative to the repository root, e.g. mash_core/README.md"},
+        "content": {"type": "string", "description": "The full new content of the file."},
+    }, required=["path", "content"])
     requires_approval = True
 
     def __init__(self, workspace: Path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mash_core.tools.base import Tool, ToolResult
+from mash_core.tools.base import Tool, ToolResult, object_schema
 
 ASK_USER_TOOL_NAME = "AskUser"
 ASK_USER_TIMEOUT_SECONDS = 3600
@@ -21,19 +21,14 @@ class AskUserTool(Tool):
         "Ask the user a question and wait for the answer. Give `options` when the user "
         "should pick from a list; leave them out for a free-text answer."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "question": {"type": "string", "description": "The question to show the user."},
-            "options": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Choices the user may pick from (one or more).",
-            },
+    parameters = object_schema({
+        "question": {"type": "string", "description": "The question to show the user."},
+        "options": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Choices the user may pick from (one or more).",
         },
-        "required": ["question"],
-        "additionalProperties": False,
-    }
+    }, required=["question"])
 
     async def execute(self, args: dict[str, Any]) -> ToolResult:
         # Reached only when no interaction hook handles AskUser.

@@ -107,6 +107,16 @@ def _schema_for_annotation(annotation: Any) -> dict[str, Any]:
     return {"type": json_type} if json_type else {}
 
 
+def object_schema(properties: dict[str, Any], required: Iterable[str] = ()) -> dict[str, Any]:
+    """A closed JSON object schema (a tool's parameters, a structured answer): these properties,
+    `required` ones among them, and no others."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    schema["additionalProperties"] = False
+    return schema
+
+
 def schema_from_signature(fn: Callable[..., Any]) -> dict[str, Any]:
     """A closed JSON schema for a function's keyword parameters (used when none is given)."""
     sig = inspect.signature(fn)

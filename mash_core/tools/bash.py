@@ -23,7 +23,7 @@ import uuid
 from typing import Any, Iterable
 
 from mash_core.errors import ConfigError
-from mash_core.tools.base import Tool, ToolResult
+from mash_core.tools.base import Tool, ToolResult, object_schema
 from mash_core.tools.environment import check_tool_env, tool_environment
 from mash_core.tools.sandbox import resolve_sandbox, run_as, wrap
 
@@ -81,18 +81,13 @@ class BashTool(Tool):
     root-only files either; HOME, USER and LOGNAME then follow that user.
     """
 
-    parameters = {
-        "type": "object",
-        "properties": {
-            "command": {"type": "string", "description": "The bash command(s) to run; may span several lines."},
-            "timeout": {
-                "type": "number",
-                "description": f"Seconds before the command is killed (optional, at most {MAX_TIMEOUT_SECONDS:g}).",
-            },
+    parameters = object_schema({
+        "command": {"type": "string", "description": "The bash command(s) to run; may span several lines."},
+        "timeout": {
+            "type": "number",
+            "description": f"Seconds before the command is killed (optional, at most {MAX_TIMEOUT_SECONDS:g}).",
         },
-        "required": ["command"],
-        "additionalProperties": False,
-    }
+    }, required=["command"])
 
     def __init__(
         self,

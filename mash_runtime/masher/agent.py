@@ -17,12 +17,11 @@ from typing import Any, Callable
 
 from mash_core.config import AgentConfig
 from mash_core.llm.base import LLMProvider
-from mash_core.tools.base import Tool, ToolRegistry, ToolResult
+from mash_core.tools.base import Tool, ToolRegistry, ToolResult, object_schema
 from mash_runtime.masher.names import EVAL_CURATION_WORKFLOW, MASHER_AGENT_ID, TRACE_DIGEST_WORKFLOW
 from mash_runtime.run.dbthreads import database
 from mash_runtime.spec import AgentSpec
 from mash_runtime.workflows import TaskSpec, WorkflowSpec
-
 
 TASK_OUTPUT = {
     "type": "object",
@@ -84,6 +83,8 @@ MODE_PARAM = {"type": "string", "enum": ["trace", "incremental"],
               "description": "trace: one given trace; incremental: every trace of an agent since the checkpoint."}
 AGENT_PARAM = {"type": "string", "description": "The agent whose traces to process (incremental mode)."}
 RUN_PARAM = {"type": "string", "description": "This workflow run's id, from the task message."}
+# What both save tools take after their records: the mode, its agent and the run saving them.
+SAVE_PARAMS = {"mode": MODE_PARAM, "agent_id": AGENT_PARAM, "run_id": RUN_PARAM}
 
 
 class CollectTool(MasherTool):
@@ -95,19 +96,14 @@ class CollectTool(MasherTool):
         "interactions, max-steps stops, retries). Mode 'trace' returns the one trace_id; mode 'incremental' "
         "returns the agent's traces finished since the stored checkpoint, oldest first, at most `limit`."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "mode": MODE_PARAM,
-            "trace_id": {"type": "string", "description": "The trace to collect (trace mode)."},
-            "agent_id": AGENT_PARAM,
-            "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "At most this many (default 20)."},
-            "purpose": {"type": "string", "enum": ["digest", "eval"],
-                        "description": "Which workflow's checkpoint to read: digest (default) or eval."},
-        },
-        "required": ["mode"],
-        "additionalProperties": False,
-    }
+    parameters = object_schema({
+        "mode": MODE_PARAM,
+        "trace_id": {"type": "string", "description": "The trace to collect (trace mode)."},
+        "agent_id": AGENT_PARAM,
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "At most this many (default 20)."},
+        "purpose": {"type": "string", "enum": ["digest", "eval"],
+                    "description": "Which workflow's checkpoint to read: digest (default) or eval."},
+    }, required=["mode"])
 
 
 class SaveDigestsTool(MasherTool):
@@ -118,25 +114,14 @@ class SaveDigestsTool(MasherTool):
         "mode the agent's checkpoint moves to the newest saved trace (traces before it that you left out get an "
         "automatic summary)."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "digests": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"trace_id": {"type": "string"}, "summary": {"type": "string"}},
-                    "required": ["trace_id", "summary"],
-                    "additionalProperties": False,
-                },
-            },
-            "mode": MODE_PARAM,
-            "agent_id": AGENT_PARAM,
-            "run_id": RUN_PARAM,
+    parameters = object_schema({
+        "digests": {
+            "type": "array",
+            "items": object_schema({"trace_id": {"type": "string"}, "summary": {"type": "string"}},
+                                   required=["trace_id", "summary"]),
         },
-        "required": ["digests"],
-        "additionalProperties": False,
-    }
+        **SAVE_PARAMS,
+    }, required=["digests"])
 
 
 class SaveEvalsTool(MasherTool):
@@ -147,19 +132,12 @@ class SaveEvalsTool(MasherTool):
         "(with arguments), tokens. In incremental mode the agent's checkpoint moves to the newest of the "
         "saved traces and through_trace_id."
     )
-    parameters = {
-        "type": "object",
-        "properties": {
-            "trace_ids": {"type": "array", "items": {"type": "string"}},
-            "mode": MODE_PARAM,
-            "agent_id": AGENT_PARAM,
-            "run_id": RUN_PARAM,
-            "through_trace_id": {"type": "string",
-                                 "description": "Incremental mode: the last trace you reviewed, saved or not."},
-        },
-        "required": ["trace_ids"],
-        "additionalProperties": False,
-    }
+    parameters = object_schema({
+        "trace_ids": {"type": "array", "items": {"type": "string"}},
+        **SAVE_PARAMS,
+        "through_trace_id": {"type": "string",
+                             "description": "Incremental mode: the last trace you reviewed, saved or not."},
+    }, required=["trace_ids"])
 
 
 def masher_tools() -> ToolRegistry:

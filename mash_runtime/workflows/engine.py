@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from mash_core.tools.base import object_schema
 from mash_runtime import doorbell
 from mash_runtime.errors import Conflict, NotFound, ServiceError, invalid
 from mash_runtime.host_sync import ensure_synced, get_agent_row
@@ -36,12 +37,7 @@ from mash_runtime.services import cancel_request, create_request, resume_request
 from mash_runtime.storable import UnstorableValue, check_storable
 
 # Tasks without a declared schema still end in one validated object: their state.
-DEFAULT_TASK_SCHEMA = {
-    "type": "object",
-    "properties": {"result": {"type": "string", "description": "What this task produced."}},
-    "required": ["result"],
-    "additionalProperties": False,
-}
+DEFAULT_TASK_SCHEMA = object_schema({"result": {"type": "string", "description": "What this task produced."}}, required=["result"])
 
 
 def task_session_id(workflow_id: str, task_id: str, run_id: str) -> str:
