@@ -6,8 +6,18 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
+    """A kind of error is a subclass naming its status and code:
+    `class NotFound(ServiceError, status=404, code="NOT_FOUND")`; an instance may override both."""
+
     status = 400
     code = "INVALID_REQUEST"
+
+    def __init_subclass__(cls, *, status: int | None = None, code: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None, details: dict | None = None):
         super().__init__(message)
@@ -19,27 +29,21 @@ class ServiceError(Exception):
         self.details = details or {}
 
 
-class NotFound(ServiceError):
-    status = 404
-    code = "NOT_FOUND"
+class NotFound(ServiceError, status=404, code="NOT_FOUND"):
+    """What the call names does not exist."""
 
 
-class Conflict(ServiceError):
-    status = 409
-    code = "CONFLICT"
+class Conflict(ServiceError, status=409, code="CONFLICT"):
+    """The call does not fit the record's state now (already answered, a run already active)."""
 
 
-class Gone(ServiceError):
-    status = 410
-    code = "GONE"
+class Gone(ServiceError, status=410, code="GONE"):
+    """What the call names has ended (an interaction cancelled or timed out)."""
 
 
-class InvalidInput(ServiceError):
+class InvalidInput(ServiceError, status=422, code="VALIDATION_ERROR"):
     """422 VALIDATION_ERROR: `details.errors` names each value at fault as `{loc, msg, type}`
     (http-api.md's shape, the one FastAPI clients know)."""
-
-    status = 422
-    code = "VALIDATION_ERROR"
 
     def __init__(self, message: str, errors: list[dict]):
         super().__init__(message, details={"errors": errors})

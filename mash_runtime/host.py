@@ -7,12 +7,12 @@ them) and workflow-only agents (run only as workflow tasks, never listed).
 from __future__ import annotations
 
 import importlib
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from mash_core.config import AgentConfig, validate_agent_id
 from mash_core.errors import ConfigError
+from mash_runtime.once import Once
 from mash_runtime.spec import AgentSpec, SubAgentMetadata
 from mash_runtime.workflows import WorkflowSpec
 
@@ -161,24 +161,20 @@ def load_host(path: str) -> AgentHost:
     return target
 
 
-_host: AgentHost | None = None
-_host_lock = threading.Lock()
+def _configured_host() -> AgentHost:
+    from mash_runtime.conf import conf
+
+    return load_host(conf.HOST_APP)
+
+
+_host: Once[AgentHost] = Once(_configured_host)
 
 
 def get_host() -> AgentHost:
     """The host named by settings.MASH_HOST_APP, loaded once per process."""
-    global _host
-    if _host is None:
-        with _host_lock:
-            if _host is None:
-                from mash_runtime.conf import conf
-
-                _host = load_host(conf.HOST_APP)
-    return _host
+    return _host.get()
 
 
 def set_host(host: AgentHost | None) -> None:
     """Install a host directly (tests, embedding); None forgets it so the next call reloads."""
-    global _host
-    with _host_lock:
-        _host = host
+    _host.set(host)

@@ -17,7 +17,7 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import InvalidPage
-from django.http import Http404, HttpResponsePermanentRedirect
+from django.http import Http404, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse, reverse_lazy
 from django.utils import timezone
@@ -189,6 +189,18 @@ def trace_by_id(request, trace_id: uuid.UUID):
     return redirect("telemetry:request", request_id=req.pk)
 
 
+def operated(request, request_id, call, done) -> HttpResponse:
+    """An operator's service call from the request page: its refusal (`ServiceError`) or
+    `done(result)` as the page's message, then back to the page."""
+    try:
+        result = call()
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done(result))
+    return redirect("telemetry:request", request_id=request_id)
+
+
 @require_POST
 @staff_required
 def request_action(request, request_id: uuid.UUID, action: str):
@@ -198,13 +210,8 @@ def request_action(request, request_id: uuid.UUID, action: str):
     operation = {"cancel": services.cancel_request, "resume": services.resume_request}.get(action)
     if operation is None:
         raise Http404("unknown action")
-    try:
-        result = operation(req.pk)
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{action.capitalize()}: request is now {result['status']}.")
-    return redirect("telemetry:request", request_id=req.pk)
+    return operated(request, req.pk, lambda: operation(req.pk),
+                    lambda result: f"{action.capitalize()}: request is now {result['status']}.")
 
 
 @require_POST
@@ -219,13 +226,8 @@ def answer(request, request_id: uuid.UUID, interaction_id: str):
     if not form.is_valid():
         messages.error(request, "; ".join(e for errors in form.errors.values() for e in errors))
         return redirect("telemetry:request", request_id=req.pk)
-    try:
-        services.answer_interaction(req.pk, itr.interaction_id, form.answer())
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Answered {itr.interaction_id}.")
-    return redirect("telemetry:request", request_id=req.pk)
+    return operated(request, req.pk, lambda: services.answer_interaction(req.pk, itr.interaction_id, form.answer()),
+                    lambda _: f"Answered {itr.interaction_id}.")
 
 
 # -- sessions ----------------------------------------------------------------------------------

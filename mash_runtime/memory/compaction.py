@@ -66,13 +66,12 @@ SYSTEM_PROMPT = (
 )
 
 
-class NothingToCompact(Conflict):
-    code = "NOTHING_TO_COMPACT"
+class NothingToCompact(Conflict, code="NOTHING_TO_COMPACT"):
+    """No turn since the last summary."""
 
 
-class CompactionFailed(ServiceError):
-    status = 502
-    code = "COMPACTION_FAILED"
+class CompactionFailed(ServiceError, status=502, code="COMPACTION_FAILED"):
+    """The summary call failed or returned no text."""
 
 
 @dataclass

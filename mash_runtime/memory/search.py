@@ -68,6 +68,7 @@ from mash_runtime import db
 from mash_runtime.db import fts5_phrase
 from mash_runtime.errors import ServiceError
 from mash_runtime.models import Agent, MemoryTurn, Session, epoch
+from mash_runtime.once import Once
 
 logger = logging.getLogger("mash_runtime.memory.search")
 
@@ -90,14 +91,12 @@ _UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 Emit = Callable[[str, dict[str, Any]], None]
 
 
-class SearchValidationError(ServiceError):
-    status = 400
-    code = "SEARCH_VALIDATION_ERROR"
+class SearchValidationError(ServiceError, status=400, code="SEARCH_VALIDATION_ERROR"):
+    """A query the search language does not take (no prefix where one is required, no words)."""
 
 
-class SearchUnavailable(ServiceError):
-    status = 503
-    code = "SEARCH_UNAVAILABLE"
+class SearchUnavailable(ServiceError, status=503, code="SEARCH_UNAVAILABLE"):
+    """This database cannot search: its full-text schema is missing, or it is neither PostgreSQL nor SQLite."""
 
 
 # -- queries ------------------------------------------------------------------------------
@@ -546,24 +545,16 @@ def fuse(per_retriever: dict[str, list[RetrieverHit]], weights: dict[str, float]
     return sorted(fused.values(), key=lambda e: (-e.score, order[e.turn_id]))
 
 
-_service: MemorySearchService | None = None
-_service_lock = threading.Lock()
+_service: Once[MemorySearchService] = Once(MemorySearchService)
 
 
 def get_search_service() -> MemorySearchService:
-    global _service
-    if _service is None:
-        with _service_lock:
-            if _service is None:
-                _service = MemorySearchService()
-    return _service
+    return _service.get()
 
 
 def set_search_service(service: MemorySearchService | None) -> None:
     """Install a service (tests, embedding); None goes back to the default on next use."""
-    global _service
-    with _service_lock:
-        _service = service
+    _service.set(service)
 
 
 def register_retriever(retriever: Retriever, weight: float = 1.0, *, replace: bool = False) -> None:

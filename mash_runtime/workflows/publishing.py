@@ -58,14 +58,22 @@ def storable_body(body: dict[str, Any], *, code: str) -> None:
         raise ServiceError(str(exc), code=code) from None
 
 
-def publish_skill(agent_id: str, body: Any) -> dict[str, Any]:
+def published_body(agent_id: str, body: Any, name_field: str, label: str, code: str) -> tuple[Any, str]:
+    """What publishing a skill or a workflow checks first: the agent is hosted, the body a
+    storable JSON object whose `name_field` is a name (`label` words the refusal, `code` is its code).
+    Returns (the hosted agent, the stripped name)."""
     hosted = hosted_agent(agent_id, include_workflow=True)
     if not isinstance(body, dict):
-        raise ServiceError("body must be a JSON object", code="INVALID_AGENT_SKILL")
-    storable_body(body, code="INVALID_AGENT_SKILL")
-    name = str(body.get("name") or "").strip()
+        raise ServiceError("body must be a JSON object", code=code)
+    storable_body(body, code=code)
+    name = str(body.get(name_field) or "").strip()
     if not SKILL_NAME_RE.match(name):
-        raise ServiceError("skill name must be 1-64 letters, digits, '.', '_' or '-'", code="INVALID_AGENT_SKILL")
+        raise ServiceError(f"{label} must be 1-64 letters, digits, '.', '_' or '-'", code=code)
+    return hosted, name
+
+
+def publish_skill(agent_id: str, body: Any) -> dict[str, Any]:
+    hosted, name = published_body(agent_id, body, "name", "skill name", "INVALID_AGENT_SKILL")
     if not isinstance(body.get("location") or "", str):
         raise ServiceError("location must be a string: a path inside MASH_SKILLS_DIR", code="INVALID_SKILL_LOCATION")
     location = str(body.get("location") or "").strip()
@@ -119,13 +127,7 @@ def add_published_skills(agent_id: str, registry: SkillRegistry) -> SkillRegistr
 
 
 def publish_workflow(agent_id: str, body: Any) -> dict[str, Any]:
-    hosted = hosted_agent(agent_id, include_workflow=True)
-    if not isinstance(body, dict):
-        raise ServiceError("body must be a JSON object", code="INVALID_AGENT_WORKFLOW")
-    storable_body(body, code="INVALID_AGENT_WORKFLOW")
-    workflow_id = str(body.get("workflow_id") or "").strip()
-    if not SKILL_NAME_RE.match(workflow_id):
-        raise ServiceError("workflow_id must be 1-64 letters, digits, '.', '_' or '-'", code="INVALID_AGENT_WORKFLOW")
+    hosted, workflow_id = published_body(agent_id, body, "workflow_id", "workflow_id", "INVALID_AGENT_WORKFLOW")
     tasks = validate_tasks(body.get("tasks"), code="INVALID_AGENT_WORKFLOW")
     metadata = body.get("metadata")
     task_message = body.get("task_message")

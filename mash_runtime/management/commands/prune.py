@@ -91,6 +91,21 @@ def prunable_roots(cutoff):
     return qs
 
 
+def pk_batches(rows, batch: int):
+    """The primary keys of `rows()` in ascending order, `batch` at a time. Each batch reads
+    `rows()` again past the last key seen, so a row that stopped qualifying is not offered."""
+    after = None
+    while True:
+        qs = rows().order_by("pk")
+        if after is not None:
+            qs = qs.filter(pk__gt=after)
+        ids = list(qs.values_list("pk", flat=True)[:batch])
+        if not ids:
+            return
+        after = ids[-1]
+        yield ids
+
+
 def family_of(root_ids: list) -> tuple[list, list]:
     """(roots whose whole family finished, every request id of those families)."""
     parent_of: dict = {}
@@ -171,15 +186,7 @@ class Command(BaseCommand):
     def prune_requests(self, cutoff, batch: int, dry: bool, tally: Tally, progress: Progress) -> None:
         total = prunable_roots(cutoff).count()
         task = progress.add_task("requests", total=total)
-        after = None
-        while True:
-            qs = prunable_roots(cutoff).order_by("pk")
-            if after is not None:
-                qs = qs.filter(pk__gt=after)
-            candidates = list(qs.values_list("pk", flat=True)[:batch])
-            if not candidates:
-                break
-            after = candidates[-1]
+        for candidates in pk_batches(lambda: prunable_roots(cutoff), batch):
             part = self.request_batch(candidates, dry)
             tally.add(part)
             progress.advance(task, len(candidates))
@@ -225,15 +232,7 @@ class Command(BaseCommand):
                     .exclude(Exists(unfinished)))
 
         task = progress.add_task("workflow runs", total=runs().count())
-        after = None
-        while True:
-            qs = runs().order_by("pk")
-            if after is not None:
-                qs = qs.filter(pk__gt=after)
-            ids = list(qs.values_list("pk", flat=True)[:batch])
-            if not ids:
-                break
-            after = ids[-1]
+        for ids in pk_batches(runs, batch):
             with transaction.atomic():
                 rows = run_model.objects if dry else run_model.objects.select_for_update()
                 locked = list(rows.filter(pk__in=ids, status__in=run_model.TERMINAL).values_list("pk", flat=True))
