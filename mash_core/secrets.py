@@ -2,28 +2,33 @@
 
 A file keeps a key out of `ps` and out of environment listings (Docker and Kubernetes
 secrets are mounted as files). mash_project/settings.py reads its own settings the same
-way through django-environ's `FileAwareEnv`; this is the Django-free half for mash_core.
+way through django-environ's `FileAwareEnv`, and can take its NAME_FILE reading from here
+(`read_secret(key, self.env, error=ImproperlyConfigured)`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from mash_core.errors import ConfigError
 
 
-def read_secret(name: str) -> str | None:
-    """The secret `name`, or None when neither `name` nor `name_FILE` is set.
+def read_secret(name: str, environ: Mapping[str, str] | None = None, *,
+                error: type[Exception] = ConfigError) -> str | None:
+    """The secret `name`, or None when neither `name` nor `name_FILE` is set in `environ`
+    (the process's environment by default).
 
-    Raises ConfigError (naming the variable and the path, never the value) when both are
-    set, or when the file cannot be read or is empty. One trailing newline is dropped: the
-    files `echo` and secret stores write end with one.
+    Raises `error` (ConfigError; settings.py passes ImproperlyConfigured), naming the variable
+    and the path, never the value, when both are set, or when the file cannot be read or is
+    empty. One trailing newline is dropped: the files `echo` and secret stores write end with one.
     """
-    value = os.environ.get(name) or ""
-    path = os.environ.get(f"{name}_FILE") or ""
+    environ = os.environ if environ is None else environ
+    value = environ.get(name) or ""
+    path = environ.get(f"{name}_FILE") or ""
     if value and path:
         # Neither may silently win: a stale variable would shadow the rotated file, or the reverse.
-        raise ConfigError(f"both {name} and {name}_FILE are set: set only one of them")
+        raise error(f"both {name} and {name}_FILE are set: set only one of them")
     if value:
         return value
     if not path:
@@ -34,8 +39,8 @@ def read_secret(name: str) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         # A decode error's text quotes the bytes it choked on: report only its kind.
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise ConfigError(f"{name}_FILE names {path!r}, which cannot be read: {reason}") from None
+        raise error(f"{name}_FILE names {path!r}, which cannot be read: {reason}") from None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
-        raise ConfigError(f"{name}_FILE names {path!r}, which is empty")
+        raise error(f"{name}_FILE names {path!r}, which is empty")
     return text

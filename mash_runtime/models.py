@@ -184,7 +184,7 @@ class Request(models.Model):
         return None
 
 
-def _keys_are_new(known: set[str] | None, keys: list[str]) -> bool:
+def keys_are_new(known: set[str] | None, keys: list[str]) -> bool:
     """Whether an appending object that knows its stream's keys (`known`) may skip the
     dedupe read: the items' keys are distinct and none is in the stream yet."""
     return known is not None and len(set(keys)) == len(keys) and not known.intersection(keys)
@@ -238,20 +238,6 @@ class RuntimeEvent(models.Model):
         return self.event_type if self.event_type.startswith("request.") else "agent.trace"
 
     @classmethod
-    def append(
-        cls,
-        request: Request,
-        event_type: str,
-        payload: dict[str, Any],
-        *,
-        dedupe_key: str | None = None,
-        loop_index: int | None = None,
-        step_key: str = "",
-    ) -> tuple["RuntimeEvent", bool]:
-        """Append the next event of `request`; returns (event, created)."""
-        return cls.append_many(request, [(event_type, payload, dedupe_key, loop_index, step_key)])[0]
-
-    @classmethod
     def append_many(
         cls, request: Request, items: list[tuple[str, dict[str, Any], str | None, int | None, str]],
         *, reserved_to: int | None = None,
@@ -277,7 +263,7 @@ class RuntimeEvent(models.Model):
             if reserved_to is None:
                 reserved_to = _reserve_seqs(request.pk, len(items))
             first = reserved_to - len(items)
-            fast = first == request.last_seq and _keys_are_new(known, keys)
+            fast = first == request.last_seq and keys_are_new(known, keys)
             existing: dict[str, RuntimeEvent] = {}
             if not fast and known is not None:
                 # An object that keeps its keys (a run's) relearns them all, once per foreign append.
@@ -335,7 +321,7 @@ class RuntimeEvent(models.Model):
         known: set[str] | None = getattr(request, "_event_keys", None)
         keys = [item[2] for item in items if item[2] is not None]
         conn = connections[DEFAULT_DB_ALIAS]
-        if not items or conn.vendor != "postgresql" or conn.in_atomic_block or not _keys_are_new(known, keys):
+        if not items or conn.vendor != "postgresql" or conn.in_atomic_block or not keys_are_new(known, keys):
             return None
         events = [cls._new(request, request.last_seq + offset, item) for offset, item in enumerate(items, 1)]
         ids = db.append_if_last_seq(request, events, list(along))

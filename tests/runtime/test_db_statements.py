@@ -16,6 +16,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 VOLATILE = {"id", "request_id", "trace_id", "created_at", "started_at", "finished_at", "session_id"}
 
+def append_one(request, event_type, payload, dedupe_key=None):
+    """One event appended by the model alone (no mirroring, no doorbell): (event, created)."""
+    return RuntimeEvent.append_many(request, [(event_type, payload, dedupe_key, None, "")])[0]
+
+
 
 def stored(obj) -> dict:
     row = type(obj).objects.filter(pk=obj.pk).values().get()
@@ -48,7 +53,7 @@ def test_a_runs_one_statement_append_stores_what_append_many_stores(make_request
              ("runtime.other", {}, None, None, "")]
     fast_req, slow_req = make_request(session_id="a"), make_request(session_id="b")
     for req in (fast_req, slow_req):
-        RuntimeEvent.append(req, "request.accepted", {}, dedupe_key="accepted")
+        append_one(req, "request.accepted", {}, dedupe_key="accepted")
         req._event_keys = {"accepted"}
     fast = RuntimeEvent.append_in_one_statement(fast_req, items)
     if connection.vendor != "postgresql":
@@ -131,3 +136,125 @@ def test_published_skill_rows_are_what_the_orm_reads():
         "name", "description", "content", "location")
     assert [tuple(row) for row in rows] == list(orm)
     assert db.published_skill_rows(PublishedSkill, "nobody") == []
+
+
+class _Host:
+    """A host of one agent, "primary", as lifecycle asks it (`agents`, `get`)."""
+
+    agents = {"primary": object()}
+
+    def get(self, agent_id):
+        return self.agents.get(agent_id)
+
+
+def test_a_first_start_claimed_in_one_statement_is_stored_as_the_portable_claim_stores_it(make_request, monkeypatch):
+    from mash_runtime.run import lifecycle
+
+    monkeypatch.setattr(lifecycle, "get_host", _Host)
+    fixed = timezone.now()
+    monkeypatch.setattr(lifecycle.timezone, "now", lambda: fixed)  # the leases' expiry alike
+    fast_req, slow_req = make_request(session_id="fast"), make_request(session_id="slow")
+    for req in (fast_req, slow_req):
+        append_one(req, "request.accepted", {}, dedupe_key="accepted")
+    leases = []
+    monkeypatch.setattr(lifecycle, "take_lease", lambda *args: leases.append(args) or db.take_lease(*args))
+    fast = lifecycle._claim(str(fast_req.pk), "me")
+    # PostgreSQL took the one statement; SQLite has only the portable claim.
+    assert len(leases) == (0 if connection.vendor == "postgresql" else 1)
+    monkeypatch.setattr(lifecycle, "claim_first_start", lambda *args, **kwargs: None)
+    slow = lifecycle._claim(str(slow_req.pk), "me")
+
+    assert stored(fast.request) == stored(slow.request)
+    assert stored(Request.objects.get(pk=fast_req.pk)) == stored(Request.objects.get(pk=slow_req.pk))
+    assert (fast.first_start, fast.request.last_seq, fast.request._event_keys) == (
+        slow.first_start, slow.request.last_seq, slow.request._event_keys) == (True, 2, {"accepted", "started.0"})
+    assert fast.request.agent.agent_id == "primary" and fast.request.session.session_id == "fast"
+
+    def events(req):
+        rows = [stored(e) for e in RuntimeEvent.objects.filter(request=req)]
+        for row in rows:
+            row["payload"].pop("request_id", None)
+            row["payload"].pop("session_id", None)
+        return rows
+
+    assert events(fast_req) == events(slow_req)
+    # The event object handed to the ring is the stored row.
+    for state, req in ((fast, fast_req), (slow, slow_req)):
+        (started,) = state.claim_events
+        row = RuntimeEvent.objects.get(pk=started.pk)
+        assert (row.seq, row.event_type, row.payload, row.dedupe_key, row.created_at) == (
+            started.seq, started.event_type, started.payload, started.dedupe_key, started.created_at)
+        assert row.payload == {"request_id": str(req.pk), "agent_id": "primary",
+                               "session_id": req.session.session_id, "status": "started"}
+
+
+@pytest.mark.parametrize("case", ["started_before", "cancel_requested", "subagent", "not_hosted", "held",
+                                  "behind_an_earlier_one", "terminal"])
+def test_the_one_statement_claim_writes_nothing_where_the_portable_claim_must_decide(make_request, case):
+    now = timezone.now()
+    earlier = make_request(session_id="s", status=Request.Status.COMPLETED)
+    req = make_request(session_id="s")
+    append_one(req, "request.accepted", {}, dedupe_key="accepted")
+    hosted = ["primary"]
+    if case == "started_before":
+        Request.objects.filter(pk=req.pk).update(started_at=now - timedelta(seconds=5))
+    elif case == "cancel_requested":
+        Request.objects.filter(pk=req.pk).update(cancel_requested=True)
+    elif case == "subagent":
+        Request.objects.filter(pk=req.pk).update(parent=earlier)
+    elif case == "not_hosted":
+        hosted = ["someone-else"]
+    elif case == "held":
+        Request.objects.filter(pk=req.pk).update(lease_owner="other", lease_expires_at=now + timedelta(seconds=30))
+    elif case == "behind_an_earlier_one":
+        Request.objects.filter(pk=earlier.pk).update(status=Request.Status.RUNNING)
+    elif case == "terminal":
+        Request.objects.filter(pk=req.pk).update(status=Request.Status.FAILED)
+    before = stored(Request.objects.get(pk=req.pk))
+
+    assert db.claim_first_start(Request, RuntimeEvent, req.pk, "me", now, 30, hosted, 1.0) is None
+    assert stored(Request.objects.get(pk=req.pk)) == before
+    assert RuntimeEvent.objects.filter(request=req).count() == 1
+
+
+def test_a_completion_in_one_statement_stores_what_the_portable_completion_stores(engine, tmp_path, monkeypatch):
+    from mash_runtime.models import StepCheckpoint
+    from mash_runtime.run import lifecycle
+
+    one_statement = []
+    real = lifecycle.complete_in_one_statement
+    monkeypatch.setattr(lifecycle, "complete_in_one_statement",
+                        lambda *args, **kwargs: one_statement.append(1) or real(*args, **kwargs))
+
+    def plan(name):
+        out = tmp_path / f"{name}.txt"
+        return {"script": [{"tool_calls": [{"name": "append_line", "arguments": {"path": str(out), "line": "x"}}]},
+                           "done"]}
+
+    # Two turns each, so the second completion adds to a session total that is not zero.
+    fast = [engine.run(plan("f1"), session_id="fast"), engine.run(plan("f2"), session_id="fast")]
+    assert len(one_statement) == (2 if connection.vendor == "postgresql" else 0)
+    monkeypatch.setattr(lifecycle, "complete_in_one_statement", lambda *args, **kwargs: None)
+    slow = [engine.run(plan("f1"), session_id="slow"), engine.run(plan("f2"), session_id="slow")]
+
+    ignored = {"request_id", "session_id", "trace_id", "turn_id", "created_at", "duration_ms", "path", "latency_ms"}
+
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if k not in ignored}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value.replace(str(tmp_path), "") if isinstance(value, str) else value
+
+    for f, s in zip(fast, slow):
+        assert f.status == s.status == "completed"
+        assert scrub(stored(f)) == scrub(stored(s))
+        assert [scrub(stored(e)) for e in engine.events(f.pk)] == [scrub(stored(e)) for e in engine.events(s.pk)]
+        assert scrub(stored(MemoryTurn.objects.get(request=f))) == scrub(stored(MemoryTurn.objects.get(request=s)))
+        assert (sorted(scrub(stored(c)) for c in StepCheckpoint.objects.filter(request=f)) ==
+                sorted(scrub(stored(c)) for c in StepCheckpoint.objects.filter(request=s)))
+    fast_session, slow_session = (Session.objects.get(session_id=name) for name in ("fast", "slow"))
+    assert fast_session.session_total_tokens == slow_session.session_total_tokens > 0
+    completed = engine.events(fast[1].pk)[-1].payload
+    assert completed["session_total_tokens"] == fast_session.session_total_tokens
+    assert MemoryTurn.objects.get(request=fast[1]).session_total_tokens == fast_session.session_total_tokens

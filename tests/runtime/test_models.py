@@ -6,10 +6,15 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 
 from mash_runtime.models import Interaction, Request, RuntimeEvent, StepCheckpoint
 
+def append_one(request, event_type, payload, dedupe_key=None):
+    """One event appended by the model alone (no mirroring, no doorbell): (event, created)."""
+    return RuntimeEvent.append_many(request, [(event_type, payload, dedupe_key, None, "")])[0]
+
+
 
 def test_it_numbers_events_from_one_without_gaps(make_request):
     req = make_request()
-    seqs = [RuntimeEvent.append(req, "agent.trace.x", {"i": i})[0].seq for i in range(5)]
+    seqs = [append_one(req, "agent.trace.x", {"i": i})[0].seq for i in range(5)]
     assert seqs == [1, 2, 3, 4, 5]
     req.refresh_from_db()
     assert req.last_seq == 5
@@ -17,7 +22,7 @@ def test_it_numbers_events_from_one_without_gaps(make_request):
 
 def test_it_keeps_seq_unique_per_request(make_request):
     req = make_request()
-    RuntimeEvent.append(req, "request.accepted", {})
+    append_one(req, "request.accepted", {})
     with pytest.raises(IntegrityError), transaction.atomic():
         RuntimeEvent.objects.create(
             request=req, seq=1, event_type="dup", agent_id="primary", session_id="s1", trace_id=req.trace_id
@@ -26,18 +31,18 @@ def test_it_keeps_seq_unique_per_request(make_request):
 
 def test_it_numbers_each_request_separately(make_request):
     a, b = make_request(session_id="a"), make_request(session_id="b")
-    RuntimeEvent.append(a, "e", {})
-    RuntimeEvent.append(a, "e", {})
-    assert RuntimeEvent.append(b, "e", {})[0].seq == 1
+    append_one(a, "e", {})
+    append_one(a, "e", {})
+    assert append_one(b, "e", {})[0].seq == 1
 
 
 def test_it_returns_the_first_event_for_a_repeated_dedupe_key(make_request):
     req = make_request()
-    first, created = RuntimeEvent.append(req, "runtime.tool.call.completed", {"n": 1}, dedupe_key="tool.0.0")
-    again, created_again = RuntimeEvent.append(req, "runtime.tool.call.completed", {"n": 2}, dedupe_key="tool.0.0")
+    first, created = append_one(req, "runtime.tool.call.completed", {"n": 1}, dedupe_key="tool.0.0")
+    again, created_again = append_one(req, "runtime.tool.call.completed", {"n": 2}, dedupe_key="tool.0.0")
     assert created and not created_again
     assert again.pk == first.pk and again.payload == {"n": 1}
-    nxt, _ = RuntimeEvent.append(req, "x", {})
+    nxt, _ = append_one(req, "x", {})
     # The skipped duplicate must not burn a seq: streams stay contiguous.
     assert nxt.seq == 2
     assert RuntimeEvent.objects.filter(request=req).count() == 2
@@ -45,7 +50,7 @@ def test_it_returns_the_first_event_for_a_repeated_dedupe_key(make_request):
 
 def test_it_rejects_a_duplicate_dedupe_key_at_the_database(make_request):
     req = make_request()
-    RuntimeEvent.append(req, "e", {}, dedupe_key="k")
+    append_one(req, "e", {}, dedupe_key="k")
     with pytest.raises(IntegrityError), transaction.atomic():
         RuntimeEvent.objects.create(
             request=req, seq=99, event_type="e", agent_id="primary", session_id="s1", trace_id=req.trace_id,
@@ -56,7 +61,7 @@ def test_it_rejects_a_duplicate_dedupe_key_at_the_database(make_request):
 def test_it_allows_many_events_without_dedupe_key(make_request):
     req = make_request()
     for _ in range(3):
-        RuntimeEvent.append(req, "e", {})
+        append_one(req, "e", {})
     assert RuntimeEvent.objects.filter(request=req, dedupe_key__isnull=True).count() == 3
 
 
@@ -69,7 +74,7 @@ def test_it_hands_out_distinct_seqs_to_concurrent_appenders(make_request):
         try:
             local = Request.objects.select_related("agent", "session").get(pk=req.pk)
             for i in range(15):
-                RuntimeEvent.append(local, "e", {"w": n, "i": i}, dedupe_key=f"w{n}.{i % 10}")
+                append_one(local, "e", {"w": n, "i": i}, dedupe_key=f"w{n}.{i % 10}")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -109,8 +114,8 @@ def test_it_gives_interactions_prefixed_ids(make_request):
 
 def test_it_names_stream_events_for_the_wire(make_request):
     req = make_request()
-    accepted, _ = RuntimeEvent.append(req, "request.accepted", {})
-    think, _ = RuntimeEvent.append(req, "runtime.llm.think.completed", {})
+    accepted, _ = append_one(req, "request.accepted", {})
+    think, _ = append_one(req, "runtime.llm.think.completed", {})
     assert accepted.stream_name == "request.accepted"
     assert think.stream_name == "agent.trace"
     data = think.to_dict()
@@ -188,8 +193,8 @@ def test_select_rows_pages_by_a_greater_than_key_in_order(make_request):
 
     req, other = make_request(session_id="a"), make_request(session_id="b")
     for i in range(6):
-        RuntimeEvent.append(req, "e", {"i": i, "nested": {"text": 'quote " and \\ slash'}})
-    RuntimeEvent.append(other, "e", {"i": 99})
+        append_one(req, "e", {"i": i, "nested": {"text": 'quote " and \\ slash'}})
+    append_one(other, "e", {"i": 99})
     page = select_rows(RuntimeEvent, {"request": req.pk, "seq__gt": 2}, order_by="seq", limit=3)
     assert [e.seq for e in page] == [3, 4, 5]
     assert [e.payload["i"] for e in page] == [2, 3, 4]
@@ -204,7 +209,7 @@ def test_a_runs_append_is_one_statement_and_yields_to_anyone_who_appended_first(
     from django.test.utils import CaptureQueriesContext
 
     req = make_request()
-    RuntimeEvent.append(req, "request.accepted", {}, dedupe_key="accepted")
+    append_one(req, "request.accepted", {}, dedupe_key="accepted")
     req._event_keys = {"accepted"}  # what a run's request object knows of its stream
     step = StepCheckpoint(request_id=req.pk, step_key="plan.0", kind="llm", output={"text": "hi"})
     with CaptureQueriesContext(connection) as queries:
@@ -216,7 +221,7 @@ def test_a_runs_append_is_one_statement_and_yields_to_anyone_who_appended_first(
     assert list(RuntimeEvent.objects.filter(request=req).values_list("seq", flat=True)) == [1, 2, 3]
 
     other = Request.objects.get(pk=req.pk)  # someone else appends: this object's view is stale
-    RuntimeEvent.append(other, "request.interaction.ack", {})
+    append_one(other, "request.interaction.ack", {})
     late = StepCheckpoint(request_id=req.pk, step_key="tool.0", kind="tool", output={})
     assert RuntimeEvent.append_in_one_statement(req, [("c", {}, "k3", 0, "")], along=[late]) is None
     assert RuntimeEvent.objects.filter(request=req).count() == 4  # nothing written: the caller goes the long way
@@ -246,5 +251,5 @@ def test_a_new_request_in_a_known_session_is_one_statement():
     assert event.payload == {"request_id": str(second.pk), "agent_id": "primary", "session_id": "s", "status": "accepted"}
     assert Session.objects.get(pk=first.session.pk).last_request_seq == 2
     # The object the caller gets back appends on from there, as after the ordinary path.
-    assert RuntimeEvent.append(second, "x", {})[0].seq == 2 and second.last_seq == 2
-    assert RuntimeEvent.append(first, "x", {})[0].seq == 2
+    assert append_one(second, "x", {})[0].seq == 2 and second.last_seq == 2
+    assert append_one(first, "x", {})[0].seq == 2
