@@ -108,18 +108,7 @@ def _select(model: type[models.Model], where: tuple[str, ...], related: tuple[st
         joins.append(f" {'LEFT' if fk.null else 'INNER'} JOIN {quote(fk.related_model._meta.db_table)} {alias} "
                      f"ON {alias}.{quote(fk.target_field.column)} = t0.{quote(fk.column)}")
         parts.append((fk.related_model, alias, fk))
-    columns, plan = [], []
-    for part_model, alias, fk in parts:
-        fields = part_model._meta.concrete_fields
-        if fk is None and only is not None:  # the rest are deferred, as with QuerySet.only()
-            fields = [f for f in fields if f.primary_key or f.name in only]
-        converters = []
-        for field in fields:
-            columns.append(f"{alias}.{quote(field.column)}")
-            col = field.get_col(alias)
-            # What the ORM's compiler applies to each value it reads (SQLCompiler.get_converters).
-            converters.append((col, conn.ops.get_db_converters(col) + col.get_db_converters(conn)))
-        plan.append((part_model, [field.attname for field in fields], converters, fk))
+    columns, plan = _read_plan(parts, only, conn)
     conditions = []
     for name in where:
         field_name, _, lookup = name.partition("__")
@@ -156,22 +145,44 @@ def select_rows(model: type[models.Model], where: dict[str, Any], *, related: tu
     with bound_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    found = []
-    for row in rows:
-        start, main = 0, None
-        for part_model, attnames, converters, fk in plan:
-            values = list(row[start:start + len(attnames)])
-            start += len(attnames)
-            for index, (col, functions) in enumerate(converters):
-                for function in functions:
-                    values[index] = function(values[index], col, conn)
-            if fk is None:
-                main = part_model.from_db(conn.alias, attnames, values)
-            else:
-                fk.set_cached_value(main, None if getattr(main, fk.attname) is None
-                                     else part_model.from_db(conn.alias, attnames, values))
-        found.append(main)
-    return found
+    return [_from_row(row, plan, conn) for row in rows]
+
+
+def _read_plan(parts: list[tuple], only: tuple[str, ...] | None, conn) -> tuple[list[str], list]:
+    """The columns to select for `parts` ((model, table alias, the foreign key it hangs on or
+    None for the main model)) and how to make objects of them (`_from_row`)."""
+    quote = conn.ops.quote_name
+    columns, plan = [], []
+    for part_model, alias, fk in parts:
+        fields = part_model._meta.concrete_fields
+        if fk is None and only is not None:  # the rest are deferred, as with QuerySet.only()
+            fields = [f for f in fields if f.primary_key or f.name in only]
+        converters = []
+        for field in fields:
+            columns.append(f"{alias}.{quote(field.column)}")
+            col = field.get_col(alias)
+            # What the ORM's compiler applies to each value it reads (SQLCompiler.get_converters).
+            converters.append((col, conn.ops.get_db_converters(col) + col.get_db_converters(conn)))
+        plan.append((part_model, [field.attname for field in fields], converters, fk))
+    return columns, plan
+
+
+def _from_row(row, plan: list, conn) -> models.Model:
+    """The main object of one row read by `_read_plan`'s columns, its related objects cached on
+    it, each made with `from_db` through the ORM's own converters."""
+    start, main = 0, None
+    for part_model, attnames, converters, fk in plan:
+        values = list(row[start:start + len(attnames)])
+        start += len(attnames)
+        for index, (col, functions) in enumerate(converters):
+            for function in functions:
+                values[index] = function(values[index], col, conn)
+        if fk is None:
+            main = part_model.from_db(conn.alias, attnames, values)
+        else:
+            fk.set_cached_value(main, None if getattr(main, fk.attname) is None
+                                 else part_model.from_db(conn.alias, attnames, values))
+    return main
 
 
 _insert_heads: dict[tuple, tuple[list, str]] = {}
@@ -381,6 +392,184 @@ def take_lease(request_model: type[models.Model], request_id, owner: str, now, l
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return row[0] if row is not None else None
+
+
+_first_start_texts: dict[tuple, tuple[str, list, list[str]]] = {}
+
+
+def claim_first_start(request_model: type[models.Model], event_model: type[models.Model], request_id, owner: str,
+                      now, lease_seconds: int, hosted_ids: list[str], created_at: float):
+    """The usual claim as one statement, committed on its own: `take_lease`'s UPDATE for a
+    request never started before, not asked to cancel, of an agent in `hosted_ids`; the
+    request read back with its agent and session; and its `request.started` event inserted at
+    the seq the UPDATE reserved, with `events.base_payload` and status "started" as payload
+    (built here by jsonb_build_object, the same keys and values) and `started.<run_attempt>`
+    as its dedupe key (nothing of a first start can hold that key yet); not for requests whose
+    events are mirrored (a subagent's, a workflow task's). Returns (the request,
+    its agent and session cached on it, the event's id), or None when the request did not
+    match: nothing was written, and the ordinary claim (`lifecycle._claim`) decides why.
+
+    ORM equivalent: lifecycle._claim's transaction (`take_lease`, `select_rows(Request,
+    related=("agent", "session"))`, `append_events` of the started event): four round trips
+    (the UPDATE, the read, the insert, COMMIT) become one, once per run. PostgreSQL only,
+    outside a transaction (None elsewhere)."""
+    Request, RuntimeEvent = request_model, event_model
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql" or conn.in_atomic_block:
+        return None
+    meta = Request._meta
+    if (Request, RuntimeEvent) not in _first_start_texts:
+        quote = conn.ops.quote_name
+        table = quote(meta.db_table)
+        agent_fk, session_fk = meta.get_field("agent"), meta.get_field("session")
+        Agent, Session = agent_fk.related_model, session_fk.related_model
+
+        def col(name: str) -> str:
+            return column(Request, name, conn)
+
+        def typed(model, name: str) -> str:
+            return _typed("%s", model_field(model, name), conn)
+
+        parts = [(Request, "t0", None), (Agent, "t1", agent_fk), (Session, "t2", session_fk)]
+        columns, plan = _read_plan(parts, None, conn)
+        joins = (f"JOIN {quote(Agent._meta.db_table)} t1 ON t1.{column(Agent, 'pk', conn)} = t0.{col('agent')} "
+                 f"JOIN {quote(Session._meta.db_table)} t2 ON t2.{column(Session, 'pk', conn)} = t0.{col('session')}")
+        agent_key, session_key = f"t1.{column(Agent, 'agent_id', conn)}", f"t2.{column(Session, 'session_id', conn)}"
+        # Each column of the event, as the ordinary path's RuntimeEvent._new fills it.
+        values = {
+            "request_id": f"t0.{col('pk')}", "seq": f"t0.{col('last_seq')}",
+            "event_type": typed(RuntimeEvent, "event_type"), "agent_id": agent_key, "session_id": session_key,
+            "trace_id": f"t0.{col('trace_id')}", "loop_index": "NULL", "step_key": "''",
+            "payload": (f"jsonb_build_object('request_id', t0.{col('pk')}::text, 'agent_id', {agent_key}, "
+                        f"'session_id', {session_key}, 'status', 'started')"),
+            "dedupe_key": f"'started.' || t0.{col('run_attempt')}::text",
+            "created_at": typed(RuntimeEvent, "created_at"),
+        }
+        fields = [f for f in RuntimeEvent._meta.concrete_fields if f is not RuntimeEvent._meta.auto_field]
+        if {f.attname for f in fields} != set(values):  # a new event column must be given a value here
+            raise AssertionError(f"claim_first_start does not fill {sorted({f.attname for f in fields} ^ set(values))}")
+        terminal = ", ".join(["%s"] * len(Request.TERMINAL))
+        sql = (
+            f"WITH lease AS (UPDATE {table} SET {col('status')} = %s, {col('lease_owner')} = %s, "
+            f"{col('lease_expires_at')} = {typed(Request, 'lease_expires_at')}, "
+            f"{col('started_at')} = {typed(Request, 'started_at')}, {col('last_seq')} = {col('last_seq')} + 1 "
+            f"WHERE {col('id')} = {typed(Request, 'id')} AND {col('started_at')} IS NULL "
+            f"AND NOT {col('cancel_requested')} AND {col('status')} NOT IN ({terminal}) "
+            # Events of a subagent's or a workflow task's request are mirrored (events.append_events).
+            f"AND {col('parent')} IS NULL AND {col('workflow_run')} IS NULL "
+            f"AND ({col('lease_expires_at')} IS NULL OR {col('lease_expires_at')} < {typed(Request, 'lease_expires_at')}) "
+            f"AND {col('agent')} IN (SELECT {column(Agent, 'pk', conn)} FROM {quote(Agent._meta.db_table)} "
+            f"WHERE {column(Agent, 'agent_id', conn)} = ANY(%s::varchar[])) "
+            f"AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.{col('session')} = {table}.{col('session')} "
+            f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal})) "
+            f"RETURNING *), "
+            f"started AS (INSERT INTO {quote(RuntimeEvent._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+            f"SELECT {', '.join(values[f.attname] for f in fields)} FROM lease t0 {joins} "
+            f"RETURNING {column(RuntimeEvent, 'pk', conn)} AS id) "
+            f"SELECT {', '.join(columns)}, started.id FROM lease t0 {joins} CROSS JOIN started"
+        )
+        # The event's two parameters, in the order the fields put them in the text.
+        bound = [f.attname for f in fields if f.attname in ("event_type", "created_at")]
+        _first_start_texts[(Request, RuntimeEvent)] = (sql, plan, bound)
+    sql, plan, bound = _first_start_texts[(Request, RuntimeEvent)]
+
+    def prep(name: str, value):
+        return model_field(Request, name).get_db_prep_value(value, conn)
+
+    expires = prep("lease_expires_at", now + timedelta(seconds=lease_seconds))
+    event_params = [{"event_type": "request.started", "created_at": created_at}[name] for name in bound]
+    params = [Request.Status.RUNNING, owner, expires, prep("started_at", now), prep("id", request_id),
+              *Request.TERMINAL, prep("lease_expires_at", now), list(hosted_ids), *Request.TERMINAL, *event_params]
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return _from_row(row[:-1], plan, conn), row[-1]
+
+
+_completion_texts: dict[tuple, tuple[str, list[str]]] = {}
+
+
+def complete_in_one_statement(request: models.Model, where: dict[str, Any], values: dict[str, Any],
+                              events: list[models.Model], along: list[models.Model], turn: models.Model,
+                              tokens: int, now, totals_in: list[int]) -> tuple[int, int, list[int]] | None:
+    """A completed run's transaction as one statement, committed on its own: the request
+    updated (`values` set, last_seq advanced by len(events)) where `where` holds and its
+    last_seq is still `request.last_seq`; its session's `session_total_tokens` advanced by
+    `tokens` (and `last_activity_at` set to `now`); `along` inserted (the last checkpoints,
+    conflicts skipped); `turn` (a MemoryTurn) inserted with the session's new total; and
+    `events` inserted, the new total written into the `session_total_tokens` key of the
+    payloads of the events whose seqs are `totals_in`. Returns (the session's new total,
+    its last_request_seq, the events' ids), or None when the request did not match (nothing
+    was written: a lost lease, or someone appended meanwhile; the caller takes the ordinary
+    path).
+
+    ORM equivalent: lifecycle.complete's transaction (`update_row` of the request,
+    `store_steps`, `Session.add_tokens`, `insert_rows([turn])`, `append_events`): seven round
+    trips (five statements, the seq check's read when someone appended, COMMIT) become
+    one, once per completed run. PostgreSQL only, outside a transaction (None elsewhere)."""
+    Request, Event, Turn = type(request), type(events[0]), type(turn)
+    Session = Request._meta.get_field("session").related_model
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql" or conn.in_atomic_block:
+        return None
+    quote = conn.ops.quote_name
+    key = (Request, Event, Turn, tuple(where), tuple(values), tuple(type(obj) for obj in along[:1]))
+    if key not in _completion_texts:
+        def col(model, name: str) -> str:
+            return column(model, name, conn)
+
+        sets = [f"{col(Request, name)} = {_typed('%s', model_field(Request, name), conn)}" for name in values]
+        conditions = [f"{col(Request, name)} = %s" for name in where]
+        seq = col(Request, "last_seq")
+        sql = (f"WITH done AS (UPDATE {quote(Request._meta.db_table)} SET {', '.join(sets)}, {seq} = {seq} + %s "
+               f"WHERE {' AND '.join(conditions)} AND {seq} = %s RETURNING 1), "
+               f"tokens AS (UPDATE {quote(Session._meta.db_table)} SET {col(Session, 'last_activity_at')} = %s, "
+               f"{col(Session, 'session_total_tokens')} = {col(Session, 'session_total_tokens')} + %s "
+               f"WHERE {col(Session, 'pk')} = %s AND EXISTS (SELECT 1 FROM done) "
+               f"RETURNING {col(Session, 'session_total_tokens')} AS total, {col(Session, 'last_request_seq')} AS last_seq), ")
+        if along:
+            sql += f"along AS ({_insert_head(type(along[0]), conn.vendor)[1]} WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING), "
+        turn_fields = [f for f in Turn._meta.concrete_fields if f is not Turn._meta.auto_field]
+        sql += (f"turn AS (INSERT INTO {quote(Turn._meta.db_table)} ({', '.join(quote(f.column) for f in turn_fields)}) "
+                f"SELECT {', '.join('tokens.total' if f.attname == 'session_total_tokens' else _typed('%s', f, conn) for f in turn_fields)} "
+                f"FROM tokens), ")
+        event_fields = [f for f in Event._meta.concrete_fields if f is not Event._meta.auto_field]
+        index = {f.attname: number for number, f in enumerate(event_fields)}
+        picks = []
+        for number, f in enumerate(event_fields):
+            if f.attname == "payload":
+                picks.append(f"CASE WHEN u.c{index['seq']} = ANY(%s::integer[]) THEN jsonb_set(u.c{number}, "
+                             f"'{{session_total_tokens}}', to_jsonb(tokens.total)) ELSE u.c{number} END")
+            else:
+                picks.append(f"u.c{number}")
+        arrays = ", ".join(_typed("%b", f, conn) + "[]" for f in event_fields)
+        aliases = ", ".join(f"c{number}" for number in range(len(event_fields)))
+        sql += (f"ev AS (INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in event_fields)}) "
+                f"SELECT {', '.join(picks)} FROM UNNEST({arrays}) AS u({aliases}) CROSS JOIN tokens "
+                f"RETURNING {col(Event, 'pk')} AS id, {col(Event, 'seq')} AS seq) "
+                f"SELECT tokens.total, tokens.last_seq, ARRAY(SELECT id FROM ev ORDER BY seq) FROM tokens")
+        _completion_texts[key] = (sql, [f.attname for f in turn_fields if f.attname != "session_total_tokens"])
+    sql, turn_names = _completion_texts[key]
+    params: list[Any] = [model_field(Request, name).get_db_prep_save(value, conn) for name, value in values.items()]
+    params.append(len(events))
+    params += [model_field(Request, name).get_db_prep_value(value, conn) for name, value in where.items()]
+    params += [request.last_seq, model_field(Session, "last_activity_at").get_db_prep_value(now, conn), int(tokens),
+               request.session_id]
+    if along:
+        params += _unnest_insert(list(along), conn)[1]
+    turn_meta = {f.attname: f for f in Turn._meta.concrete_fields}
+    params += [turn_meta[name].get_db_prep_save(turn_meta[name].pre_save(turn, True), conn) for name in turn_names]
+    params.append(list(totals_in))
+    params += _unnest_insert(events, conn)[1]
+    with bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    total, last_request_seq, ids = row
+    return total, last_request_seq, list(ids)
 
 
 # -- reads every run makes ---------------------------------------------------------------------

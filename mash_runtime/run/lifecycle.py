@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -36,10 +37,11 @@ from mash_runtime.conf import conf
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.memory.history import build_turn
-from mash_runtime.db import insert_rows, select_rows, take_lease, update_row
-from mash_runtime.models import Interaction, Request, RuntimeEvent, Session
+from mash_runtime.db import (claim_first_start, complete_in_one_statement, insert_rows, select_rows, take_lease,
+                             update_row)
+from mash_runtime.models import Interaction, Request, RuntimeEvent, Session, keys_are_new
 from mash_runtime.queue import enqueue_advance, enqueue_request
-from mash_runtime.run.checkpoints import store_steps
+from mash_runtime.run.checkpoints import checkpoint_rows, store_steps
 from mash_runtime.run.prepare import prepare_run
 from mash_runtime.run.state import Outcome, RunState
 from mash_runtime.signals import request_terminal
@@ -77,6 +79,8 @@ def claim(request_id: str, owner: str) -> RunState | Outcome:
 
 def _claim(request_id: str, owner: str, _retry: bool = True) -> RunState | Outcome:
     now = timezone.now()
+    if _retry and (state := _claim_first_start(request_id, owner, now)) is not None:
+        return state
     with transaction.atomic():
         reserved_to = _take_lease(request_id, owner, now)
         found = select_rows(Request, {"pk": request_id}, related=("agent", "session"))
@@ -109,6 +113,28 @@ def _claim(request_id: str, owner: str, _retry: bool = True) -> RunState | Outco
         return Outcome.WAITING
     # The request ahead finished between the UPDATE and the check: try once more.
     return _claim(request_id, owner, _retry=False) if _retry else Outcome.WAITING
+
+
+def _claim_first_start(request_id: str, owner: str, now) -> RunState | None:
+    """The usual claim (a first start, nothing in the way) in one statement on PostgreSQL
+    (db.claim_first_start); None when it did not apply, and `_claim`'s transaction decides."""
+    created_at = time.time()
+    found = claim_first_start(Request, RuntimeEvent, request_id, owner, now, lease_seconds(),
+                              list(get_host().agents), created_at)
+    if found is None:
+        return None
+    req, event_pk = found
+    # The row the statement inserted, as the ordinary path's append makes it (for the ring).
+    started = RuntimeEvent._new(req, req.last_seq, ("request.started", {**base_payload(req), "status": "started"},
+                                                    f"started.{req.run_attempt}", None, ""))
+    started.pk, started.created_at = event_pk, created_at
+    started._state.adding, started._state.db = False, req._state.db
+    # A first start's stream holds "accepted" (and "waiting" when it queued behind another).
+    req._event_keys = ({"accepted", started.dedupe_key} if req.last_seq == 2
+                       else RuntimeEvent.stream_keys(req.pk))
+    state = RunState(request=req, owner=owner, first_start=True)
+    state.claim_events = [started]
+    return state
 
 
 def mark_waiting(req: Request) -> bool:
@@ -199,33 +225,76 @@ def complete(state: RunState, result, hosted, steps: list, items: list) -> list 
     response: dict[str, Any] = {"text": result.text, "signals": turn.signals, "metadata": turn.metadata}
     if result.structured_output is not None:
         response["structured_output"] = result.structured_output
+    where = {"pk": req.pk, "lease_owner": state.owner, "status": Request.Status.RUNNING}
+    outcome = {"status": Request.Status.COMPLETED, "finished_at": now, "lease_owner": "", "lease_expires_at": None,
+               "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+               "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens,
+               "response": response}
+    if (created := _complete_in_one_statement(state, where, outcome, steps, items, turn, usage, now,
+                                              hosted)) is not None:
+        return created
     with transaction.atomic():
         # The outcome, and the seqs of the events appended below (the buffered ones, the
         # turn, the terminal event), in one statement.
-        row = update_row(Request, {"pk": req.pk, "lease_owner": state.owner, "status": Request.Status.RUNNING},
-                         values={"status": Request.Status.COMPLETED, "finished_at": now, "lease_owner": "",
-                                 "lease_expires_at": None, "input_tokens": usage.input_tokens,
-                                 "output_tokens": usage.output_tokens, "cache_read_tokens": usage.cache_read_tokens,
-                                 "cache_write_tokens": usage.cache_write_tokens, "response": response},
-                         add={"last_seq": len(items) + 2}, returning=("last_seq",))
+        row = update_row(Request, where, values=outcome, add={"last_seq": len(items) + 2}, returning=("last_seq",))
         if row is None:
             return None
         store_steps(req, steps)
         total, last_in_session = Session.add_tokens(req.session_id, usage.total, now)
         turn.session_total_tokens = total
         insert_rows([turn])
-        persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}
-        completed = {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
-                     "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total}
-        results = append_events(req, [
-            *items,
-            ("runtime.turn.persisted", persisted, "turn.persisted", None, "turn"),
-            ("request.completed", completed, f"terminal.{req.run_attempt}", None, ""),
-        ], ring=False, reserved_to=row[0])
+        results = append_events(req, [*items, *_completion_events(req, turn, usage, response, total)],
+                                ring=False, reserved_to=row[0])
         queued_behind = last_in_session > req.session_seq
         transaction.on_commit(lambda: after_terminal(req, queued_behind=queued_behind))
         schedule_auto_compaction(req, hosted, total)
     return [event for event, created in results if created]
+
+
+def _completion_events(req: Request, turn, usage, response: dict[str, Any], total: int) -> list[tuple]:
+    """The turn's and the terminal event of a completed run, with the session's new total."""
+    persisted = {"turn_id": str(turn.turn_id), "session_total_tokens": total, "token_usage": usage.to_dict()}
+    completed = {**base_payload(req), "status": "completed", "trace_id": str(req.trace_id),
+                 "turn_id": str(turn.turn_id), "response": response, "session_total_tokens": total}
+    return [("runtime.turn.persisted", persisted, "turn.persisted", None, "turn"),
+            ("request.completed", completed, f"terminal.{req.run_attempt}", None, "")]
+
+
+def _complete_in_one_statement(state: RunState, where: dict[str, Any], outcome: dict[str, Any], steps: list,
+                               items: list, turn, usage, now, hosted) -> list | None:
+    """`complete`'s usual case in one statement on PostgreSQL (db.complete_in_one_statement):
+    events nobody mirrors, none of whose keys the stream holds, and nobody else appended
+    since the run last did. None: not applicable or not matched, nothing written, and
+    `complete`'s transaction decides (it also tells a lost lease)."""
+    req = state.request
+    known = getattr(req, "_event_keys", None)
+    if req.parent_id or req.workflow_run_id or known is None:
+        return None
+    # The total is the database's: the statement writes it into these payloads and the turn.
+    added = [*items, *_completion_events(req, turn, usage, outcome["response"], 0)]
+    keys = [item[2] for item in added if item[2] is not None]
+    if not keys_are_new(known, keys):
+        return None
+    events = [RuntimeEvent._new(req, req.last_seq + offset, item) for offset, item in enumerate(added, 1)]
+    done = complete_in_one_statement(req, where, outcome, events, checkpoint_rows(req, steps), turn, usage.total,
+                                     now, [event.seq for event in events[-2:]])
+    if done is None:
+        return None
+    total, last_in_session, ids = done
+    alias = req._state.db
+    for event, pk in zip(events, ids):
+        event.pk = pk
+        event._state.adding, event._state.db = False, alias
+    for event in events[-2:]:
+        event.payload["session_total_tokens"] = total
+    turn.session_total_tokens = total
+    turn._state.adding, turn._state.db = False, alias
+    req.last_seq = events[-1].seq
+    known.update(keys)
+    # Committed already: what `complete` defers to its commit happens now.
+    schedule_auto_compaction(req, hosted, total)
+    after_terminal(req, queued_behind=last_in_session > req.session_seq)
+    return events
 
 
 def finish(
