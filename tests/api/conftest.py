@@ -13,26 +13,8 @@ from asgiref.sync import async_to_sync
 
 from mash_api import auth
 from mash_runtime.host import set_host
+from tests.conftest import wipe_tables
 from tests.runtime.conftest import EngineHarness
-
-
-KEEP_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
-
-
-def wipe_tables() -> None:
-    """Empty every table but the migration record, content types and permissions.
-
-    DELETE instead of the TRUNCATE that `transactional_db` runs after each test: on
-    PostgreSQL that TRUNCATE costs ~0.8 s a test; DELETE of a few rows costs ~10 ms.
-    Foreign keys are DEFERRABLE INITIALLY DEFERRED on both backends, so order is free.
-    """
-    from django.db import connection, transaction
-
-    tables = [t for t in connection.introspection.django_table_names(only_existing=True, include_views=False)
-              if t not in KEEP_TABLES]
-    with transaction.atomic(), connection.cursor() as cursor:
-        for table in tables:
-            cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
 
 
 def on_test_database() -> bool:
@@ -64,7 +46,8 @@ def api_test_database(django_db_setup, django_db_blocker, django_db_keepdb):
 @pytest.fixture
 def committed_db(api_test_database, django_db_blocker):
     """Like `transactional_db` (data really committed, so the engine's threads and the SSE
-    readers see it) but cleaned up with DELETE. Tests using it must not also use `db`."""
+    readers see it), emptied with `wipe_tables` before and after. Tests using it must not
+    also use `db`."""
     assert on_test_database(), "refusing to wipe a database that is not the test database"
     with django_db_blocker.unblock():
         wipe_tables()
