@@ -7,6 +7,7 @@ built before Django is set up and nothing below the services writes rows on its 
 
 from __future__ import annotations
 
+import copy
 import threading
 
 from django.db import IntegrityError
@@ -20,6 +21,7 @@ from mash_runtime.models import Agent, WorkflowDefinition
 def sync_host(host: AgentHost) -> None:
     """Make the Agent rows match this host; agents no longer defined stay, marked inactive.
     Then the same for its code-defined workflows (published ones are left alone)."""
+    forget_agent_rows()
     for hosted in host.agents.values():
         Agent.objects.update_or_create(
             agent_id=hosted.agent_id,
@@ -70,15 +72,31 @@ def ensure_synced() -> AgentHost:
     return host
 
 
+# Agent rows as this process last read them, for the host it read them for: every submit
+# needs its agent's row, and nothing but sync_host writes one (the admin shows them read-only,
+# nothing deletes them), so a row read once stays right until this process syncs again.
+_rows: dict[str, tuple[AgentHost, Agent]] = {}
+
+
 def get_agent_row(agent_id: str, *, include_workflow: bool = True) -> Agent:
-    """The Agent row of a hosted agent (synced again if the row does not match the host), or NotFound."""
+    """The Agent row of a hosted agent (synced again if the row does not match the host), or
+    NotFound. A copy of the row this process read the first time: callers may change it."""
     host = ensure_synced()
     hosted = host.get(agent_id)
     if hosted is None or (hosted.role == "workflow" and not include_workflow):
         raise NotFound(f"Agent '{agent_id}' not found", code="AGENT_NOT_FOUND")
+    known = _rows.get(agent_id)
+    if known is not None and known[0] is host:
+        return copy.copy(known[1])
     found = select_rows(Agent, {"agent_id": agent_id})
     agent = found[0] if found else None
     if agent is None or agent.role != hosted.role or not agent.active:
         sync_host(host)
         agent = Agent.objects.get(agent_id=agent_id)
-    return agent
+    _rows[agent_id] = (host, agent)
+    return copy.copy(agent)
+
+
+def forget_agent_rows() -> None:
+    """Read the rows again next time (after sync_host, or an insert that found one gone)."""
+    _rows.clear()

@@ -23,7 +23,7 @@ from mash_runtime.db import insert_request_in_one_statement, insert_rows, select
 from mash_runtime.dbfaults import once_more_if_dropped
 from mash_runtime.errors import Conflict, Gone, NotFound, ServiceError
 from mash_runtime.events import append_event, append_events, base_payload
-from mash_runtime.host_sync import get_agent_row
+from mash_runtime.host_sync import forget_agent_rows, get_agent_row
 from mash_runtime.models import Agent, IdempotencyKey, Interaction, Request, RuntimeEvent, Session
 from mash_runtime.queue import enqueue_request_on_commit
 from mash_runtime.run import lifecycle
@@ -189,13 +189,15 @@ def _submit_once(agent_id: str, message: str, session_id: str | None, schema, me
                  key: str | None, fingerprint: str) -> dict[str, Any]:
     agent = get_agent_row(agent_id)
     idempotency = (key, fingerprint) if key is not None else None
-    for attempt in range(2):  # a second insert only after an expired key was forgotten
+    for attempt in range(2):  # again only after an expired key was forgotten or the agent row was read again
         try:
             req = create_request(agent, message, session_id=session_id, structured_output=schema, metadata=metadata,
                                  request_id=request_id, idempotency=idempotency)
         except IntegrityError:
+            forget_agent_rows()  # the agent's row may be gone (get_agent_row's copy): read it again
             stored = _stored_submit(agent, request_id, key, fingerprint)
-            if stored is _INSERT_AGAIN and attempt == 0:
+            if attempt == 0 and (stored is _INSERT_AGAIN or stored is None):
+                agent = get_agent_row(agent_id)
                 continue
             if not isinstance(stored, dict):
                 raise

@@ -123,3 +123,19 @@ def test_it_syncs_agent_rows(db):
     assert rows["docs"].metadata["display_name"] == "Docs"
     assert rows["main"].config["max_steps"] == 30
     assert not rows["retired"].active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_submit_reads_its_agents_row_once_and_again_when_the_row_it_read_is_gone(engine, django_assert_max_num_queries):
+    from mash_runtime.host_sync import get_agent_row
+    from mash_runtime.models import Agent, Request
+
+    first = engine.submit("one", session_id="s")
+    with django_assert_max_num_queries(0):
+        get_agent_row("primary")  # this process's copy: no read
+    # A row gone under the copy (nothing of ours deletes one; a restore or a hand edit might):
+    # the submit finds out from its insert, reads the row again and goes ahead.
+    Agent.objects.filter(agent_id="primary").delete()
+    second = engine.submit("two", session_id="s")
+    assert not Request.objects.filter(pk=first).exists()
+    assert Request.objects.get(pk=second).agent == Agent.objects.get(agent_id="primary")
