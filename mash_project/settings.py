@@ -15,30 +15,18 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from mash_core.secrets import read_secret
+
 
 class _SecretFiles(environ.FileAwareMapping):
     """django-environ's `NAME_FILE` lookup (a secret read from a file keeps it out of `ps`
-    and environment listings), made strict like mash_core.secrets: NAME and NAME_FILE
+    and environment listings), made strict by mash_core.secrets.read_secret: NAME and NAME_FILE
     together are refused rather than one silently shadowing the other, an unreadable or
     empty file names its variable (an empty MASH_API_KEY would turn auth off), and the
     trailing newline secret files end with is dropped."""
 
     def __getitem__(self, key):
-        path = self.env.get(f"{key}_FILE")
-        if not path:
-            return self.env[key]
-        if self.env.get(key):
-            raise ImproperlyConfigured(f"both {key} and {key}_FILE are set: set only one of them")
-        try:
-            value = super().__getitem__(key)
-        except (OSError, UnicodeDecodeError) as exc:
-            # A decode error's text quotes the bytes it choked on: report only its kind.
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise ImproperlyConfigured(f"{key}_FILE names {path!r}, which cannot be read: {reason}") from None
-        value = value.removesuffix("\n").removesuffix("\r")
-        if not value:
-            raise ImproperlyConfigured(f"{key}_FILE names {path!r}, which is empty")
-        return value
+        return read_secret(key, self.env, error=ImproperlyConfigured) if self.env.get(f"{key}_FILE") else self.env[key]
 
 
 class _Env(environ.FileAwareEnv):
