@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.http_load import add_backend_flags, fresh_backends, percentile  # noqa: E402
+
 HOST = "bench.bench_host:build_host"
 
 
@@ -29,18 +33,10 @@ def configure(args) -> dict[str, str]:
     data_dir = tempfile.mkdtemp(prefix="mash-bench-")
     env = {"MASH_DATA_DIR": data_dir, "MASH_HOST_APP": HOST, "MASH_WORKERS": str(args.workers),
            "MASH_QUEUE_POLL": str(args.poll), "MASH_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
-    sys.path.insert(0, str(REPO))
-    from bench.http_load import fresh_backends
-
     fresh_backends(env, args, "mash_bench", redis_db=15)
     os.environ.update(env)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mash_project.settings")
     return env
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def run_level(sessions: int, per_session: int, progress) -> dict:
@@ -82,12 +78,9 @@ def run_level(sessions: int, per_session: int, progress) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--postgres", action="store_true", help="use a fresh PostgreSQL database on 127.0.0.1:5432")
-    parser.add_argument("--redis", action="store_true", help="use the Redis broker and channel layer (127.0.0.1:6379/15)")
+    add_backend_flags(parser, redis_db=15)
     parser.add_argument("--sessions", default="1,8,32", help="comma-separated concurrency levels (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=120, help="requests per level (default 120)")
-    parser.add_argument("--workers", type=int, default=2, help="qcluster worker processes (default 2)")
-    parser.add_argument("--poll", type=float, default=0.02, help="ORM broker poll interval in seconds (default 0.02)")
     args = parser.parse_args()
     env = configure(args)
 

@@ -302,15 +302,50 @@ async def idle_streams(base: str, count: int, daphne_pid: int) -> dict:
             "health_ms_while_held": probe_ms}
 
 
+def add_backend_flags(parser: argparse.ArgumentParser, redis_db: int) -> None:
+    """The flags every bench that starts its own servers takes: which database and broker, how
+    many worker processes, the ORM broker's poll."""
+    parser.add_argument("--postgres", action="store_true", help="fresh PostgreSQL database on 127.0.0.1:5432")
+    parser.add_argument("--redis", action="store_true",
+                        help=f"Redis broker + channel layer on 127.0.0.1:6379/{redis_db}")
+    parser.add_argument("--workers", type=int, default=2, help="qcluster worker processes (default 2)")
+    parser.add_argument("--poll", type=float, default=0.02, help="ORM broker poll interval, seconds (default 0.02)")
+
+
+class KeyedHost:
+    """A served host on loopback `port`, called with the API key `key`."""
+
+    port: int
+    key: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def ask_to_stop(self, wait: float = 60) -> bool:
+        """SIGTERM to `self.proc` (`mash host serve`: it drains its workers), waiting up to
+        `wait` seconds; whether it has exited."""
+        proc = getattr(self, "proc", None)
+        if proc is None or proc.poll() is not None:
+            return True
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--postgres", action="store_true", help="fresh PostgreSQL database on 127.0.0.1:5432")
-    parser.add_argument("--redis", action="store_true", help="Redis broker + channel layer on 127.0.0.1:6379/14")
+    add_backend_flags(parser, redis_db=14)
     parser.add_argument("--levels", default="1,8,32,64", help="concurrent sessions per level, or 'none' (default 1,8,32,64)")
     parser.add_argument("--requests", type=int, default=200, help="requests per level (default 200)")
-    parser.add_argument("--workers", type=int, default=2, help="qcluster worker processes (default 2)")
     parser.add_argument("--web", type=int, default=1, help="daphne processes (default 1)")
-    parser.add_argument("--poll", type=float, default=0.02, help="ORM broker poll interval, seconds (default 0.02)")
     parser.add_argument("--idle", type=int, default=0, help="idle SSE streams to open on one web process (default 0: skip)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
     parser.add_argument("--tree", help="serve the code of another checkout (a git worktree) with this load "

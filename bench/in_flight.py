@@ -40,8 +40,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.http_load import (TLS, cpu_by_role, drop_database, free_port, fresh_backends, percentile,  # noqa: E402
-                             raise_fd_limit, rss_mib, run_level)
+from bench.http_load import (TLS, KeyedHost, cpu_by_role, drop_database, free_port, fresh_backends,  # noqa: E402
+                             percentile, raise_fd_limit, rss_mib, run_level)
 from tests.fakes.slow_anthropic import run_slow_anthropic  # noqa: E402
 
 HOST_APP = "bench.bench_host:build_model_host"
@@ -97,7 +97,7 @@ def memory(pids: list[int]) -> tuple[float, float]:
     return rss, pss
 
 
-class Host:
+class Host(KeyedHost):
     """`mash host serve` on a fresh database, its web and worker process trees found by name."""
 
     def __init__(self, args, fake_env: dict[str, str]):
@@ -112,14 +112,6 @@ class Host:
         self.db = fresh_backends(self.env, args, "mash_inflight", redis_db=13)
         self.proc: subprocess.Popen | None = None
         self.log = open(Path(self.data_dir) / "serve.log", "wb")
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "mash_project.cli", "host", "serve", "--host-app", HOST_APP,
@@ -171,12 +163,8 @@ class Host:
         return out
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if not self.ask_to_stop():
+            os.killpg(self.proc.pid, signal.SIGKILL)
         drop_database(self.db)
 
 

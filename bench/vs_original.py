@@ -62,8 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.http_load import (CLK_TCK, _proc_table, cpu_by_role, drop_database, free_port,  # noqa: E402
-                             fresh_backends, raise_fd_limit, run_level)
+from bench.http_load import (CLK_TCK, KeyedHost, _proc_table, cpu_by_role, drop_database,  # noqa: E402
+                             free_port, fresh_backends, raise_fd_limit, run_level)
 from bench.in_flight import children, cmdline, tree  # noqa: E402
 
 ORIGINAL_VERSION = "0.4.2"
@@ -192,7 +192,7 @@ def clean_env(fake_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class Served:
+class Served(KeyedHost):
     """One host as a user runs it: `mash host serve` with an API key, on a fresh database."""
 
     label = ""
@@ -208,14 +208,6 @@ class Served:
         self.proc: subprocess.Popen | None = None
         self.db: str | None = None
         self.pids: dict[int, str] = {}  # the served process tree once ready: pid -> command line
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
     def argv(self) -> list[str]:
         raise NotImplementedError
@@ -248,12 +240,7 @@ class Served:
         return (self.dir / "serve.log").read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
+        self.ask_to_stop()
         # Children started in sessions of their own outlive a killed parent: end each by id (if
         # that id is still the process it was, not a new one that reused it).
         for pid, command in self.pids.items():
