@@ -114,6 +114,28 @@ def clipped(text, limit: int = 60, css: str = "clip") -> str:
     return format_html('<span class="{}" title="{}">{}</span>', css, flat[:2000], shown)
 
 
+def number_display(field: str, description: str, sortable: bool = True):
+    """A column showing the number in `field` with thousands separators."""
+
+    @admin.display(description=description, ordering=field if sortable else None)
+    def shown(self, obj):
+        return f"{getattr(obj, field):,}"
+
+    return shown
+
+
+def count_link_display(model, parent: str, count: str, description: str):
+    """A column sorted by `count` (a field or an annotation) showing it as a link to the
+    changelist of the `model` rows whose `parent` is this row."""
+
+    @admin.display(description=description, ordering=count)
+    def shown(self, obj):
+        return format_html('<a href="{}">{}</a>', changelist_url(model, **{f"{parent}__id__exact": obj.pk}),
+                           getattr(obj, count))
+
+    return shown
+
+
 def when_display(field: str, description: str):
     """A timestamp column or field by the pages' one clock (server time zone, labelled,
     seconds shown; the full timestamp and the relative time on hover)."""
@@ -129,6 +151,16 @@ def trace_link(request_id, label: str = "trace") -> str:
     if not request_id:
         return "–"
     return format_html('<a href="{}">{}</a>', reverse("telemetry:request", args=[request_id]), label)
+
+
+def id_or_text_search(queryset, search_term: str, by_id, by_text):
+    """A big table's search: a UUID becomes indexed equalities (`by_id(value)`, a Q), any other
+    text `by_text(term)`, never a LIKE over every searchable column; no text, every row."""
+    term = search_term.strip()
+    if not term:
+        return queryset, False
+    value = as_uuid(term)
+    return queryset.filter(by_id(value) if value is not None else by_text(term)), False
 
 
 def count_of(model, fk: str, **filters):
@@ -178,17 +210,30 @@ class FixedChoicesFilter(admin.SimpleListFilter):
 admin.site.enable_nav_sidebar = False
 
 
-class MashAdmin(admin.ModelAdmin):
+class TimestampColumns:
+    """The records' timestamp columns, one each by the pages' one clock: an admin lists (in
+    `list_display`, `fields`, `readonly_fields`) those its model has."""
+
+    created = when_display("created_at", "created")
+    updated = when_display("updated_at", "updated")
+    started = when_display("started_at", "started")
+    finished = when_display("finished_at", "finished")
+    last_activity = when_display("last_activity_at", "last activity")
+    lease_expires = when_display("lease_expires_at", "lease expires")
+    expires = when_display("expires_at", "expires")
+    answered = when_display("answered_at", "answered")
+    last_seen = when_display("last_seen_at", "last seen")
+
+
+class MashAdmin(TimestampColumns, admin.ModelAdmin):
     """The admin pages of Mash's records: compact changelists (admin.css)."""
 
     class Media:
         css = {"all": ("mash_runtime/admin.css",)}
 
 
-class HistoryAdmin(MashAdmin):
-    """A record of what happened: viewable, never added, edited or deleted here."""
-
-    show_full_result_count = False
+class ReadOnly:
+    """Viewable, never added, edited or deleted here."""
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -198,6 +243,12 @@ class HistoryAdmin(MashAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class HistoryAdmin(ReadOnly, MashAdmin):
+    """A record of what happened: viewable, never added, edited or deleted here."""
+
+    show_full_result_count = False
 
 
 class RequestChildAdmin:
@@ -244,22 +295,12 @@ class AgentAdmin(MashAdmin):
             token_total=Coalesce(Subquery(tokens, output_field=IntegerField()), 0),
         )
 
-    @admin.display(description="sessions", ordering="session_count")
-    def sessions(self, obj):
-        return format_html('<a href="{}">{}</a>', changelist_url(Session, agent__id__exact=obj.pk), obj.session_count)
-
-    @admin.display(description="requests", ordering="request_count")
-    def requests(self, obj):
-        return format_html('<a href="{}">{}</a>', changelist_url(Request, agent__id__exact=obj.pk), obj.request_count)
-
-    @admin.display(description="session tokens", ordering="token_total")
-    def tokens(self, obj):
-        return f"{obj.token_total:,}"
+    sessions = count_link_display(Session, "agent", "session_count", "sessions")
+    requests = count_link_display(Request, "agent", "request_count", "requests")
+    tokens = number_display("token_total", "session tokens")
 
     shown_metadata = json_display("metadata", "metadata")
     shown_config = json_display("config", "config")
-    created = when_display("created_at", "created")
-    updated = when_display("updated_at", "updated")
 
     @admin.display(description="records")
     def related(self, obj):
@@ -308,23 +349,11 @@ class SessionAdmin(MashAdmin):
     def short_session_id(self, obj):
         return clipped(obj.session_id, 60)
 
-    @admin.display(description="tokens", ordering="session_total_tokens")
-    def tokens(self, obj):
-        return f"{obj.session_total_tokens:,}"
+    tokens = number_display("session_total_tokens", "tokens")
 
-    created = when_display("created_at", "created")
-    last_activity = when_display("last_activity_at", "last activity")
-
-    @admin.display(description="requests", ordering="last_request_seq")
-    def requests(self, obj):
-        # last_request_seq counts every request the session ever had (pruned ones included).
-        return format_html('<a href="{}">{}</a>', changelist_url(Request, session__id__exact=obj.pk),
-                           obj.last_request_seq)
-
-    @admin.display(description="turns", ordering="turn_count")
-    def turns(self, obj):
-        return format_html('<a href="{}">{}</a>', changelist_url(MemoryTurn, session__id__exact=obj.pk),
-                           obj.turn_count)
+    # last_request_seq counts every request the session ever had (pruned ones included).
+    requests = count_link_display(Request, "session", "last_request_seq", "requests")
+    turns = count_link_display(MemoryTurn, "session", "turn_count", "turns")
 
     @admin.display(description="")
     def telemetry(self, obj):
@@ -410,13 +439,9 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
             pending_count=count_of(Interaction, "request", status=Interaction.Status.PENDING))
 
     def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        value = as_uuid(term)
-        if value is not None:
-            return queryset.filter(Q(pk=value) | Q(trace_id=value) | Q(parent_id=value)), False
-        return queryset.filter(Q(message__icontains=term) | Q(session__session_id=term)), False
+        return id_or_text_search(queryset, search_term,
+                                 lambda value: Q(pk=value) | Q(trace_id=value) | Q(parent_id=value),
+                                 lambda term: Q(message__icontains=term) | Q(session__session_id=term))
 
     @admin.display(description="request", ordering="pk")
     def short_id(self, obj):
@@ -427,23 +452,13 @@ class RequestAdmin(OperatorActions, HistoryAdmin):
     def short_message(self, obj):
         return clipped(obj.message, 80)
 
-    @admin.display(description="tokens")
-    def tokens(self, obj):
-        return f"{obj.total_tokens:,}"
-
-    created = when_display("created_at", "created")
-    started = when_display("started_at", "started")
-    finished = when_display("finished_at", "finished")
-    lease_expires = when_display("lease_expires_at", "lease expires")
+    tokens = number_display("total_tokens", "tokens", sortable=False)
 
     @admin.display(description="duration")
     def duration(self, obj):
         return duration_text(obj.duration_ms)
 
-    @admin.display(description="events", ordering="last_seq")
-    def events(self, obj):
-        return format_html('<a href="{}">{}</a>', changelist_url(RuntimeEvent, request__id__exact=obj.pk),
-                           obj.last_seq)
+    events = count_link_display(RuntimeEvent, "request", "last_seq", "events")
 
     @admin.display(description="status", ordering="status")
     def shown_status(self, obj):
@@ -563,13 +578,9 @@ class RuntimeEventAdmin(RequestChildAdmin, BigTableAdmin):
     readonly_fields = fields
 
     def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        value = as_uuid(term)
-        if value is not None:
-            return queryset.filter(Q(request_id=value) | Q(trace_id=value)), False
-        return queryset.filter(Q(session_id=term) | Q(event_type__startswith=term)), False
+        return id_or_text_search(queryset, search_term,
+                                 lambda value: Q(request_id=value) | Q(trace_id=value),
+                                 lambda term: Q(session_id=term) | Q(event_type__startswith=term))
 
     when = when_display("created_at", "created")
 
@@ -594,7 +605,6 @@ class StepCheckpointAdmin(RequestChildAdmin, BigTableAdmin):
     readonly_fields = fields
 
     shown_output = json_display("output", "output")
-    created = when_display("created_at", "created")
 
 
 # -- interactions ---------------------------------------------------------------------------------
@@ -614,10 +624,6 @@ class InteractionAdmin(RequestChildAdmin, OperatorActions, HistoryAdmin):
               "answer_link")
     readonly_fields = fields
     ordering = ("-created_at",)
-
-    created = when_display("created_at", "created")
-    expires = when_display("expires_at", "expires")
-    answered = when_display("answered_at", "answered")
 
     @admin.display(description="prompt")
     def short_prompt(self, obj):
@@ -708,8 +714,6 @@ class WorkerAdmin(HistoryAdmin):
     fields = ("name", "hostname", "pid", "slots", "in_use", "draining", "started", "last_seen")
     readonly_fields = fields
     ordering = ("-last_seen_at",)
-    started = when_display("started_at", "started")
-    last_seen = when_display("last_seen_at", "last seen")
 
     @admin.display(boolean=True, description=f"seen in the last {Worker.LIVE_SECONDS} s")
     def live(self, obj):
@@ -756,8 +760,6 @@ class MemoryTurnAdmin(HistoryAdmin):
     @admin.display(description="agent answer")
     def short_agent(self, obj):
         return clipped(obj.agent_response, 80, "clip mid")
-
-    created = when_display("created_at", "created")
 
     @admin.display(description="tokens")
     def tokens(self, obj):
@@ -810,10 +812,16 @@ class WorkflowDefinitionAdmin(MashAdmin):
         tasks = obj.tasks if isinstance(obj.tasks, list) else []
         return clipped(" → ".join(str(t.get("task_id")) for t in tasks if isinstance(t, dict)), 60)
 
-    updated = when_display("updated_at", "updated")
+
+@admin.display(description="request")
+def request_and_trace_links(self, obj):
+    """A task run's column: its request's admin page and trace (– before it has a request)."""
+    if not obj.request_id:
+        return "–"
+    return format_html("{} · {}", link(Request, obj.request_id, str(obj.request_id)[:8]), trace_link(obj.request_id))
 
 
-class TaskRunInline(admin.TabularInline):
+class TaskRunInline(TimestampColumns, ReadOnly, admin.TabularInline):
     """A run's tasks on its page: status, links to each task's request and trace, output."""
 
     model = WorkflowTaskRun
@@ -825,21 +833,7 @@ class TaskRunInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ("index",)
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="request")
-    def request_links(self, obj):
-        if not obj.request_id:
-            return "–"
-        return format_html('{} · {}', link(Request, obj.request_id, str(obj.request_id)[:8]),
-                           trace_link(obj.request_id))
+    request_links = request_and_trace_links
 
     @admin.display(description="output")
     def short_output(self, obj):
@@ -848,9 +842,6 @@ class TaskRunInline(admin.TabularInline):
     @admin.display(description="error")
     def short_error(self, obj):
         return clipped(obj.error, 60) or "–"
-
-    started = when_display("started_at", "started")
-    finished = when_display("finished_at", "finished")
 
 
 @admin.register(WorkflowRun)
@@ -894,9 +885,6 @@ class WorkflowRunAdmin(HistoryAdmin):
             (f"{obj.last_seq} events", changelist_url(WorkflowRunEvent, run__run_id__exact=obj.pk)),
         ])
 
-    created = when_display("created_at", "created")
-    started = when_display("started_at", "started")
-    finished = when_display("finished_at", "finished")
     shown_input = json_display("input", "input")
 
     @admin.display(description="output")
@@ -965,15 +953,8 @@ class WorkflowTaskRunAdmin(HistoryAdmin):
     def run_ref(self, obj):
         return format_html("{} · {}", link(WorkflowRun, obj.run_id, obj.run_id), run_page_link(obj.run_id, "run page"))
 
-    @admin.display(description="request")
-    def request_links(self, obj):
-        if not obj.request_id:
-            return "–"
-        return format_html("{} · {}", link(Request, obj.request_id, str(obj.request_id)[:8]),
-                           trace_link(obj.request_id))
+    request_links = request_and_trace_links
 
-    started = when_display("started_at", "started")
-    finished = when_display("finished_at", "finished")
     shown_output = json_display("output", "output (the task's new state)")
 
 
@@ -989,7 +970,6 @@ class WorkflowTaskStateAdmin(HistoryAdmin):
     def run_ref(self, obj):
         return run_page_link(obj.run_id)
 
-    updated = when_display("updated_at", "updated")
     shown_state = json_display("state", "state (handed to the next run)")
 
 
@@ -1000,5 +980,3 @@ class PublishedSkillAdmin(MashAdmin):
     search_fields = ("name",)
     list_select_related = ("agent",)
     raw_id_fields = ("agent",)
-
-    updated = when_display("updated_at", "updated")
