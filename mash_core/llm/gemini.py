@@ -47,17 +47,10 @@ class GeminiProvider(SDKProvider):
     base_url_env = "GEMINI_BASE_URL"
     default_model = DEFAULT_MODEL
 
-    def __init__(
-        self,
-        app_id: str,
-        model: str | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        *,
-        timeout: float = 120.0,
-        default_headers: dict[str, str] | None = None,
-        http_client: Any = None,
-    ) -> None:
+    def __init__(self, app_id: str, model: str | None = None, api_key: str | None = None,
+                 base_url: str | None = None, *, timeout: float = 120.0,
+                 default_headers: dict[str, str] | None = None, http_client: Any = None) -> None:
+        """SDKProvider's arguments but `max_retries`: the SDK makes one attempt (see `_get_client`)."""
         super().__init__(app_id, model, api_key, base_url, timeout=timeout, default_headers=default_headers,
                          http_client=http_client)
         self._signatures: dict[str, bytes] = {}  # call id -> thought signature, for this run

@@ -40,23 +40,12 @@ class OpenAICompatible(SDKProvider):
     base_url_env = "OPENAI_BASE_URL"
     default_model = DEFAULT_MODEL
 
-    def __init__(
-        self,
-        app_id: str,
-        model: str | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        *,
-        timeout: float = 120.0,
-        max_retries: int = 0,
-        default_headers: dict[str, str] | None = None,
-        http_client: Any = None,
-        # None: send `temperature` unless the model is a reasoning model (gpt-5*, o1/o3/o4...),
-        # which rejects it. True/False: always/never.
-        send_temperature: bool | None = None,
-    ) -> None:
-        super().__init__(app_id, model, api_key, base_url, timeout=timeout, max_retries=max_retries,
-                         default_headers=default_headers, http_client=http_client)
+    def __init__(self, app_id: str, model: str | None = None, api_key: str | None = None,
+                 base_url: str | None = None, *, send_temperature: bool | None = None, **kwargs: Any) -> None:
+        """`kwargs`: SDKProvider's (timeout, max_retries, default_headers, http_client).
+        `send_temperature` None: send `temperature` unless the model is a reasoning model
+        (gpt-5*, o1/o3/o4...), which rejects it. True/False: always/never."""
+        super().__init__(app_id, model, api_key, base_url, **kwargs)
         self._send_temperature = send_temperature
 
     def takes_temperature(self) -> bool:
