@@ -61,9 +61,8 @@ def _dumps(value: Any) -> str:
 
 
 class MasherTool(Tool):
-    """A Masher tool: runs its plain-code function in the engine's ORM thread."""
-
-    func_name = ""
+    """A Masher tool: runs its plain-code function, the one of `records` its name ends with
+    (`masher_save_evals`: `records.save_evals`), in the engine's ORM thread."""
 
     async def execute(self, args: dict[str, Any]) -> ToolResult:
         from mash_runtime.masher import records
@@ -71,7 +70,7 @@ class MasherTool(Tool):
         unknown = sorted(set(args) - set(self.parameters["properties"]))
         if unknown:
             return ToolResult.error(f"unknown argument(s) for {self.name}: {', '.join(unknown)}")
-        fn = getattr(records, self.func_name)
+        fn = getattr(records, self.name.removeprefix("masher_"))
         try:
             value = await database(fn)(**args)
         except records.MasherError as exc:
@@ -89,7 +88,6 @@ SAVE_PARAMS = {"mode": MODE_PARAM, "agent_id": AGENT_PARAM, "run_id": RUN_PARAM}
 
 class CollectTool(MasherTool):
     name = "masher_collect"
-    func_name = "collect"
     description = (
         "Collect traces with their facts computed in code: status, user message, answer, event/tool/step/LLM call "
         "counts, tools used, tokens, duration and notable events (errors, denied or failed tool calls, "
@@ -108,7 +106,6 @@ class CollectTool(MasherTool):
 
 class SaveDigestsTool(MasherTool):
     name = "masher_save_digests"
-    func_name = "save_digests"
     description = (
         "Store one trace digest per trace: facts are recomputed in code, the summary is yours. In incremental "
         "mode the agent's checkpoint moves to the newest saved trace (traces before it that you left out get an "
@@ -126,7 +123,6 @@ class SaveDigestsTool(MasherTool):
 
 class SaveEvalsTool(MasherTool):
     name = "masher_save_evals"
-    func_name = "save_evals"
     description = (
         "Store one eval record per completed trace, from its data alone: user message, answer, tools used "
         "(with arguments), tokens. In incremental mode the agent's checkpoint moves to the newest of the "

@@ -217,6 +217,13 @@ def _agent_of(reqs: list[Request], agent_id: Any) -> str:
     return check_agent(agents.pop())
 
 
+def save_per_trace(model, reqs: list[Request], fields) -> list:
+    """One `model` row per request, found by its agent and trace id, made or updated with
+    `fields(req, trace_facts(req))`, in the order of `reqs`."""
+    return [model.objects.update_or_create(agent_id=req.agent.agent_id, trace_id=req.trace_id,
+                                           defaults=fields(req, trace_facts(req)))[0] for req in reqs]
+
+
 def save_digests(digests: Any, mode: Any = "trace", agent_id: Any = None, run_id: Any = None) -> dict[str, Any]:
     """Store one TraceDigest per given trace (facts from code, summary from the model).
 
@@ -247,24 +254,17 @@ def save_digests(digests: Any, mode: Any = "trace", agent_id: Any = None, run_id
                                         | Q(finished_at=newest.finished_at, pk__lte=newest.pk))
                 for r in window:
                     reqs.setdefault(r.pk, r)
-        ordered = sorted(reqs.values(), key=lambda r: (r.finished_at, r.pk))
-        saved = []
-        for req in ordered:
-            facts = trace_facts(req)
-            digest, _ = TraceDigest.objects.update_or_create(
-                agent_id=req.agent.agent_id, trace_id=req.trace_id,
-                defaults={
-                    "request": req, "session_id": req.session.session_id, "status": facts["status"],
-                    "summary": summaries.get(req.pk) or plain_summary(facts),
-                    "event_count": facts["event_count"], "tool_call_count": facts["tool_call_count"],
-                    "step_count": facts["step_count"], "llm_call_count": facts["llm_call_count"],
-                    "tools": facts["tools"], "input_tokens": facts["input_tokens"],
-                    "output_tokens": facts["output_tokens"], "total_tokens": facts["total_tokens"],
-                    "duration_ms": facts["duration_ms"], "notable_events": facts["notable_events"],
-                    "mode": mode, "run_id": run_id, "trace_created_at": req.created_at,
-                },
-            )
-            saved.append(digest)
+        ordered = sorted(reqs.values(), key=_position)
+        saved = save_per_trace(TraceDigest, ordered, lambda req, facts: {
+            "request": req, "session_id": req.session.session_id, "status": facts["status"],
+            "summary": summaries.get(req.pk) or plain_summary(facts),
+            "event_count": facts["event_count"], "tool_call_count": facts["tool_call_count"],
+            "step_count": facts["step_count"], "llm_call_count": facts["llm_call_count"],
+            "tools": facts["tools"], "input_tokens": facts["input_tokens"],
+            "output_tokens": facts["output_tokens"], "total_tokens": facts["total_tokens"],
+            "duration_ms": facts["duration_ms"], "notable_events": facts["notable_events"],
+            "mode": mode, "run_id": run_id, "trace_created_at": req.created_at,
+        })
         if mode == "incremental" and saved:
             newest_req = max(ordered, key=_position)
             checkpoint = advance_checkpoint(newest_req.agent.agent_id, MasherCheckpoint.Kind.DIGEST, newest_req,
@@ -300,19 +300,12 @@ def save_evals(trace_ids: Any, mode: Any = "trace", agent_id: Any = None, run_id
     run_id = check_run(run_id)
     with transaction.atomic():
         ordered = sorted(reqs.values(), key=_position)
-        saved = []
-        for req in ordered:
-            facts = trace_facts(req)
-            record, _ = EvalRecord.objects.update_or_create(
-                agent_id=req.agent.agent_id, trace_id=req.trace_id,
-                defaults={
-                    "request": req, "session_id": req.session.session_id, "user_message": req.message,
-                    "answer": facts["answer"], "tools": facts["tool_calls"], "input_tokens": facts["input_tokens"],
-                    "output_tokens": facts["output_tokens"], "total_tokens": facts["total_tokens"],
-                    "status": req.status, "mode": mode, "run_id": run_id,
-                },
-            )
-            saved.append(record)
+        saved = save_per_trace(EvalRecord, ordered, lambda req, facts: {
+            "request": req, "session_id": req.session.session_id, "user_message": req.message,
+            "answer": facts["answer"], "tools": facts["tool_calls"], "input_tokens": facts["input_tokens"],
+            "output_tokens": facts["output_tokens"], "total_tokens": facts["total_tokens"],
+            "status": req.status, "mode": mode, "run_id": run_id,
+        })
         checkpoint = None
         considered = ordered + ([through] if through is not None else [])
         if mode == "incremental" and considered:
