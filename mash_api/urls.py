@@ -14,49 +14,52 @@ def both(singular: str, plural: str, suffix: str, view, name: str):
     ]
 
 
+# Under `agent/<agent_id>` (and `agents/<agent_id>`): (path, view, name).
+AGENT_ROUTES = [
+    ("", agents.AgentDetailView, "agent-detail"),
+    ("/sessions", sessions.SessionListView, "session-list"),
+    ("/sessions/<str:session_id>", sessions.SessionDetailView, "session-detail"),
+    ("/sessions/<str:session_id>/history", sessions.SessionHistoryView, "session-history"),
+    ("/sessions/<str:session_id>/signals", sessions.SessionSignalsView, "session-signals"),
+    ("/sessions/<str:session_id>/compact", sessions.CompactSessionView, "session-compact"),
+    ("/session/<str:session_id>/trace/<str:trace_id>/reasoning", sessions.ReasoningTraceView, "trace-reasoning"),
+    ("/sessions/<str:session_id>/trace/<str:trace_id>/reasoning", sessions.ReasoningTraceView,
+     "trace-reasoning-sessions"),
+    ("/skill", workflows.PublishSkillView, "skill-publish"),
+    ("/skill/<str:name>", workflows.PublishedSkillView, "skill-remove"),
+    ("/workflow", workflows.PublishWorkflowView, "workflow-publish"),
+    ("/workflow/<str:workflow_id>", workflows.PublishedWorkflowView, "workflow-remove"),
+]
+
+# Under `.../request/<request_id>/` (either spelling of each word): an action, named `request-<action>`.
+REQUEST_ACTIONS = [
+    ("events", sse.request_events),
+    ("status", agents.RequestStatusView),
+    ("resume", agents.ResumeRequestView),
+    ("cancel", agents.CancelRequestView),
+    ("interaction", agents.InteractionView),
+]
+
+
+def view_of(view):
+    """A class-based view's callable (a new one per route), or the function view itself."""
+    return view.as_view() if isinstance(view, type) else view
+
+
 def agent_routes():
     routes = []
     for agent_word in ("agent", "agents"):
         alias = "" if agent_word == "agent" else "-alias"
         a = f"{agent_word}/<str:agent_id>"
-        routes += [
-            path(f"{agent_word}", agents.AgentListView.as_view(), name=f"agent-list{alias}"),
-            path(f"{a}", agents.AgentDetailView.as_view(), name=f"agent-detail{alias}"),
-            path(f"{a}/sessions", sessions.SessionListView.as_view(), name=f"session-list{alias}"),
-            path(f"{a}/sessions/<str:session_id>", sessions.SessionDetailView.as_view(), name=f"session-detail{alias}"),
-            path(f"{a}/sessions/<str:session_id>/history", sessions.SessionHistoryView.as_view(),
-                 name=f"session-history{alias}"),
-            path(f"{a}/sessions/<str:session_id>/signals", sessions.SessionSignalsView.as_view(),
-                 name=f"session-signals{alias}"),
-            path(f"{a}/sessions/<str:session_id>/compact", sessions.CompactSessionView.as_view(),
-                 name=f"session-compact{alias}"),
-            path(f"{a}/session/<str:session_id>/trace/<str:trace_id>/reasoning",
-                 sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning{alias}"),
-            path(f"{a}/sessions/<str:session_id>/trace/<str:trace_id>/reasoning",
-                 sessions.ReasoningTraceView.as_view(), name=f"trace-reasoning-sessions{alias}"),
-            path(f"{a}/skill", workflows.PublishSkillView.as_view(), name=f"skill-publish{alias}"),
-            path(f"{a}/skill/<str:name>", workflows.PublishedSkillView.as_view(), name=f"skill-remove{alias}"),
-            path(f"{a}/workflow", workflows.PublishWorkflowView.as_view(), name=f"workflow-publish{alias}"),
-            path(f"{a}/workflow/<str:workflow_id>", workflows.PublishedWorkflowView.as_view(),
-                 name=f"workflow-remove{alias}"),
-        ]
+        routes.append(path(f"{agent_word}", agents.AgentListView.as_view(), name=f"agent-list{alias}"))
+        routes += [path(f"{a}{suffix}", view_of(view), name=f"{name}{alias}") for suffix, view, name in AGENT_ROUTES]
         for request_word in ("request", "requests"):
             ralias = alias or ("" if request_word == "request" else "-alias")
             r = f"{a}/{request_word}"
-            routes += [
-                path(r, agents.SubmitRequestView.as_view(), name=f"request-submit{ralias}{request_word}"),
-                path(f"{r}/<str:request_id>/events", sse.request_events, name=f"request-events{ralias}{request_word}"),
-                path(f"{r}/<str:request_id>/status", agents.RequestStatusView.as_view(),
-                     name=f"request-status{ralias}{request_word}"),
-                path(f"{r}/<str:request_id>/resume", agents.ResumeRequestView.as_view(),
-                     name=f"request-resume{ralias}{request_word}"),
-                path(f"{r}/<str:request_id>/cancel", agents.CancelRequestView.as_view(),
-                     name=f"request-cancel{ralias}{request_word}"),
-                path(f"{r}/<str:request_id>/interaction", agents.InteractionView.as_view(),
-                     name=f"request-interaction{ralias}{request_word}"),
-            ]
+            routes.append(path(r, agents.SubmitRequestView.as_view(), name=f"request-submit{ralias}{request_word}"))
+            routes += [path(f"{r}/<str:request_id>/{action}", view_of(view),
+                            name=f"request-{action}{ralias}{request_word}") for action, view in REQUEST_ACTIONS]
     return routes
-
 
 api_v1 = [
     path("health", agents.HealthView.as_view(), name="health"),
