@@ -34,6 +34,9 @@ SKIP_SIGNATURE = b"skip_thought_signature_validator"
 
 _REFUSALS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
              "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "LANGUAGE"}
+# A candidate's finishReason (no function calls) -> our stop reason; any other: "other".
+_FINISH_STOPS: dict[str | None, StopReason] = {None: "end_turn", "STOP": "end_turn", "MAX_TOKENS": "max_tokens",
+                                               **dict.fromkeys(_REFUSALS, "refusal")}
 
 
 class GeminiProvider(SDKProvider):
@@ -324,14 +327,8 @@ def to_response(response: Any, position: int, model: str) -> tuple[LLMResponse, 
         stop = "refusal" if blocked else "other"
     elif calls:
         stop = "tool_use"
-    elif finish in (None, "STOP"):
-        stop = "end_turn"
-    elif finish == "MAX_TOKENS":
-        stop = "max_tokens"
-    elif finish in _REFUSALS:
-        stop = "refusal"
     else:
-        stop = "other"
+        stop = _FINISH_STOPS.get(finish, "other")
     meta = response.usage_metadata
     usage = TokenUsage()
     if meta is not None:
