@@ -398,16 +398,19 @@ _first_start_texts: dict[tuple, tuple[str, list, list[str]]] = {}
 
 
 def claim_first_start(request_model: type[models.Model], event_model: type[models.Model], request_id, owner: str,
-                      now, lease_seconds: int, hosted_ids: list[str], created_at: float):
+                      now, lease_seconds: int, hosted_ids: list[str], created_at: float, reads: list[tuple] = ()):
     """The usual claim as one statement, committed on its own: `take_lease`'s UPDATE for a
     request never started before, not asked to cancel, of an agent in `hosted_ids`; the
     request read back with its agent and session; and its `request.started` event inserted at
     the seq the UPDATE reserved, with `events.base_payload` and status "started" as payload
     (built here by jsonb_build_object, the same keys and values) and `started.<run_attempt>`
     as its dedupe key (nothing of a first start can hold that key yet); not for requests whose
-    events are mirrored (a subagent's, a workflow task's). Returns (the request,
-    its agent and session cached on it, the event's id), or None when the request did not
-    match: nothing was written, and the ordinary claim (`lifecycle._claim`) decides why.
+    events are mirrored (a subagent's, a workflow task's). `reads` (statements built below, of
+    this request: `history_statement(of_request=)`, `published_skills_statement(of_request=)`)
+    travel with it in one pipeline, so the run's reads cost no trip of their own. Returns
+    (the request, its agent and session cached on it, the event's id, the rows of each of
+    `reads`), or None when the request did not match: nothing was written, and the ordinary
+    claim (`lifecycle._claim`) decides why.
 
     ORM equivalent: lifecycle._claim's transaction (`take_lease`, `select_rows(Request,
     related=("agent", "session"))`, `append_events` of the started event): four round trips
@@ -480,12 +483,11 @@ def claim_first_start(request_model: type[models.Model], event_model: type[model
     event_params = [{"event_type": "request.started", "created_at": created_at}[name] for name in bound]
     params = [Request.Status.RUNNING, owner, expires, prep("started_at", now), prep("id", request_id),
               *Request.TERMINAL, prep("lease_expires_at", now), list(hosted_ids), *Request.TERMINAL, *event_params]
-    with bound_cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
+    claimed, *read = pipelined([(sql, params, list), *reads])
+    if not claimed:
         return None
-    return _from_row(row[:-1], plan, conn), row[-1]
+    row = claimed[0]
+    return _from_row(row[:-1], plan, conn), row[-1], read
 
 
 _completion_texts: dict[tuple, tuple[str, list[str]]] = {}
@@ -584,6 +586,15 @@ def recent_history(turn_model: type[models.Model], request_model: type[models.Mo
     .order_by("-created_at").first()`, then `turns.filter(kind=TURN, request__session_seq__lt=
     before_seq, created_at__gt=summary.created_at).order_by("-request__session_seq")[:limit]`:
     every run reads this, and compiling those two queries cost more than running them."""
+    return read_rows(history_statement(turn_model, request_model, limit, session_pk=session_pk,
+                                       before_seq=before_seq))
+
+
+def history_statement(turn_model: type[models.Model], request_model: type[models.Model], limit: int, *,
+                      session_pk: int | None = None, before_seq: int | None = None, of_request=None) -> tuple:
+    """`recent_history`'s statement, for a session and seq given, or for those `of_request`
+    (a request id: its session, before its own seq), to be read by `read_rows` or along
+    with a claim (`claim_first_start`)."""
     conn = connections[DEFAULT_DB_ALIAS]
     quote = conn.ops.quote_name
 
@@ -594,20 +605,29 @@ def recent_history(turn_model: type[models.Model], request_model: type[models.Mo
         return column(request_model, name, conn)
 
     turns, requests = quote(turn_model._meta.db_table), quote(request_model._meta.db_table)
+    if of_request is None:
+        session, before, key = "%s", "%s", [session_pk]
+        seq_key = [before_seq]
+    else:
+        session = f"(SELECT {r('session')} FROM {requests} WHERE {r('pk')} = %s)"
+        before = f"(SELECT {r('session_seq')} FROM {requests} WHERE {r('pk')} = %s)"
+        key = seq_key = [model_field(request_model, "pk").get_db_prep_value(of_request, conn)]
     sql = (
         f"WITH summary AS (SELECT {t('created_at')} AS created_at, {t('agent_response')} AS agent_response "
-        f"FROM {turns} WHERE {t('session')} = %s AND {t('kind')} = %s ORDER BY {t('created_at')} DESC LIMIT 1) "
+        f"FROM {turns} WHERE {t('session')} = {session} AND {t('kind')} = %s ORDER BY {t('created_at')} DESC LIMIT 1) "
         f"SELECT 0, '', agent_response FROM summary "
         f"UNION ALL SELECT * FROM (SELECT r.{r('session_seq')}, t.{t('user_message')}, t.{t('agent_response')} "
         f"FROM {turns} t JOIN {requests} r ON r.{r('pk')} = t.{t('request')} "
-        f"WHERE t.{t('session')} = %s AND t.{t('kind')} = %s AND r.{r('session_seq')} < %s "
+        f"WHERE t.{t('session')} = {session} AND t.{t('kind')} = %s AND r.{r('session_seq')} < {before} "
         f"AND NOT EXISTS (SELECT 1 FROM summary WHERE summary.created_at >= t.{t('created_at')}) "
         f"ORDER BY r.{r('session_seq')} DESC LIMIT %s) recent"
     )
     kinds = turn_model.Kind
-    with bound_cursor() as cursor:
-        cursor.execute(sql, [session_pk, kinds.SUMMARY, session_pk, kinds.TURN, before_seq, max(limit, 0)])
-        return sorted(cursor.fetchall(), key=lambda row: row[0])
+    return sql, [*key, kinds.SUMMARY, *key, kinds.TURN, *seq_key, max(limit, 0)], _by_position
+
+
+def _by_position(rows: list) -> list:
+    return sorted(rows, key=lambda row: row[0])
 
 
 def published_skill_rows(skill_model: type[models.Model], agent_id: str) -> list[tuple[str, str, str, str]]:
@@ -615,6 +635,13 @@ def published_skill_rows(skill_model: type[models.Model], agent_id: str) -> list
     `agent_id`, by name. ORM equivalent: `PublishedSkill.objects.filter(agent__agent_id=
     agent_id).order_by("name").values_list(...)`: every run builds its agent through this and
     usually finds nothing, and compiling that query cost several times running it."""
+    return read_rows(published_skills_statement(skill_model, agent_id=agent_id))
+
+
+def published_skills_statement(skill_model: type[models.Model], *, agent_id: str | None = None,
+                               of_request=None, request_model: type[models.Model] | None = None) -> tuple:
+    """`published_skill_rows`' statement, for an agent id given or for the agent `of_request`
+    (a request id of `request_model`)."""
     conn = connections[DEFAULT_DB_ALIAS]
     quote = conn.ops.quote_name
     agent_model = skill_model._meta.get_field("agent").related_model
@@ -622,13 +649,46 @@ def published_skill_rows(skill_model: type[models.Model], agent_id: str) -> list
     def s(name: str) -> str:
         return column(skill_model, name, conn)
 
+    if of_request is None:
+        which, key = f"a.{column(agent_model, 'agent_id', conn)} = %s", agent_id
+    else:
+        which = (f"a.{column(agent_model, 'pk', conn)} = (SELECT {column(request_model, 'agent', conn)} "
+                 f"FROM {quote(request_model._meta.db_table)} WHERE {column(request_model, 'pk', conn)} = %s)")
+        key = model_field(request_model, "pk").get_db_prep_value(of_request, conn)
     sql = (f"SELECT s.{s('name')}, s.{s('description')}, s.{s('content')}, s.{s('location')} "
            f"FROM {quote(skill_model._meta.db_table)} s JOIN {quote(agent_model._meta.db_table)} a "
            f"ON a.{column(agent_model, 'pk', conn)} = s.{s('agent')} "
-           f"WHERE a.{column(agent_model, 'agent_id', conn)} = %s ORDER BY s.{s('name')}")
+           f"WHERE {which} ORDER BY s.{s('name')}")
+    return sql, [key], list
+
+
+def read_rows(statement: tuple) -> list:
+    """The rows of one statement built above ((text, parameters, what to make of the rows))."""
+    sql, params, finish = statement
     with bound_cursor() as cursor:
-        cursor.execute(sql, [agent_id])
-        return cursor.fetchall()
+        cursor.execute(sql, params)
+        return finish(cursor.fetchall())
+
+
+def pipelined(statements: list[tuple]) -> list[list]:
+    """The rows of each statement, all sent before any answer is awaited (psycopg's pipeline
+    mode): one round trip for all of them on PostgreSQL, each committed on its own as in
+    autocommit; one after another elsewhere. No ORM equivalent (the ORM awaits each answer)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql" or len(statements) < 2:
+        return [read_rows(statement) for statement in statements]
+    cursors = []
+    with bound_cursor() as first:  # connected, health-checked
+        try:
+            with conn.wrap_database_errors, conn.connection.pipeline():
+                for index, (sql, params, _) in enumerate(statements):
+                    cursor = first if index == 0 else bound_cursor()
+                    cursors.append(cursor)
+                    cursor.execute(sql, params)
+            return [finish(cursor.fetchall()) for cursor, (_, _, finish) in zip(cursors, statements)]
+        finally:
+            for cursor in cursors[1:]:
+                cursor.close()
 
 
 def estimated_rows(conn, table: str) -> int | None:

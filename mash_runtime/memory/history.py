@@ -11,15 +11,20 @@ from mash_runtime.models import MemoryTurn, Request
 SUMMARY_USER_MESSAGE = "[Summary of the earlier conversation]"
 
 
-def load_history(req: Request, limit: int) -> list[HistoryTurn]:
+def load_history(req: Request, limit: int, rows: list | None = None) -> list[HistoryTurn]:
     """The last `limit` turns of the session before this request, after its newest summary.
 
     "Before" is session order (`session_seq`), not time: a turn is written when its
     request completes, which is after a request queued behind it was submitted.
 
-    One statement (db.recent_history): every run reads this.
+    One statement (db.recent_history): every run reads this; or `rows`, that statement's
+    rows for a `limit` at least this one, read along with the claim.
     """
-    rows = recent_history(MemoryTurn, Request, req.session_id, req.session_seq, limit)
+    if rows is None:
+        rows = recent_history(MemoryTurn, Request, req.session_id, req.session_seq, limit)
+    else:
+        turns = [row for row in rows if row[0] != 0]
+        rows = [row for row in rows if row[0] == 0] + (turns[-limit:] if limit > 0 else [])
     return [HistoryTurn(SUMMARY_USER_MESSAGE, response) if position == 0 else HistoryTurn(message, response)
             for position, message, response in rows]
 

@@ -37,9 +37,10 @@ from mash_runtime.conf import conf
 from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.memory.history import build_turn
-from mash_runtime.db import (claim_first_start, complete_in_one_statement, insert_rows, select_rows, take_lease,
-                             update_row)
-from mash_runtime.models import Interaction, Request, RuntimeEvent, Session, keys_are_new
+from mash_runtime.db import (claim_first_start, complete_in_one_statement, history_statement, insert_rows,
+                             is_postgresql, published_skills_statement, select_rows, take_lease, update_row)
+from mash_runtime.models import (Interaction, MemoryTurn, PublishedSkill, Request, RuntimeEvent, Session,
+                                 keys_are_new)
 from mash_runtime.queue import enqueue_advance, enqueue_request
 from mash_runtime.run.checkpoints import checkpoint_rows, store_steps
 from mash_runtime.run.prepare import prepare_run
@@ -73,7 +74,7 @@ def claim(request_id: str, owner: str) -> RunState | Outcome:
     if isinstance(state, RunState) and not state.request.cancel_requested:
         hosted = get_host().get(state.request.agent.agent_id)
         if hosted is not None:
-            state.prepared = prepare_run(state.request, hosted, first_start=state.first_start)
+            state.prepared = prepare_run(state.request, hosted, first_start=state.first_start, reads=state.reads)
     return state
 
 
@@ -118,12 +119,20 @@ def _claim(request_id: str, owner: str, _retry: bool = True) -> RunState | Outco
 def _claim_first_start(request_id: str, owner: str, now) -> RunState | None:
     """The usual claim (a first start, nothing in the way) in one statement on PostgreSQL
     (db.claim_first_start); None when it did not apply, and `_claim`'s transaction decides."""
+    if not is_postgresql():
+        return None
     created_at = time.time()
-    found = claim_first_start(Request, RuntimeEvent, request_id, owner, now, lease_seconds(),
-                              list(get_host().agents), created_at)
+    host = get_host()
+    # The run's reads go along: the history as long as the longest any hosted agent keeps
+    # (prepare_run keeps this agent's), and the published skills.
+    longest = max(hosted.config.conversation_history_turns for hosted in host.agents.values())
+    reads = [history_statement(MemoryTurn, Request, longest, of_request=request_id),
+             published_skills_statement(PublishedSkill, of_request=request_id, request_model=Request)]
+    found = claim_first_start(Request, RuntimeEvent, request_id, owner, now, lease_seconds(), list(host.agents),
+                              created_at, reads)
     if found is None:
         return None
-    req, event_pk = found
+    req, event_pk, read = found
     # The row the statement inserted, as the ordinary path's append makes it (for the ring).
     started = RuntimeEvent._new(req, req.last_seq, ("request.started", {**base_payload(req), "status": "started"},
                                                     f"started.{req.run_attempt}", None, ""))
@@ -132,7 +141,7 @@ def _claim_first_start(request_id: str, owner: str, now) -> RunState | None:
     # A first start's stream holds "accepted" (and "waiting" when it queued behind another).
     req._event_keys = ({"accepted", started.dedupe_key} if req.last_seq == 2
                        else RuntimeEvent.stream_keys(req.pk))
-    state = RunState(request=req, owner=owner, first_start=True)
+    state = RunState(request=req, owner=owner, first_start=True, reads=tuple(read))
     state.claim_events = [started]
     return state
 

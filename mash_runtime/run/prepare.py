@@ -13,14 +13,17 @@ from mash_runtime.subagents import InvokeSubagentTool, routing_block
 from mash_runtime.workflows.publishing import add_published_skills
 
 
-def prepare_run(req: Request, hosted: HostedAgent, *, first_start: bool = False) -> Prepared:
+def prepare_run(req: Request, hosted: HostedAgent, *, first_start: bool = False, reads: tuple | None = None) -> Prepared:
     """Everything a run needs from the database and the spec, in one trip to a database
-    thread. A first start has no checkpoints to load."""
+    thread. A first start has no checkpoints to load; `reads` are the (history, published
+    skills) rows its claim read along (lifecycle._claim_first_start), else they are read here."""
     checkpoints = {} if first_start else load_checkpoints(req)
-    return Prepared(build_agent(hosted, req), load_history(req, hosted.config.conversation_history_turns), checkpoints)
+    history_rows, skill_rows = reads if reads is not None else (None, None)
+    return Prepared(build_agent(hosted, req, skill_rows=skill_rows),
+                    load_history(req, hosted.config.conversation_history_turns, rows=history_rows), checkpoints)
 
 
-def build_agent(hosted: HostedAgent, request: Request | None = None) -> Agent:
+def build_agent(hosted: HostedAgent, request: Request | None = None, *, skill_rows: list | None = None) -> Agent:
     """A fresh agent for one run: tools hold per-run state (a bash shell), so never share them.
 
     With `enable_runtime_tools()`, the memory tools are added, bound to `request` (its agent,
@@ -34,5 +37,5 @@ def build_agent(hosted: HostedAgent, request: Request | None = None) -> Agent:
         subagents = [host.get(i) for i in host.subagent_ids]
         tools.register(InvokeSubagentTool([s.agent_id for s in subagents]))
         suffix = routing_block(subagents)
-    skills = add_published_skills(hosted.agent_id, hosted.spec.build_skills())
+    skills = add_published_skills(hosted.agent_id, hosted.spec.build_skills(), rows=skill_rows)
     return Agent(hosted.config, hosted.spec.build_llm(), tools, skills, system_suffix=suffix)

@@ -61,6 +61,8 @@ class RunState:
     first_start: bool = False
     # Committed by the claim, not rung yet: they ride on the run's first ring.
     claim_events: list = field(default_factory=list)
+    # Rows the claim read along (its history and published skills), for prepare_run.
+    reads: tuple | None = None
     prepared: Prepared | None = None
     stop: Stop | None = None
     # The agent loop's task (what cancel interrupts), once it runs.

@@ -103,11 +103,13 @@ def remove_skill(agent_id: str, name: str) -> dict[str, Any]:
     return {"agent_id": hosted.agent_id, "skill_name": name.strip(), "deleted": True}
 
 
-def add_published_skills(agent_id: str, registry: SkillRegistry) -> SkillRegistry:
+def add_published_skills(agent_id: str, registry: SkillRegistry, rows: list | None = None) -> SkillRegistry:
     """Published skills join the spec's own; a published skill replaces a built-in of the same name.
 
-    Every run builds its agent through here, and usually finds nothing (db.published_skill_rows)."""
-    rows = published_skill_rows(PublishedSkill, agent_id)
+    Every run builds its agent through here, and usually finds nothing (db.published_skill_rows;
+    `rows`: that statement's rows, read along with the run's claim)."""
+    if rows is None:
+        rows = published_skill_rows(PublishedSkill, agent_id)
     root = skills_root()
     for name, description, content, location in rows:
         if location:

@@ -3,6 +3,7 @@ docstring's) gives, on SQLite and PostgreSQL; the PostgreSQL-only one-statement 
 what the portable paths store."""
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection
@@ -141,7 +142,7 @@ def test_published_skill_rows_are_what_the_orm_reads():
 class _Host:
     """A host of one agent, "primary", as lifecycle asks it (`agents`, `get`)."""
 
-    agents = {"primary": object()}
+    agents = {"primary": SimpleNamespace(config=SimpleNamespace(conversation_history_turns=3))}
 
     def get(self, agent_id):
         return self.agents.get(agent_id)
@@ -264,3 +265,54 @@ def test_a_completion_in_one_statement_stores_what_the_portable_completion_store
     completed = engine.events(fast[1].pk)[-1].payload
     assert completed["session_total_tokens"] == fast_session.session_total_tokens
     assert MemoryTurn.objects.get(request=fast[1]).session_total_tokens == fast_session.session_total_tokens
+
+
+def test_the_runs_reads_by_request_id_read_what_they_read_by_session_and_agent(make_request):
+    from mash_runtime.memory.history import load_history
+
+    reqs = [make_request(session_id="h", message=f"m{n}") for n in range(5)]
+    session = reqs[0].session
+    for req in reqs[:3]:
+        MemoryTurn.objects.create(agent=req.agent, session=session, request=req, user_message=req.message,
+                                  agent_response=f"r-{req.message}")
+    MemoryTurn.objects.create(agent=reqs[0].agent, session=session, kind=MemoryTurn.Kind.SUMMARY,
+                              agent_response="the summary")
+    MemoryTurn.objects.create(agent=reqs[3].agent, session=session, request=reqs[3], user_message="m3",
+                              agent_response="r-m3")
+    PublishedSkill.objects.create(agent=reqs[0].agent, name="alpha", description="d", content="c")
+    target = reqs[4]
+
+    for limit in (0, 1, 5):
+        by_request = db.read_rows(db.history_statement(MemoryTurn, Request, limit, of_request=target.pk))
+        assert by_request == db.recent_history(MemoryTurn, Request, session.pk, target.session_seq, limit)
+        # Read once for the longest history, then kept to each agent's own length.
+        longest = db.read_rows(db.history_statement(MemoryTurn, Request, 5, of_request=target.pk))
+        assert load_history(target, limit, rows=longest) == load_history(target, limit)
+    skills = db.read_rows(db.published_skills_statement(PublishedSkill, of_request=target.pk, request_model=Request))
+    assert skills == db.published_skill_rows(PublishedSkill, "primary") and len(skills) == 1
+    # Together in one pipeline (PostgreSQL), or one after another: the same rows.
+    statements = [db.history_statement(MemoryTurn, Request, 5, of_request=target.pk),
+                  db.published_skills_statement(PublishedSkill, of_request=target.pk, request_model=Request)]
+    assert db.pipelined(statements) == [db.read_rows(statement) for statement in statements]
+
+
+def test_a_first_start_claim_brings_the_reads_the_portable_claim_makes_after_it(make_request, monkeypatch):
+    from mash_runtime.run import lifecycle
+
+    monkeypatch.setattr(lifecycle, "get_host", _Host)
+    earlier = [make_request(session_id="r", message=f"m{n}", status=Request.Status.COMPLETED) for n in range(3)]
+    for req in earlier:
+        MemoryTurn.objects.create(agent=req.agent, session=req.session, request=req, user_message=req.message,
+                                  agent_response=f"r-{req.message}")
+    PublishedSkill.objects.create(agent=earlier[0].agent, name="beta", description="d", content="c")
+    req = make_request(session_id="r")
+
+    state = lifecycle._claim(str(req.pk), "me")
+
+    if connection.vendor != "postgresql":
+        assert state.reads is None  # SQLite: prepare_run reads them itself
+        return
+    history, skills = state.reads
+    assert history == db.recent_history(MemoryTurn, Request, req.session_id, req.session_seq, 3)
+    assert len(history) == 3
+    assert skills == db.published_skill_rows(PublishedSkill, "primary")
