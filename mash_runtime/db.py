@@ -365,33 +365,41 @@ def take_lease(request_model: type[models.Model], request_id, owner: str, now, l
     Q(lease_expires_at=None) | Q(lease_expires_at__lt=now), ~Exists(earlier unfinished))
     .update(..., last_seq=F("last_seq") + 1)` and a second query for last_seq; the ORM spent
     longer compiling it than the database running it, and it runs once per task."""
-    Request = request_model
     conn = connections[DEFAULT_DB_ALIAS]
+    sql = _lease_update(request_model, conn) + f" RETURNING {column(request_model, 'last_seq', conn)}"
+    with bound_cursor() as cursor:
+        cursor.execute(sql, _lease_params(request_model, conn, request_id, owner, now, lease_seconds))
+        row = cursor.fetchone()
+    return row[0] if row is not None else None
+
+
+def _lease_update(Request: type[models.Model], conn, also: str = "") -> str:
+    """`take_lease`'s UPDATE up to its RETURNING, with the conditions `also` (SQL) added;
+    its parameters are `_lease_params`' (then those of `also`)."""
     table = conn.ops.quote_name(Request._meta.db_table)
 
     def col(name: str) -> str:
         return column(Request, name, conn)
 
-    def prep(name: str, value):
-        return model_field(Request, name).get_db_prep_value(value, conn)
-
     terminal = ", ".join(["%s"] * len(Request.TERMINAL))
-    sql = (
+    return (
         f"UPDATE {table} SET {col('status')} = %s, {col('lease_owner')} = %s, {col('lease_expires_at')} = %s, "
         f"{col('started_at')} = COALESCE({col('started_at')}, %s), {col('last_seq')} = {col('last_seq')} + 1 "
         f"WHERE {col('id')} = %s AND {col('status')} NOT IN ({terminal}) "
         f"AND ({col('lease_expires_at')} IS NULL OR {col('lease_expires_at')} < %s) "
         f"AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.{col('session')} = {table}.{col('session')} "
-        f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal})) "
-        f"RETURNING {col('last_seq')}"
+        f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal}))"
+        + (f" AND {also}" if also else "")
     )
-    params = [Request.Status.RUNNING, owner, prep("lease_expires_at", now + timedelta(seconds=lease_seconds)),
-              prep("started_at", now), prep("id", request_id), *Request.TERMINAL, prep("lease_expires_at", now),
-              *Request.TERMINAL]
-    with bound_cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return row[0] if row is not None else None
+
+
+def _lease_params(Request: type[models.Model], conn, request_id, owner: str, now, lease_seconds: int) -> list:
+    def prep(name: str, value):
+        return model_field(Request, name).get_db_prep_value(value, conn)
+
+    return [Request.Status.RUNNING, owner, prep("lease_expires_at", now + timedelta(seconds=lease_seconds)),
+            prep("started_at", now), prep("id", request_id), *Request.TERMINAL, prep("lease_expires_at", now),
+            *Request.TERMINAL]
 
 
 _first_start_texts: dict[tuple, tuple[str, list, list[str]]] = {}
@@ -423,7 +431,6 @@ def claim_first_start(request_model: type[models.Model], event_model: type[model
     meta = Request._meta
     if (Request, RuntimeEvent) not in _first_start_texts:
         quote = conn.ops.quote_name
-        table = quote(meta.db_table)
         agent_fk, session_fk = meta.get_field("agent"), meta.get_field("session")
         Agent, Session = agent_fk.related_model, session_fk.related_model
 
@@ -451,21 +458,15 @@ def claim_first_start(request_model: type[models.Model], event_model: type[model
         fields = [f for f in RuntimeEvent._meta.concrete_fields if f is not RuntimeEvent._meta.auto_field]
         if {f.attname for f in fields} != set(values):  # a new event column must be given a value here
             raise AssertionError(f"claim_first_start does not fill {sorted({f.attname for f in fields} ^ set(values))}")
-        terminal = ", ".join(["%s"] * len(Request.TERMINAL))
-        sql = (
-            f"WITH lease AS (UPDATE {table} SET {col('status')} = %s, {col('lease_owner')} = %s, "
-            f"{col('lease_expires_at')} = {typed(Request, 'lease_expires_at')}, "
-            f"{col('started_at')} = {typed(Request, 'started_at')}, {col('last_seq')} = {col('last_seq')} + 1 "
-            f"WHERE {col('id')} = {typed(Request, 'id')} AND {col('started_at')} IS NULL "
-            f"AND NOT {col('cancel_requested')} AND {col('status')} NOT IN ({terminal}) "
-            # Events of a subagent's or a workflow task's request are mirrored (events.append_events).
+        # Only a first start, not asked to cancel, of a hosted agent; and not a subagent's or a
+        # workflow task's request, whose events are mirrored (events.append_events).
+        first_start = (
+            f"{col('started_at')} IS NULL AND NOT {col('cancel_requested')} "
             f"AND {col('parent')} IS NULL AND {col('workflow_run')} IS NULL "
-            f"AND ({col('lease_expires_at')} IS NULL OR {col('lease_expires_at')} < {typed(Request, 'lease_expires_at')}) "
             f"AND {col('agent')} IN (SELECT {column(Agent, 'pk', conn)} FROM {quote(Agent._meta.db_table)} "
-            f"WHERE {column(Agent, 'agent_id', conn)} = ANY(%s::varchar[])) "
-            f"AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.{col('session')} = {table}.{col('session')} "
-            f"AND earlier.{col('session_seq')} < {table}.{col('session_seq')} AND earlier.{col('status')} NOT IN ({terminal})) "
-            f"RETURNING *), "
+            f"WHERE {column(Agent, 'agent_id', conn)} = ANY(%s::varchar[]))")
+        sql = (
+            f"WITH lease AS ({_lease_update(Request, conn, first_start)} RETURNING *), "
             f"started AS (INSERT INTO {quote(RuntimeEvent._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
             f"SELECT {', '.join(values[f.attname] for f in fields)} FROM lease t0 {joins} "
             f"RETURNING {column(RuntimeEvent, 'pk', conn)} AS id) "
@@ -476,13 +477,8 @@ def claim_first_start(request_model: type[models.Model], event_model: type[model
         _first_start_texts[(Request, RuntimeEvent)] = (sql, plan, bound)
     sql, plan, bound = _first_start_texts[(Request, RuntimeEvent)]
 
-    def prep(name: str, value):
-        return model_field(Request, name).get_db_prep_value(value, conn)
-
-    expires = prep("lease_expires_at", now + timedelta(seconds=lease_seconds))
     event_params = [{"event_type": "request.started", "created_at": created_at}[name] for name in bound]
-    params = [Request.Status.RUNNING, owner, expires, prep("started_at", now), prep("id", request_id),
-              *Request.TERMINAL, prep("lease_expires_at", now), list(hosted_ids), *Request.TERMINAL, *event_params]
+    params = [*_lease_params(Request, conn, request_id, owner, now, lease_seconds), list(hosted_ids), *event_params]
     claimed, *read = pipelined([(sql, params, list), *reads])
     if not claimed:
         return None
