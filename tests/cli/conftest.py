@@ -38,6 +38,9 @@ def live_servers(clusters, tmp_path):  # noqa: F811
             return server.start()
 
     yield Servers()
+    for server in started:  # servers and clusters shut down at once (see tests/e2e `web_servers`)
+        server.terminate()
+    clusters.terminate()
     for server in reversed(started):
         server.stop()
 

@@ -137,6 +137,9 @@ def mash_server(clusters, tmp_path, mash_host_app):  # noqa: F811
         server.start()
         yield server
     finally:
+        exited_early = cluster.proc is not None and cluster.proc.poll() is not None
+        server.terminate()
+        clusters.terminate()  # both shut down at once; the clusters' teardown waits for it
         server.stop()
-        if cluster.proc is not None and cluster.proc.poll() is not None:
+        if exited_early:
             print(f"qcluster exited early:\n{cluster.log()[-3000:]}")

@@ -62,8 +62,10 @@ class Cluster:
         self.env = env
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self._terminated = False
 
     def start(self) -> "Cluster":
+        self._terminated = False
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -71,12 +73,19 @@ class Cluster:
         )
         return self
 
+    def terminate(self) -> None:
+        """SIGTERM to the cluster's main process, once, without waiting (`stop` waits), so
+        that several processes shut down side by side."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         # The cluster's main process shuts its sentinel and workers down itself; signalling
         # the whole group at once leaves it waiting on children that are already gone.
-        self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -127,7 +136,14 @@ def clusters(transactional_db, cluster_env, tmp_path):
             started.append(cluster)
             return cluster
 
-    yield Clusters()
+        def terminate(self) -> None:
+            """SIGTERM to every cluster started, without waiting (the teardown waits)."""
+            for cluster in started:
+                cluster.terminate()
+
+    clusters = Clusters()
+    yield clusters
+    clusters.terminate()
     for cluster in started:
         cluster.stop()
     set_host(None)
@@ -154,6 +170,7 @@ class WebServer:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self._launches = 0
+        self._terminated = False
 
     @property
     def url(self) -> str:
@@ -170,6 +187,7 @@ class WebServer:
     def launch(self) -> "WebServer":
         """Start the process without waiting (see `wait_ready`), so several can boot at once."""
         self._launches += 1
+        self._terminated = False
         self.port = free_port()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -206,12 +224,19 @@ class WebServer:
     def start(self, timeout: float = 90.0) -> "WebServer":
         return self.launch().wait_ready(timeout)
 
+    def terminate(self) -> None:
+        """SIGTERM, once, without waiting (`stop` waits), so that several processes shut
+        down side by side."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL for the whole process group."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -244,8 +269,9 @@ def web_servers(clusters, tmp_path, request):
     `web_servers.start(**extra_env)` starts one and waits for `/api/v1/health`;
     `web_servers.start_many(n, **extra_env)` boots n side by side. `MASH_API_KEY=...` in
     `extra_env` makes that server require the key (its `headers` carry it). Depending on
-    `clusters` means every server is stopped (SIGTERM, then SIGKILL) before the clusters
-    and before the database is flushed.
+    `clusters` means every server is stopped (SIGTERM, then SIGKILL) before the database is
+    flushed; the servers and the clusters get their SIGTERM at once (each takes a second or
+    so to shut down), then the servers are waited for, then the clusters.
     """
 
     started: list[WebServer] = []
@@ -266,6 +292,9 @@ def web_servers(clusters, tmp_path, request):
             return [server.wait_ready() for server in [self.launch(**extra_env) for _ in range(count)]]
 
     yield WebServers()
+    for server in started:
+        server.terminate()
+    clusters.terminate()
     for server in reversed(started):
         server.stop()
     report = getattr(request.node, "_e2e_report_call", None)

@@ -46,6 +46,8 @@ def site(clusters, tmp_path):
     clusters.start()
     server = WebServer(clusters.env, tmp_path / "daphne.log").start()
     yield server
+    server.terminate()
+    clusters.terminate()  # both shut down at once; the clusters' teardown waits for them
     server.stop()
 
 

@@ -52,6 +52,8 @@ def site(clusters, tmp_path, settings):
     clusters.start(**extra)
     server = WebServer({**clusters.env, **extra}, tmp_path / "daphne.log").start()
     yield server
+    server.terminate()
+    clusters.terminate()  # both shut down at once; the clusters' teardown waits for them
     server.stop()
 
 
