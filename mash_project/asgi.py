@@ -12,6 +12,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mash_project.settings")
 # folders with no collectstatic step; every other path goes straight to Django.
 django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
+
+def quiet_request_started() -> None:
+    """Send request_started without a thread hop: Django runs its sync receivers on a
+    thread before the first middleware, once per request, and the only ones are its own
+    `reset_queries` and `close_old_connections`, neither of which has work here. A
+    request's sync calls start on a connection given back by the call before
+    (`shared_threads`), and `close_old_connections` still runs at request_finished, which
+    is what gives connections back; the queries log `reset_queries` empties is DEBUG's, a
+    bounded deque. An ASGI request reached its first middleware about a thread hop later
+    than it could."""
+    from django.core import signals
+    from django.db import close_old_connections, reset_queries
+
+    signals.request_started.disconnect(reset_queries)
+    signals.request_started.disconnect(close_old_connections)
+
+
+quiet_request_started()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

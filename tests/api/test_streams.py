@@ -402,3 +402,24 @@ def test_http_requests_share_a_few_sync_threads_however_many_are_open():
     assert len(seen) == 100
     assert len(set(seen)) <= 3  # 50 open requests, three threads
     assert most[0] <= 3
+
+
+def test_the_web_process_sends_request_started_without_a_thread_hop():
+    """mash_project.asgi disconnects Django's two sync receivers of request_started (nothing
+    for them to do there); request_finished still gives the connections back."""
+    from django.core import signals
+    from django.db import close_old_connections, reset_queries
+
+    from mash_project.asgi import quiet_request_started
+
+    # What importing mash_project.asgi did (again: a test's CaptureQueriesContext reconnects
+    # reset_queries when it ends).
+    quiet_request_started()
+
+    def connected(signal):
+        return {receiver() for _, receiver, *_ in signal.receivers}
+
+    assert not {reset_queries, close_old_connections} & connected(signals.request_started)
+    assert close_old_connections in connected(signals.request_finished)
+    # No receiver left to run on a thread: asend has nothing to hop for.
+    assert not [r for r in connected(signals.request_started) if not asyncio.iscoroutinefunction(r)]
