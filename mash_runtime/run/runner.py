@@ -127,17 +127,24 @@ class Runner:
             return answer(Outcome.LEASED)
         if self.draining:
             return answer(await self._deliver_again(key))
-        try:
-            await asyncio.wait_for(self._free.acquire(), slot_wait_seconds())
-        except TimeoutError:
-            return answer(await self._deliver_again(key))
+        if self._free.locked():  # no slot free: wait for one (wait_for costs a task and a turn of the loop)
+            try:
+                await asyncio.wait_for(self._free.acquire(), slot_wait_seconds())
+            except TimeoutError:
+                return answer(await self._deliver_again(key))
+        else:
+            await self._free.acquire()  # returns at once
         if self.draining or key in self.runs or key in self.claiming:
             self._free.release()
             return answer(await self._deliver_again(key) if self.draining else Outcome.LEASED)
-        answer(Outcome.STARTED)
         self.claiming.add(key)
+        # The claim goes to a database thread before the delivering thread wakes: that thread's
+        # own work (django-q2's result, its next get) then overlaps the claim's trip to the
+        # database instead of running ahead of it.
+        claiming = asyncio.wrap_future(self.db.executor.submit(lifecycle.claim, key, self.owner))
+        answer(Outcome.STARTED)
         try:
-            claimed = await self.db(lifecycle.claim)(key, self.owner)
+            claimed = await claiming
         except Exception as exc:
             self._free.release()
             if dbfaults.was_dropped(exc):
