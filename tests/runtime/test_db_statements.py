@@ -65,19 +65,28 @@ def test_a_runs_one_statement_append_stores_what_append_many_stores(make_request
     assert fast_req.last_seq == slow_req.last_seq == 3
 
 
+def put_in_case(case: str, req, earlier, now) -> None:
+    """Bring `req` (behind `earlier` in its session) into the state a claim case names."""
+    changes = {
+        "expired": (req, {"lease_owner": "gone", "lease_expires_at": now - timedelta(seconds=5)}),
+        "held": (req, {"lease_owner": "other", "lease_expires_at": now + timedelta(seconds=30)}),
+        "terminal": (req, {"status": Request.Status.FAILED}),
+        "behind_an_earlier_one": (earlier, {"status": Request.Status.RUNNING}),
+        "started_before": (req, {"started_at": now - timedelta(seconds=5)}),
+        "cancel_requested": (req, {"cancel_requested": True}),
+        "subagent": (req, {"parent": earlier}),
+    }
+    if case in changes:
+        row, values = changes[case]
+        Request.objects.filter(pk=row.pk).update(**values)
+
+
 @pytest.mark.parametrize("case", ["free", "expired", "held", "terminal", "behind_an_earlier_one"])
 def test_the_claims_update_matches_what_its_orm_filter_finds(make_request, case):
     now = timezone.now()
     earlier = make_request(session_id="s", status=Request.Status.COMPLETED)
     req = make_request(session_id="s")
-    if case == "expired":
-        Request.objects.filter(pk=req.pk).update(lease_owner="gone", lease_expires_at=now - timedelta(seconds=5))
-    elif case == "held":
-        Request.objects.filter(pk=req.pk).update(lease_owner="other", lease_expires_at=now + timedelta(seconds=30))
-    elif case == "terminal":
-        Request.objects.filter(pk=req.pk).update(status=Request.Status.FAILED)
-    elif case == "behind_an_earlier_one":
-        Request.objects.filter(pk=earlier.pk).update(status=Request.Status.RUNNING)
+    put_in_case(case, req, earlier, now)
     unfinished_earlier = Request.objects.filter(session=OuterRef("session"), session_seq__lt=OuterRef("session_seq"),
                                                 ).exclude(status__in=Request.TERMINAL)
     orm_finds = (Request.objects.filter(pk=req.pk).exclude(status__in=Request.TERMINAL)
@@ -196,21 +205,8 @@ def test_the_one_statement_claim_writes_nothing_where_the_portable_claim_must_de
     earlier = make_request(session_id="s", status=Request.Status.COMPLETED)
     req = make_request(session_id="s")
     append_one(req, "request.accepted", {}, dedupe_key="accepted")
-    hosted = ["primary"]
-    if case == "started_before":
-        Request.objects.filter(pk=req.pk).update(started_at=now - timedelta(seconds=5))
-    elif case == "cancel_requested":
-        Request.objects.filter(pk=req.pk).update(cancel_requested=True)
-    elif case == "subagent":
-        Request.objects.filter(pk=req.pk).update(parent=earlier)
-    elif case == "not_hosted":
-        hosted = ["someone-else"]
-    elif case == "held":
-        Request.objects.filter(pk=req.pk).update(lease_owner="other", lease_expires_at=now + timedelta(seconds=30))
-    elif case == "behind_an_earlier_one":
-        Request.objects.filter(pk=earlier.pk).update(status=Request.Status.RUNNING)
-    elif case == "terminal":
-        Request.objects.filter(pk=req.pk).update(status=Request.Status.FAILED)
+    hosted = ["someone-else"] if case == "not_hosted" else ["primary"]
+    put_in_case(case, req, earlier, now)
     before = stored(Request.objects.get(pk=req.pk))
 
     assert db.claim_first_start(Request, RuntimeEvent, req.pk, "me", now, 30, hosted, 1.0) is None
