@@ -5,6 +5,7 @@ one among many, keeps session order, and frees a slot when a request parks."""
 import json
 import os
 import signal
+import subprocess
 import uuid
 
 import pytest
@@ -196,3 +197,11 @@ def test_recycling_a_worker_hands_its_runs_over_instead_of_killing_them(clusters
         assert terminal_events(rid) == ["request.completed"]
     assert "recycled worker" in cluster.log()
     assert len({(tmp_path / f"pid{i}").read_text() for _, i in runs}) >= 2, "more than one process ran them"
+    # And the cluster stops: a worker recycled just before (or while) it stops is not
+    # replaced, and without a reader the pusher's put or the sentinel's STOP pill blocked on
+    # the full task queue for good. Bounded by a drain (20 s) and its stop wait, not a benchmark.
+    cluster.terminate()
+    try:
+        cluster.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the cluster did not exit within 60 s of SIGTERM:\n" + cluster.log()[-3000:])

@@ -49,3 +49,47 @@ def test_timed_and_non_blocking_gets_are_django_q2s_own():
 
     with pytest.raises(stdlib_queue.Empty):
         queue.get(block=False)
+
+
+class _Broker:
+    def __init__(self):
+        self.enqueued, self.acknowledged = [], []
+
+    def enqueue(self, package):
+        self.enqueued.append(package)
+
+    def acknowledge(self, ack_id):
+        self.acknowledged.append(ack_id)
+
+
+def test_a_stopping_cluster_whose_worker_was_recycled_does_not_block_on_its_full_queue():
+    # One worker, so django-q2's queue holds one item; the worker recycled (it left its loop)
+    # and the stopping guard replaces no one: the sentinel's STOP pill blocked for good.
+    import threading
+    from multiprocessing import Value
+    from types import SimpleNamespace
+
+    from django_q.signing import SignedPackage
+
+    task_queue.install()
+    context = multiprocessing.get_context("fork")
+    recycled = context.Process(target=lambda: None)
+    recycled.start()
+    recycled.join()
+    recycled.timer = Value("f", -2)
+    sentinel = SimpleNamespace(task_queue=Queue(maxsize=1), pool=[recycled], broker=_Broker())
+    sentinel.task_queue.put({"id": "t1", "func": "f", "args": (), "kwargs": {}, "ack_id": 7, "cluster": "mash"})
+    stopped = threading.Event()
+    watcher = threading.Thread(target=task_queue._empty_while_nobody_reads, args=(sentinel, stopped), daemon=True)
+    watcher.start()
+    try:
+        pill = threading.Thread(target=sentinel.task_queue.put, args=("STOP",), daemon=True)
+        pill.start()
+        pill.join(10)
+        assert not pill.is_alive(), "the STOP pill is still waiting for room in the queue"
+    finally:
+        stopped.set()
+        watcher.join(5)
+    assert [SignedPackage.loads(p) for p in sentinel.broker.enqueued] == [{"id": "t1", "func": "f", "args": (),
+                                                                           "kwargs": {}}]
+    assert sentinel.broker.acknowledged == [7]
