@@ -44,6 +44,12 @@ def bound_cursor():
         return conn._prepare_cursor(ServerBindingCursor(conn.connection))
 
 
+def mark_stored(objs, alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Mark objects written by a statement here as saved rows of `alias` (what `save()` sets)."""
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, alias
+
+
 def model_field(model: type[models.Model], name: str) -> models.Field:
     """A field of `model` by name, `pk` included (the written-out SQL below names fields so)."""
     meta = model._meta
@@ -257,8 +263,7 @@ def insert_rows(objs: list[models.Model], *, ignore_conflicts: bool = False) -> 
         if not ignore_conflicts and meta.auto_field is not None:
             for obj, (pk,) in zip(objs, cursor.fetchall()):
                 obj.pk = pk
-    for obj in objs:
-        obj._state.adding, obj._state.db = False, conn.alias
+    mark_stored(objs, conn.alias)
 
 
 _new_request_texts: dict[tuple, str] = {}
@@ -322,8 +327,7 @@ def insert_request_in_one_statement(req: models.Model, event: models.Model,
     session_pk, session_seq, event.pk = row
     req.session = Session.with_seq_taken(req.agent, req.session.session_id, session_pk, session_seq, now)
     req.session_seq = session_seq
-    for obj in (req, event, *along):
-        obj._state.adding, obj._state.db = False, conn.alias
+    mark_stored((req, event, *along), conn.alias)
     req._event_keys = {event.dedupe_key} if event.dedupe_key else set()
     return True
 

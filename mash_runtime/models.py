@@ -329,9 +329,7 @@ class RuntimeEvent(models.Model):
             return None
         for event, pk in zip(events, ids):
             event.pk = pk
-            event._state.adding, event._state.db = False, conn.alias
-        for obj in along:
-            obj._state.adding, obj._state.db = False, conn.alias
+        db.mark_stored([*events, *along], conn.alias)
         request.last_seq = events[-1].seq
         known.update(keys)
         return events

@@ -13,6 +13,7 @@ its channel-layer connection, instead of a new loop per call.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import threading
@@ -103,6 +104,11 @@ class DbThreads:
     def __call__(self, fn: Callable) -> Callable[..., Awaitable[Any]]:
         """`fn` as a coroutine function that runs on one of these threads."""
         return sync_to_async(fn, thread_sensitive=False, executor=self.executor)
+
+    def start(self, fn: Callable, *args: Any) -> "asyncio.Future":
+        """Run `fn(*args)` on one of these threads from now on (not from the first await, as
+        a `__call__` coroutine does); the future it returns is the running loop's."""
+        return asyncio.wrap_future(self.executor.submit(fn, *args))
 
     def close_connections(self, timeout: float = 10.0) -> None:
         """Close every thread's connections (before a test database is dropped, or at exit).

@@ -38,7 +38,7 @@ from mash_runtime.events import append_event, append_events, base_payload
 from mash_runtime.host import get_host
 from mash_runtime.memory.history import build_turn
 from mash_runtime.db import (claim_first_start, complete_in_one_statement, history_statement, insert_rows,
-                             is_postgresql, published_skills_statement, select_rows, take_lease, update_row)
+                             is_postgresql, mark_stored, published_skills_statement, select_rows, take_lease, update_row)
 from mash_runtime.models import (Interaction, MemoryTurn, PublishedSkill, Request, RuntimeEvent, Session,
                                  keys_are_new)
 from mash_runtime.queue import enqueue_advance, enqueue_request
@@ -137,7 +137,7 @@ def _claim_first_start(request_id: str, owner: str, now) -> RunState | None:
     started = RuntimeEvent._new(req, req.last_seq, ("request.started", {**base_payload(req), "status": "started"},
                                                     f"started.{req.run_attempt}", None, ""))
     started.pk, started.created_at = event_pk, created_at
-    started._state.adding, started._state.db = False, req._state.db
+    mark_stored([started], req._state.db)
     # A first start's stream holds "accepted" (and "waiting" when it queued behind another).
     req._event_keys = ({"accepted", started.dedupe_key} if req.last_seq == 2
                        else RuntimeEvent.stream_keys(req.pk))
@@ -290,14 +290,12 @@ def _complete_in_one_statement(state: RunState, where: dict[str, Any], outcome: 
     if done is None:
         return None
     total, last_in_session, ids = done
-    alias = req._state.db
     for event, pk in zip(events, ids):
         event.pk = pk
-        event._state.adding, event._state.db = False, alias
     for event in events[-2:]:
         event.payload["session_total_tokens"] = total
     turn.session_total_tokens = total
-    turn._state.adding, turn._state.db = False, alias
+    mark_stored([*events, turn], req._state.db)
     req.last_seq = events[-1].seq
     known.update(keys)
     # Committed already: what `complete` defers to its commit happens now.

@@ -141,7 +141,7 @@ class Runner:
         # The claim goes to a database thread before the delivering thread wakes: that thread's
         # own work (django-q2's result, its next get) then overlaps the claim's trip to the
         # database instead of running ahead of it.
-        claiming = asyncio.wrap_future(self.db.executor.submit(lifecycle.claim, key, self.owner))
+        claiming = self.db.start(lifecycle.claim, key, self.owner)
         answer(Outcome.STARTED)
         try:
             claimed = await claiming
